@@ -1,0 +1,42 @@
+# Thin wrapper over CMake. `make demo` and `make test` work on a fresh Debian 12 machine: both install what is
+# missing first (scripts/setup.sh), then build.
+BUILD ?= build
+SAN_BUILD ?= build-sanitize
+JOBS ?= $(shell nproc)
+NP ?= 2
+DEMO_DIR ?= runs/demo
+DEMO_ARGS ?= $(shell cat examples/demo.args)
+
+.PHONY: all setup build demo test test-fast test-sanitize bench clean
+
+all: build
+
+setup:
+	@bash scripts/setup.sh
+
+build: setup
+	@cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+	@cmake --build $(BUILD) -j $(JOBS)
+
+# The main job: data-parallel MLP training on Fashion-MNIST with $(NP) ranks.
+demo: build
+	$(BUILD)/sovtrain launch -np $(NP) -- sovtrain train $(DEMO_ARGS) --run-dir $(DEMO_DIR)
+
+# The whole suite: the normal build's tests, then the same tests under AddressSanitizer + UBSan.
+test: build
+	cd $(BUILD) && ctest --output-on-failure
+	@$(MAKE) --no-print-directory test-sanitize
+
+test-fast: build
+	cd $(BUILD) && ctest --output-on-failure -L unit
+
+test-sanitize: setup
+	@cmake -S . -B $(SAN_BUILD) -DCMAKE_BUILD_TYPE=Debug -DSOVTRAIN_SANITIZE=ON -DSOVTRAIN_CUDA=OFF >/dev/null
+	@cmake --build $(SAN_BUILD) -j $(JOBS)
+	cd $(SAN_BUILD) && ctest --output-on-failure -LE 'gpu|slow'
+
+bench: build
+	python3 bench/train.py --sovtrain $(BUILD)/sovtrain
+
+clean:
+	rm -rf $(BUILD) $(SAN_BUILD)

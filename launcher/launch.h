@@ -1,0 +1,15 @@
+/* launch.h: `sovtrain launch`, which starts a job of N ranks through Open MPI's mpirun, tags every output line
+ * with its rank, passes SIGINT/SIGTERM on, and exits with the job's status. */
+#ifndef SOV_LAUNCH_H
+#define SOV_LAUNCH_H
+
+#include "sov.h"
+
+/* `sovtrain launch ARGS...` (argv[0] is "launch"). Returns the process exit code. */
+int sov_launch_main(int argc, char **argv);
+
+/* Checks an Open MPI hostfile ("host [slots=N] [max_slots=N]" lines, '#' comments) and sums its slots (a host
+ * without slots= counts as 1). Errors name the file and line. */
+sov_status sov_hostfile_check(const char *path, int *total_slots);
+
+#endif

@@ -1,0 +1,58 @@
+/* main.c: the `sovtrain` command, one client of libsovtrain. */
+#include "launch.h"
+#include "runtime.h"
+
+#include <cblas.h>
+#include <mpi.h>
+#include <stdio.h>
+#include <string.h>
+
+static void usage(FILE *out) {
+    fprintf(out,
+            "usage: sovtrain <command> [options]\n"
+            "\n"
+            "commands:\n"
+            "  launch    start a job of N ranks through Open MPI's mpirun (sovtrain launch --help)\n"
+            "  train     one rank of a data-parallel training job (sovtrain train --help)\n"
+            "  version   versions of sovtrain and the libraries it was built with\n"
+            "\n"
+            "example: sovtrain launch -np 2 -- sovtrain train --epochs 5 --run-dir runs/demo\n");
+}
+
+static int version(void) {
+    char mpi[MPI_MAX_LIBRARY_VERSION_STRING];
+    int len = 0;
+    MPI_Get_library_version(mpi, &len);
+    char *nl = strchr(mpi, ',');
+    if (nl)
+        *nl = '\0';
+    char why[256];
+    int gpus = sov_gpu_count(why, sizeof why);
+    printf("sovtrain %s\n%s\n%s\n", SOVTRAIN_VERSION, mpi, openblas_get_config());
+    if (gpus)
+        printf("GPUs: %d (%s)\n", gpus, why);
+    else
+        printf("GPUs: none (%s)\n", why);
+    return 0;
+}
+
+int main(int argc, char **argv) {
+    if (argc < 2) {
+        usage(stderr);
+        return 2;
+    }
+    const char *cmd = argv[1];
+    if (strcmp(cmd, "train") == 0)
+        return sov_train_main(argc - 1, argv + 1);
+    if (strcmp(cmd, "launch") == 0)
+        return sov_launch_main(argc - 1, argv + 1);
+    if (strcmp(cmd, "version") == 0 || strcmp(cmd, "--version") == 0)
+        return version();
+    if (strcmp(cmd, "help") == 0 || strcmp(cmd, "-h") == 0 || strcmp(cmd, "--help") == 0) {
+        usage(stdout);
+        return 0;
+    }
+    fprintf(stderr, "sovtrain: unknown command \"%s\"\n", cmd);
+    usage(stderr);
+    return 2;
+}

@@ -1,0 +1,50 @@
+/* model.c: the registry of built-in models and the flat buffers every model's tensors live in. */
+#include "runtime.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+extern const sov_model_ops sov_mlp_ops;
+
+static const sov_model_ops *const builtin_models[] = {&sov_mlp_ops};
+
+const sov_model_ops *sov_model_find(const char *name) {
+    for (size_t i = 0; i < sizeof builtin_models / sizeof *builtin_models; i++)
+        if (strcmp(builtin_models[i]->name, name) == 0)
+            return builtin_models[i];
+    return NULL;
+}
+
+sov_status sov_model_create(const char *name, const sov_model_config *cfg, sov_model **out) {
+    const sov_model_ops *ops = sov_model_find(name);
+    if (!ops)
+        return sov_fail(SOV_ERR_INVALID, "unknown model \"%s\" (built-in: mlp)", name);
+    sov_model *m = sov_calloc(1, sizeof *m);
+    if (!m)
+        return SOV_ERR_NOMEM;
+    m->ops = ops;
+    sov_status st = ops->create(cfg, m);
+    if (st == SOV_OK) {
+        m->params = sov_aligned_alloc(m->num_params * sizeof(float));
+        m->grads = sov_aligned_alloc(m->num_params * sizeof(float));
+        if (!m->params || !m->grads)
+            st = SOV_ERR_NOMEM;
+    }
+    if (st != SOV_OK) {
+        sov_model_destroy(m);
+        return st;
+    }
+    *out = m;
+    return SOV_OK;
+}
+
+void sov_model_destroy(sov_model *m) {
+    if (!m)
+        return;
+    if (m->ops && m->impl)
+        m->ops->destroy(m);
+    free(m->tensors);
+    free(m->params);
+    free(m->grads);
+    free(m);
+}

@@ -1,0 +1,80 @@
+/* runtime.h: the data-parallel training runtime's public interface: the model plug-in contract and the
+ * `sovtrain train` entry point.
+ *
+ * A model owns no parameter memory of its own: it describes its tensors as ranges of ONE flat parameter buffer
+ * (and the same ranges of one flat gradient buffer), which the runtime allocates. Allreduce, optimizer and
+ * checkpoint then work on ranges, never on per-tensor allocations. */
+#ifndef SOV_RUNTIME_H
+#define SOV_RUNTIME_H
+
+#include "sov.h"
+
+typedef struct sov_tensor {
+    char name[64];    /* e.g. "layers.0.weight" (PyTorch naming, used by safetensors export) */
+    size_t offset;    /* in elements, into the flat buffers */
+    size_t count;     /* elements */
+    int ndim;
+    int64_t shape[4]; /* row-major */
+    int decay;        /* 1 when weight decay applies (matrices), 0 for biases and norms */
+} sov_tensor;
+
+/* One rank's part of a global batch. */
+typedef struct sov_batch {
+    int n;            /* samples */
+    const float *x;   /* n x input_dim */
+    const int32_t *y; /* n class labels */
+} sov_batch;
+
+/* Backward calls ready(ctx, offset, count) as soon as gradients [offset, offset+count) are final, in reverse
+ * layer order, so the runtime can start reducing them while the rest of backward still runs. */
+typedef struct sov_grad_hook {
+    void (*ready)(void *ctx, size_t offset, size_t count);
+    void *ctx;
+} sov_grad_hook;
+
+typedef struct sov_model_config {
+    int input_dim;      /* features per sample */
+    int classes;        /* output classes */
+    const char *hidden; /* MLP hidden widths, comma-separated, e.g. "1024,1024" */
+    int max_batch;      /* largest batch passed to train_step or eval */
+} sov_model_config;
+
+typedef struct sov_model sov_model;
+
+typedef struct sov_model_ops {
+    const char *name;
+    /* Describes the tensors (m->tensors, m->num_tensors, m->num_params) and allocates activations (m->impl). */
+    sov_status (*create)(const sov_model_config *cfg, sov_model *m);
+    /* Writes initial parameters, a pure function of the seed. */
+    void (*init)(sov_model *m, uint64_t seed);
+    /* Forward and backward: m->grads = d(mean loss over the batch)/d(params); *loss = that mean loss. */
+    sov_status (*train_step)(sov_model *m, const sov_batch *batch, float *loss, const sov_grad_hook *hook);
+    /* Forward only: adds the batch's summed loss and number of correct predictions. */
+    sov_status (*eval)(sov_model *m, const sov_batch *batch, double *loss_sum, long *correct);
+    void (*destroy)(sov_model *m);
+} sov_model_ops;
+
+struct sov_model {
+    const sov_model_ops *ops;
+    size_t num_params;
+    int num_tensors;
+    sov_tensor *tensors;
+    float *params; /* flat, num_params, owned by the runtime */
+    float *grads;  /* flat, num_params, owned by the runtime */
+    void *impl;    /* the model's own state (activations, shapes) */
+};
+
+/* Built-in models by name ("mlp"); NULL when unknown. */
+const sov_model_ops *sov_model_find(const char *name);
+/* Creates a model and its flat parameter and gradient buffers (64-byte aligned, zeroed). */
+sov_status sov_model_create(const char *name, const sov_model_config *cfg, sov_model **out);
+void sov_model_destroy(sov_model *m);
+
+/* Number of CUDA GPUs this process can use. 0 when there are none, with the reason in `why` (no driver, no
+ * device, or a build without CUDA). */
+int sov_gpu_count(char *why, size_t cap);
+
+/* `sovtrain train ARGS...`: one rank of a data-parallel job. Returns the process exit code. */
+int sov_train_main(int argc, char **argv);
+
+#endif

@@ -1,0 +1,295 @@
+/* train.c: `sovtrain train`, one rank of a data-parallel job.
+ *
+ * Every rank holds a full replica. Each step, rank r takes its contiguous part of the global batch (the same
+ * global order at any world size), computes gradients of its mean loss, and the gradients are averaged across
+ * ranks before every rank applies the same optimizer update, so replicas stay bitwise identical; the job checks
+ * that at the end. */
+#include "data.h"
+#include "metrics.h"
+#include "optim.h"
+#include "runtime.h"
+#include "train_args.h"
+
+#include <cblas.h>
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <xxhash.h>
+
+typedef struct trainer {
+    sov_train_args args;
+    sov_world world;
+    sov_comm *comm;
+    sov_dataset train, test;
+    sov_sampler sampler;
+    sov_model *model;
+    sov_optimizer opt;
+    sov_metrics metrics;
+    int local_batch;
+    long steps_per_epoch, total_steps, eval_every;
+    float *x;   /* local_batch x input_dim */
+    int32_t *y; /* local_batch */
+    double test_loss, test_acc;
+    double train_seconds;  /* time in training steps, after the first warm-up steps */
+    long timed_samples;    /* global samples in those steps */
+} trainer;
+
+/* Steps excluded from throughput figures: first-touch page faults and BLAS warm-up. */
+#define UNTIMED_STEPS 5
+
+static int default_threads(const sov_world *w) {
+    long cores = sysconf(_SC_NPROCESSORS_ONLN);
+    long t = cores > 0 ? cores / w->local_size : 1;
+    return t < 1 ? 1 : (int)t;
+}
+
+static sov_status load_data(trainer *t) {
+    SOV_CHECK(sov_mnist_load(t->args.data_dir, "train", &t->train));
+    SOV_CHECK(sov_mnist_load(t->args.data_dir, "t10k", &t->test));
+    if (t->test.dim != t->train.dim)
+        return sov_fail(SOV_ERR_FORMAT, "%s: test images have %d pixels but training images %d", t->args.data_dir,
+                        t->test.dim, t->train.dim);
+    return SOV_OK;
+}
+
+static sov_status plan_steps(trainer *t) {
+    const sov_train_args *a = &t->args;
+    if (a->batch % t->world.size != 0)
+        return sov_fail(SOV_ERR_INVALID, "--batch %d (the global batch) must be a multiple of the %d ranks", a->batch,
+                        t->world.size);
+    if (a->batch > t->train.count)
+        return sov_fail(SOV_ERR_INVALID, "--batch %d exceeds the %d training samples", a->batch, t->train.count);
+    t->local_batch = a->batch / t->world.size;
+    t->steps_per_epoch = t->train.count / a->batch;
+    t->total_steps = a->steps ? a->steps : a->epochs * t->steps_per_epoch;
+    t->eval_every = a->eval_every ? a->eval_every : t->steps_per_epoch;
+    t->args.optim.total_steps = t->total_steps;
+    if (t->args.optim.warmup_steps > t->total_steps)
+        t->args.optim.warmup_steps = t->total_steps;
+    return SOV_OK;
+}
+
+static sov_status build_model(trainer *t) {
+    sov_model_config cfg = {.input_dim = t->train.dim, .classes = t->train.classes, .hidden = t->args.hidden,
+                            .max_batch = t->local_batch};
+    SOV_CHECK(sov_model_create(t->args.model, &cfg, &t->model));
+    t->model->ops->init(t->model, t->args.seed);
+    /* Same seed gives the same weights everywhere; broadcasting rank 0's makes replicas identical regardless. */
+    SOV_CHECK(sov_comm_broadcast(t->comm, t->model->params, t->model->num_params, SOV_F32, 0));
+    SOV_CHECK(sov_optim_init(&t->opt, &t->args.optim, t->model->num_params));
+    t->x = sov_aligned_alloc((size_t)t->local_batch * (size_t)t->train.dim * sizeof(float));
+    t->y = sov_calloc((size_t)t->local_batch, sizeof *t->y);
+    return t->x && t->y ? SOV_OK : SOV_ERR_NOMEM;
+}
+
+static sov_status emit_start(trainer *t) {
+    const sov_train_args *a = &t->args;
+    sov_log("sovtrain %s: %s model, %zu parameters, %d rank%s (%s comm), global batch %d (%d per rank), %ld steps "
+            "(%.2f epochs), %s lr %.2e",
+            SOVTRAIN_VERSION, a->model, t->model->num_params, t->world.size, t->world.size > 1 ? "s" : "",
+            sov_comm_backend_name(sov_comm_backend_of(t->comm)), a->batch, t->local_batch, t->total_steps,
+            (double)t->total_steps / (double)t->steps_per_epoch,
+            a->optim.kind == SOV_OPTIM_ADAMW ? "adamw" : "sgd", (double)a->optim.lr);
+    json_t *ev = json_pack("{s:s, s:s, s:s, s:I, s:i, s:i, s:i, s:I, s:I, s:s, s:f, s:s, s:I}", "event", "start",
+                           "version", SOVTRAIN_VERSION, "model", a->model, "num_params", (json_int_t)t->model->num_params,
+                           "world_size", t->world.size, "global_batch", a->batch, "local_batch", t->local_batch,
+                           "steps", (json_int_t)t->total_steps, "steps_per_epoch", (json_int_t)t->steps_per_epoch,
+                           "optimizer", a->optim.kind == SOV_OPTIM_ADAMW ? "adamw" : "sgd", "lr", (double)a->optim.lr,
+                           "comm", sov_comm_backend_name(sov_comm_backend_of(t->comm)), "seed", (json_int_t)a->seed);
+    json_object_set_new(ev, "hidden", json_string(a->hidden));
+    return sov_metrics_emit(&t->metrics, ev);
+}
+
+/* Test loss and accuracy over the whole test set; rank r evaluates its contiguous share. */
+static sov_status evaluate(trainer *t, long step) {
+    int n = t->test.count, lo = (int)((long)n * t->world.rank / t->world.size),
+        hi = (int)((long)n * (t->world.rank + 1) / t->world.size);
+    double sums[3] = {0.0, 0.0, (double)(hi - lo)}; /* loss sum, correct, samples */
+    int32_t *idx = sov_calloc((size_t)t->local_batch, sizeof *idx);
+    if (!idx)
+        return SOV_ERR_NOMEM;
+    sov_status st = SOV_OK;
+    for (int i = lo; i < hi && st == SOV_OK; i += t->local_batch) {
+        int m = hi - i < t->local_batch ? hi - i : t->local_batch;
+        for (int k = 0; k < m; k++)
+            idx[k] = i + k;
+        sov_dataset_gather(&t->test, idx, m, t->x, t->y);
+        long correct = 0;
+        st = t->model->ops->eval(t->model, &(sov_batch){.n = m, .x = t->x, .y = t->y}, &sums[0], &correct);
+        sums[1] += (double)correct;
+    }
+    free(idx);
+    SOV_CHECK(st);
+    SOV_CHECK(sov_comm_allreduce(t->comm, sums, sums, 3, SOV_F64, SOV_SUM));
+    t->test_loss = sums[0] / sums[2];
+    t->test_acc = sums[1] / sums[2];
+    sov_log("eval   step %ld: test loss %.4f, test accuracy %.4f", step, t->test_loss, t->test_acc);
+    return sov_metrics_emit(&t->metrics, json_pack("{s:s, s:I, s:f, s:f}", "event", "eval", "step", (json_int_t)step,
+                                                   "test_loss", t->test_loss, "test_acc", t->test_acc));
+}
+
+/* Averages the loss over the ranks and the steps since the last report, and prints the progress line. */
+static sov_status report_progress(trainer *t, long step, double *loss_acc, long *loss_steps, double *since,
+                                  float lr, double grad_norm) {
+    double buf[2] = {*loss_acc, (double)*loss_steps};
+    SOV_CHECK(sov_comm_allreduce(t->comm, buf, buf, 2, SOV_F64, SOV_SUM));
+    double loss = buf[0] / buf[1], now = sov_now();
+    double sps = (double)*loss_steps * t->args.batch / (now - *since);
+    if (!isfinite(loss))
+        return sov_fail(SOV_ERR_INVALID, "training diverged: loss is %f at step %ld (try a lower --lr or --clip-grad)",
+                        loss, step);
+    sov_log("step %6ld/%ld  epoch %.2f  loss %.4f  lr %.2e  %.0f samples/s", step, t->total_steps,
+            (double)step / (double)t->steps_per_epoch, loss, (double)lr, sps);
+    *loss_acc = 0.0;
+    *loss_steps = 0;
+    *since = now;
+    return sov_metrics_emit(&t->metrics,
+                            json_pack("{s:s, s:I, s:f, s:f, s:f, s:f, s:f}", "event", "step", "step", (json_int_t)step,
+                                      "epoch", (double)step / (double)t->steps_per_epoch, "loss", loss, "lr", (double)lr,
+                                      "samples_per_s", sps, "grad_norm", grad_norm));
+}
+
+static sov_status train_step(trainer *t, long step, float *loss, float *lr, double *grad_norm) {
+    const int32_t *idx = sov_sampler_batch(&t->sampler, step, t->args.batch, t->world.rank, t->local_batch);
+    sov_dataset_gather(&t->train, idx, t->local_batch, t->x, t->y);
+    sov_batch batch = {.n = t->local_batch, .x = t->x, .y = t->y};
+    SOV_CHECK(t->model->ops->train_step(t->model, &batch, loss, NULL));
+    SOV_CHECK(sov_comm_allreduce(t->comm, t->model->grads, t->model->grads, t->model->num_params, SOV_F32, SOV_AVG));
+    *lr = sov_lr_at(&t->opt.cfg, step);
+    *grad_norm = sov_optim_step(&t->opt, t->model, *lr);
+    return SOV_OK;
+}
+
+static sov_status train_loop(trainer *t) {
+    double loss_acc = 0.0, since = sov_now(), grad_norm = 0.0;
+    long loss_steps = 0;
+    float lr = 0.0f;
+    for (long step = 0; step < t->total_steps; step++) {
+        double t0 = sov_now();
+        float loss;
+        SOV_CHECK(train_step(t, step, &loss, &lr, &grad_norm));
+        if (step >= UNTIMED_STEPS || t->total_steps <= 2 * UNTIMED_STEPS) {
+            t->train_seconds += sov_now() - t0;
+            t->timed_samples += t->args.batch;
+        }
+        loss_acc += loss;
+        loss_steps++;
+        long done = step + 1;
+        if (done % t->args.log_every == 0 || done == t->total_steps)
+            SOV_CHECK(report_progress(t, done, &loss_acc, &loss_steps, &since, lr, grad_norm));
+        if (done % t->eval_every == 0 && done != t->total_steps) {
+            double eval_start = sov_now();
+            SOV_CHECK(evaluate(t, done));
+            since += sov_now() - eval_start; /* throughput counts training time only */
+        }
+    }
+    return evaluate(t, t->total_steps);
+}
+
+/* All ranks hash their parameters; every rank compares every hash with rank 0's. */
+static sov_status check_replicas(trainer *t, uint64_t *hash_out) {
+    uint64_t mine = XXH3_64bits(t->model->params, t->model->num_params * sizeof(float));
+    uint64_t *all = sov_calloc((size_t)t->world.size, sizeof *all);
+    if (!all)
+        return SOV_ERR_NOMEM;
+    sov_status st = sov_comm_allgather(t->comm, &mine, all, sizeof mine, SOV_U8);
+    for (int r = 1; st == SOV_OK && r < t->world.size; r++)
+        if (all[r] != all[0])
+            st = sov_fail(SOV_ERR_INTERNAL, "replicas diverged: rank %d's parameters (xxh3 %016llx) differ from rank "
+                          "0's (%016llx)", r, (unsigned long long)all[r], (unsigned long long)all[0]);
+    free(all);
+    *hash_out = mine;
+    return st;
+}
+
+static sov_status dump_params(const trainer *t) {
+    char tmp[4200];
+    snprintf(tmp, sizeof tmp, "%s.tmp", t->args.dump_params);
+    FILE *f = fopen(tmp, "wb");
+    if (!f)
+        return sov_fail(SOV_ERR_IO, "--dump-params: cannot create %s: %s", tmp, strerror(errno));
+    size_t n = t->model->num_params;
+    int bad = fwrite(t->model->params, sizeof(float), n, f) != n;
+    bad |= fclose(f) != 0;
+    if (bad || rename(tmp, t->args.dump_params) != 0) {
+        int e = errno;
+        unlink(tmp);
+        return sov_fail(SOV_ERR_IO, "--dump-params: writing %s failed: %s", t->args.dump_params, strerror(e));
+    }
+    return SOV_OK;
+}
+
+static sov_status finish(trainer *t, double wall) {
+    uint64_t hash;
+    SOV_CHECK(check_replicas(t, &hash));
+    double sps = t->train_seconds > 0 ? (double)t->timed_samples / t->train_seconds : 0.0;
+    char hex[17];
+    snprintf(hex, sizeof hex, "%016llx", (unsigned long long)hash);
+    sov_log("done: %ld steps in %.1f s, test accuracy %.4f (test loss %.4f), %.0f samples/s; parameters identical "
+            "on all %d rank%s (xxh3 %s)",
+            t->total_steps, wall, t->test_acc, t->test_loss, sps, t->world.size, t->world.size > 1 ? "s" : "", hex);
+    if (t->world.rank == 0 && t->args.dump_params)
+        SOV_CHECK(dump_params(t));
+    return sov_metrics_emit(&t->metrics,
+                            json_pack("{s:s, s:I, s:f, s:f, s:f, s:f, s:f, s:i, s:s}", "event", "done", "step",
+                                      (json_int_t)t->total_steps, "test_loss", t->test_loss, "test_acc", t->test_acc,
+                                      "samples_per_s", sps, "train_s", t->train_seconds, "wall_s", wall, "world_size",
+                                      t->world.size, "params_xxh3", hex));
+}
+
+static sov_status run(trainer *t) {
+    double start = sov_now();
+    openblas_set_num_threads(t->args.threads ? t->args.threads : default_threads(&t->world));
+    SOV_CHECK(load_data(t));
+    SOV_CHECK(plan_steps(t));
+    SOV_CHECK(sov_sampler_init(&t->sampler, t->train.count, t->args.seed));
+    SOV_CHECK(build_model(t));
+    if (t->world.rank == 0)
+        SOV_CHECK(sov_metrics_open(&t->metrics, t->args.run_dir));
+    SOV_CHECK(emit_start(t));
+    SOV_CHECK(train_loop(t));
+    return finish(t, sov_now() - start);
+}
+
+static void teardown(trainer *t) {
+    sov_metrics_close(&t->metrics);
+    sov_optim_free(&t->opt);
+    sov_model_destroy(t->model);
+    sov_sampler_free(&t->sampler);
+    sov_dataset_free(&t->train);
+    sov_dataset_free(&t->test);
+    free(t->x);
+    free(t->y);
+    sov_comm_destroy(t->comm);
+}
+
+int sov_train_main(int argc, char **argv) {
+    trainer t = {0};
+    if (sov_train_args_parse(argc, argv, &t.args) != SOV_OK) {
+        fprintf(stderr, "sovtrain train: %s\n(see `sovtrain train --help`)\n", sov_last_error());
+        return 2;
+    }
+    if (t.args.help) {
+        sov_train_usage(stdout);
+        return 0;
+    }
+    if (sov_world_from_env(&t.world) != SOV_OK) {
+        fprintf(stderr, "sovtrain train: %s\n", sov_last_error());
+        return 2;
+    }
+    sov_log_set_rank(t.world.rank, t.world.size);
+    if (sov_comm_init(&t.comm, &t.world, t.args.comm) != SOV_OK) {
+        sov_log_error("%s", sov_last_error());
+        return 1;
+    }
+    sov_status st = run(&t);
+    if (st != SOV_OK) {
+        sov_log_error("rank %d: %s", t.world.rank, sov_last_error());
+        sov_comm_abort(t.comm, 1); /* returns only for a one-rank job */
+    }
+    teardown(&t);
+    return st == SOV_OK ? 0 : 1;
+}

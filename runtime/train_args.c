@@ -1,0 +1,155 @@
+/* train_args.c: `sovtrain train` flags. Every value is parsed strictly: "12x" or an out-of-range number is an
+ * error that names the flag, never a silent default. */
+#include "train_args.h"
+
+#include <errno.h>
+#include <getopt.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+void sov_train_usage(FILE *out) {
+    fprintf(out,
+            "usage: sovtrain train [options]\n"
+            "One rank of a data-parallel training job (runs alone as a single rank, or under `sovtrain launch`).\n"
+            "\n"
+            "model and data:\n"
+            "  --model NAME          built-in model: mlp (default mlp)\n"
+            "  --hidden W1,W2,...    MLP hidden layer widths (default 1024,1024)\n"
+            "  --data DIR            Fashion-MNIST IDX files (default /usr/share/datasets/fashion-mnist)\n"
+            "  --seed N              seed for initialisation and data order (default 1)\n"
+            "training:\n"
+            "  --batch N             GLOBAL batch size, split evenly over the ranks (default 128)\n"
+            "  --epochs N            passes over the training set (default 10)\n"
+            "  --steps N             total optimizer steps (overrides --epochs)\n"
+            "  --optimizer adamw|sgd (default adamw)\n"
+            "  --lr X                peak learning rate (default 1e-3)\n"
+            "  --warmup-steps N      linear warmup steps before cosine decay (default 100)\n"
+            "  --min-lr-ratio X      final LR as a fraction of the peak (default 0.01)\n"
+            "  --weight-decay X      decoupled (AdamW) or L2 (SGD) decay of weight matrices (default 0.01)\n"
+            "  --momentum X          SGD momentum (default 0.9)\n"
+            "  --beta1 X --beta2 X   AdamW moment decay rates (default 0.9, 0.999)\n"
+            "  --clip-grad X         clip the global gradient norm to X; 0 disables (default 0)\n"
+            "runtime:\n"
+            "  --comm auto|self|mpi  communicator backend (default auto, or $SOVTRAIN_COMM)\n"
+            "  --threads N           OpenBLAS threads per rank (default: cores / ranks on this host)\n"
+            "output:\n"
+            "  --run-dir DIR         metrics.jsonl goes here (default runs/train)\n"
+            "  --eval-every N        evaluate on the test set every N steps (default: every epoch) and at the end\n"
+            "  --log-every N         progress line every N steps (default 50)\n"
+            "  --dump-params FILE    rank 0 writes the final parameters as raw little-endian f32\n"
+            "  -h, --help            this text\n");
+}
+
+static sov_status parse_long(const char *flag, const char *s, long lo, long hi, long *out) {
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (end == s || *end || errno || v < lo || v > hi)
+        return sov_fail(SOV_ERR_INVALID, "%s \"%s\": expected an integer in %ld..%ld", flag, s, lo, hi);
+    *out = v;
+    return SOV_OK;
+}
+
+static sov_status parse_float(const char *flag, const char *s, double lo, double hi, float *out) {
+    char *end;
+    errno = 0;
+    double v = strtod(s, &end);
+    if (end == s || *end || errno || !isfinite(v) || v < lo || v > hi)
+        return sov_fail(SOV_ERR_INVALID, "%s \"%s\": expected a number in %g..%g", flag, s, lo, hi);
+    *out = (float)v;
+    return SOV_OK;
+}
+
+static void set_defaults(sov_train_args *a) {
+    *a = (sov_train_args){
+        .model = "mlp", .hidden = "1024,1024", .data_dir = "/usr/share/datasets/fashion-mnist",
+        .run_dir = "runs/train", .epochs = 10, .batch = 128, .seed = 1, .log_every = 50,
+        .optim = {.kind = SOV_OPTIM_ADAMW, .lr = 1e-3f, .momentum = 0.9f, .beta1 = 0.9f, .beta2 = 0.999f,
+                  .eps = 1e-8f, .weight_decay = 0.01f, .warmup_steps = 100, .min_lr_ratio = 0.01f},
+    };
+}
+
+enum {
+    OPT_MODEL = 256, OPT_HIDDEN, OPT_DATA, OPT_SEED, OPT_BATCH, OPT_EPOCHS, OPT_STEPS, OPT_OPTIMIZER, OPT_LR,
+    OPT_WARMUP, OPT_MINLR, OPT_WD, OPT_MOMENTUM, OPT_BETA1, OPT_BETA2, OPT_CLIP, OPT_COMM, OPT_THREADS,
+    OPT_RUNDIR, OPT_EVAL, OPT_LOG, OPT_DUMP
+};
+
+static const struct option long_opts[] = {
+    {"model", required_argument, 0, OPT_MODEL}, {"hidden", required_argument, 0, OPT_HIDDEN},
+    {"data", required_argument, 0, OPT_DATA}, {"seed", required_argument, 0, OPT_SEED},
+    {"batch", required_argument, 0, OPT_BATCH}, {"epochs", required_argument, 0, OPT_EPOCHS},
+    {"steps", required_argument, 0, OPT_STEPS}, {"optimizer", required_argument, 0, OPT_OPTIMIZER},
+    {"lr", required_argument, 0, OPT_LR}, {"warmup-steps", required_argument, 0, OPT_WARMUP},
+    {"min-lr-ratio", required_argument, 0, OPT_MINLR}, {"weight-decay", required_argument, 0, OPT_WD},
+    {"momentum", required_argument, 0, OPT_MOMENTUM}, {"beta1", required_argument, 0, OPT_BETA1},
+    {"beta2", required_argument, 0, OPT_BETA2}, {"clip-grad", required_argument, 0, OPT_CLIP},
+    {"comm", required_argument, 0, OPT_COMM}, {"threads", required_argument, 0, OPT_THREADS},
+    {"run-dir", required_argument, 0, OPT_RUNDIR}, {"eval-every", required_argument, 0, OPT_EVAL},
+    {"log-every", required_argument, 0, OPT_LOG}, {"dump-params", required_argument, 0, OPT_DUMP},
+    {"help", no_argument, 0, 'h'}, {0, 0, 0, 0},
+};
+
+static sov_status apply(int opt, const char *v, sov_train_args *a) {
+    long n;
+    switch (opt) {
+    case OPT_MODEL: a->model = v; return SOV_OK;
+    case OPT_HIDDEN: a->hidden = v; return SOV_OK;
+    case OPT_DATA: a->data_dir = v; return SOV_OK;
+    case OPT_RUNDIR: a->run_dir = v; return SOV_OK;
+    case OPT_DUMP: a->dump_params = v; return SOV_OK;
+    case OPT_SEED: SOV_CHECK(parse_long("--seed", v, 0, 0x7fffffffffffffffL, &n)); a->seed = (uint64_t)n; return SOV_OK;
+    case OPT_BATCH: SOV_CHECK(parse_long("--batch", v, 1, 1 << 20, &n)); a->batch = (int)n; return SOV_OK;
+    case OPT_EPOCHS: return parse_long("--epochs", v, 1, 1000000, &a->epochs);
+    case OPT_STEPS: return parse_long("--steps", v, 1, 1L << 40, &a->steps);
+    case OPT_EVAL: return parse_long("--eval-every", v, 0, 1L << 40, &a->eval_every);
+    case OPT_LOG: return parse_long("--log-every", v, 1, 1L << 40, &a->log_every);
+    case OPT_THREADS: SOV_CHECK(parse_long("--threads", v, 1, 1024, &n)); a->threads = (int)n; return SOV_OK;
+    case OPT_WARMUP: return parse_long("--warmup-steps", v, 0, 1L << 40, &a->optim.warmup_steps);
+    case OPT_LR: return parse_float("--lr", v, 0.0, 10.0, &a->optim.lr);
+    case OPT_MINLR: return parse_float("--min-lr-ratio", v, 0.0, 1.0, &a->optim.min_lr_ratio);
+    case OPT_WD: return parse_float("--weight-decay", v, 0.0, 10.0, &a->optim.weight_decay);
+    case OPT_MOMENTUM: return parse_float("--momentum", v, 0.0, 0.9999, &a->optim.momentum);
+    case OPT_BETA1: return parse_float("--beta1", v, 0.0, 0.9999, &a->optim.beta1);
+    case OPT_BETA2: return parse_float("--beta2", v, 0.0, 0.999999, &a->optim.beta2);
+    case OPT_CLIP: return parse_float("--clip-grad", v, 0.0, 1e9, &a->optim.clip_norm);
+    case OPT_COMM: return sov_comm_backend_parse(v, &a->comm);
+    case OPT_OPTIMIZER:
+        if (strcmp(v, "adamw") == 0)
+            a->optim.kind = SOV_OPTIM_ADAMW;
+        else if (strcmp(v, "sgd") == 0)
+            a->optim.kind = SOV_OPTIM_SGD;
+        else
+            return sov_fail(SOV_ERR_INVALID, "--optimizer \"%s\": choose adamw or sgd", v);
+        return SOV_OK;
+    }
+    return sov_fail(SOV_ERR_INTERNAL, "unhandled option %d", opt);
+}
+
+sov_status sov_train_args_parse(int argc, char **argv, sov_train_args *a) {
+    set_defaults(a);
+    const char *env = getenv("SOVTRAIN_COMM");
+    if (env && *env)
+        SOV_CHECK(sov_comm_backend_parse(env, &a->comm));
+    optind = 1;
+    opterr = 0;
+    int opt;
+    while ((opt = getopt_long(argc, argv, ":h", long_opts, NULL)) != -1) {
+        if (opt == 'h') {
+            a->help = 1;
+            return SOV_OK;
+        }
+        if (opt == '?')
+            return sov_fail(SOV_ERR_INVALID, "unknown option \"%s\"", argv[optind - 1]);
+        if (opt == ':')
+            return sov_fail(SOV_ERR_INVALID, "option \"%s\" needs a value", argv[optind - 1]);
+        SOV_CHECK(apply(opt, optarg, a));
+    }
+    if (optind < argc)
+        return sov_fail(SOV_ERR_INVALID, "unexpected argument \"%s\"", argv[optind]);
+    if (!sov_model_find(a->model))
+        return sov_fail(SOV_ERR_INVALID, "unknown model \"%s\" (built-in: mlp)", a->model);
+    return SOV_OK;
+}

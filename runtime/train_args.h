@@ -1,0 +1,32 @@
+/* train_args.h (internal): the flags of `sovtrain train`, parsed and validated. */
+#ifndef SOV_TRAIN_ARGS_H
+#define SOV_TRAIN_ARGS_H
+
+#include "comm.h"
+#include "optim.h"
+
+#include <stdio.h>
+
+typedef struct sov_train_args {
+    const char *model;
+    const char *hidden;
+    const char *data_dir;
+    const char *run_dir;
+    const char *dump_params; /* rank 0 writes the final flat parameters (raw little-endian f32) here */
+    long epochs;
+    long steps;        /* total steps; 0 = epochs x steps per epoch */
+    int batch;         /* global batch, split evenly over the ranks */
+    uint64_t seed;
+    long eval_every;   /* steps; 0 = once per epoch */
+    long log_every;    /* steps */
+    int threads;       /* OpenBLAS threads per rank; 0 = cores / ranks on this host */
+    sov_comm_backend comm;
+    sov_optim_config optim;
+    int help;
+} sov_train_args;
+
+/* Parses argv (argv[0] is "train"). Errors name the flag and the accepted values. */
+sov_status sov_train_args_parse(int argc, char **argv, sov_train_args *args);
+void sov_train_usage(FILE *out);
+
+#endif

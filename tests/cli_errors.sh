@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# Bad input to the sovtrain command gets a clear message and a non-zero exit, never a crash or a hang.
+. "$(dirname "$0")/lib.sh"
+
+# Flags
+expect_error 2 'unknown command "frobnicate"' "$SOV" frobnicate
+expect_error 2 'unknown option "--bogus"' "$SOV" train --bogus
+expect_error 2 '--batch "12x": expected an integer' "$SOV" train --batch 12x
+expect_error 2 '--batch "0": expected an integer in 1..' "$SOV" train --batch 0
+expect_error 2 '--lr "-1": expected a number' "$SOV" train --lr -1
+expect_error 2 '--lr "nan": expected a number' "$SOV" train --lr nan
+expect_error 2 '--optimizer "lamb": choose adamw or sgd' "$SOV" train --optimizer lamb
+expect_error 2 'unknown communicator backend "carrier-pigeon"' "$SOV" train --comm carrier-pigeon
+expect_error 2 'option "--epochs" needs a value' "$SOV" train --epochs
+expect_error 2 'unknown model "resnet"' "$SOV" train --model resnet
+
+# Data: build small IDX files, then break them one way at a time.
+mkdir -p "$tmp/data"
+python3 - "$tmp/data" <<'PY'
+import gzip, struct, sys
+d = sys.argv[1]
+for split, n in (("train", 64), ("t10k", 16)):
+    with gzip.open(f"{d}/{split}-images-idx3-ubyte.gz", "wb") as f:
+        f.write(struct.pack(">IIII", 0x803, n, 28, 28) + bytes((i * 7) % 256 for i in range(n * 784)))
+    with gzip.open(f"{d}/{split}-labels-idx1-ubyte.gz", "wb") as f:
+        f.write(struct.pack(">II", 0x801, n) + bytes(i % 10 for i in range(n)))
+PY
+run_train() { "$SOV" train --data "$1" --steps 2 --batch 8 --hidden 8 --run-dir "$tmp/run" --threads 1; }
+expect_error 0 'done: 2 steps' run_train "$tmp/data"
+
+expect_error 1 'data directory /nonexistent/fashion' run_train /nonexistent/fashion
+
+cp -r "$tmp/data" "$tmp/trunc"
+python3 -c "
+import gzip, sys; p = sys.argv[1]; b = gzip.open(p).read(); gzip.open(p, 'wb').write(b[:len(b) // 2])" \
+    "$tmp/trunc/train-images-idx3-ubyte.gz"
+expect_error 1 'train-images-idx3-ubyte.gz: truncated IDX file' run_train "$tmp/trunc"
+
+cp -r "$tmp/data" "$tmp/cutgz"
+gz="$tmp/data/train-images-idx3-ubyte.gz"
+head -c $(($(stat -c %s "$gz") / 2)) "$gz" >"$tmp/cutgz/train-images-idx3-ubyte.gz"
+expect_error 1 'cutgz/train-images-idx3-ubyte.gz: truncated' run_train "$tmp/cutgz"
+
+cp -r "$tmp/data" "$tmp/magic"
+python3 -c "
+import gzip, struct, sys; p = sys.argv[1]; b = gzip.open(p).read(); gzip.open(p, 'wb').write(struct.pack('>I', 0x801) + b[4:])" \
+    "$tmp/magic/t10k-images-idx3-ubyte.gz"
+expect_error 1 't10k-images-idx3-ubyte.gz: not an IDX file of unsigned bytes with 3 dimensions' run_train "$tmp/magic"
+
+cp -r "$tmp/data" "$tmp/nolabels"
+rm "$tmp/nolabels/train-labels-idx1-ubyte.gz"
+expect_error 1 'train-labels-idx1-ubyte.gz: no such file' run_train "$tmp/nolabels"
+
+# Batch that does not split over the ranks; a batch larger than the data set.
+expect_error 1 '--batch 7 (the global batch) must be a multiple of the 2 ranks' \
+    launch -np 2 -- sovtrain train --data "$tmp/data" --batch 7 --run-dir "$tmp/run"
+expect_error 1 '--batch 128 exceeds the 64 training samples' \
+    "$SOV" train --data "$tmp/data" --batch 128 --run-dir "$tmp/run"
+
+# Launcher
+expect_error 2 'no command given' launch -np 2
+expect_error 2 '-np "two": expected an integer' launch -np two -- true
+printf 'localhost slots=two\n' >"$tmp/hosts"
+expect_error 2 "$tmp/hosts:1: \"slots=two\": value must be a positive integer" "$SOV" launch --hostfile "$tmp/hosts" -- true
+expect_error 2 'give -H or --hostfile, not both' "$SOV" launch -H localhost --hostfile "$tmp/hosts" -- true
+expect_error 127 'cannot run /nonexistent/mpirun' "$SOV" launch --mpirun /nonexistent/mpirun -- true
+
+finish

@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# `sovtrain launch` runs real mpirun jobs: the command line it builds, rank-tagged output, exit status, hostfiles,
+# and SIGTERM passed on to the job.
+. "$(dirname "$0")/lib.sh"
+
+# --dry-run prints the mpirun line; "sovtrain" resolves to this binary.
+line=$(launch -np 2 --dry-run -- sovtrain train --steps 3)
+grep -q -- "-np 2 " <<<"$line" || fail "dry run lacks -np 2: $line"
+grep -q -- "--tag-output" <<<"$line" || fail "dry run lacks --tag-output: $line"
+grep -q -- "$SOV train --steps 3\$" <<<"$line" || fail "dry run does not run $SOV: $line"
+line=$(launch -np 2 -H localhost:2 --mca btl self,vader -x FOO=bar --dry-run -- echo 'a b')
+grep -qF -- "-H localhost:2" <<<"$line" || fail "dry run lacks -H: $line"
+grep -qF -- "--mca btl self,vader" <<<"$line" || fail "dry run lacks --mca: $line"
+grep -qF -- "-x FOO=bar" <<<"$line" || fail "dry run lacks -x: $line"
+grep -qF -- "echo 'a b'" <<<"$line" || fail "dry run does not quote arguments: $line"
+echo "ok: dry run: $line"
+
+# Output is tagged per rank, stdout and stderr each to their own stream.
+launch -np 2 -- sh -c 'echo "out $OMPI_COMM_WORLD_RANK"; echo "err $OMPI_COMM_WORLD_RANK" >&2' \
+    >"$tmp/out" 2>"$tmp/err"
+for r in 0 1; do
+    grep -qx "\[rank $r\] out $r" "$tmp/out" || fail "stdout lacks '[rank $r] out $r': $(cat "$tmp/out")"
+    grep -qx "\[rank $r\] err $r" "$tmp/err" || fail "stderr lacks '[rank $r] err $r': $(cat "$tmp/err")"
+done
+echo "ok: tagged output"
+
+# The job's exit status is the launcher's.
+launch -np 2 -- sh -c 'exit $((OMPI_COMM_WORLD_RANK * 3))' >/dev/null 2>&1
+rc=$?
+[ "$rc" -eq 3 ] || fail "a job whose rank 1 exits 3 made the launcher exit $rc"
+launch -np 2 -- true || fail "a job of 'true' failed"
+echo "ok: exit status"
+
+# Hostfile and -H placement on this host.
+printf '# this machine\nlocalhost slots=2\n' >"$tmp/hosts"
+out=$(launch -np 2 --hostfile "$tmp/hosts" -- sh -c 'echo "size $OMPI_COMM_WORLD_SIZE"' 2>&1)
+[ "$(grep -c '] size 2' <<<"$out")" -eq 2 ] || fail "hostfile job: $out"
+out=$(launch -np 2 -H localhost:2 -- sh -c 'echo "size $OMPI_COMM_WORLD_SIZE"' 2>&1)
+[ "$(grep -c '] size 2' <<<"$out")" -eq 2 ] || fail "-H job: $out"
+echo "ok: hostfile and -H"
+
+# SIGTERM to the launcher reaches the ranks: each rank records the signal it got, then exits.
+cat >"$tmp/rank.sh" <<SH
+trap 'echo TERM > "$tmp/term.\$OMPI_COMM_WORLD_RANK"; exit 0' TERM
+touch "$tmp/up.\$OMPI_COMM_WORLD_RANK"
+while :; do sleep 0.1; done
+SH
+# (not through the launch function: $! must be the launcher itself, not a subshell)
+ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_leaks=0" "$SOV" launch -np 2 -- bash "$tmp/rank.sh" >"$tmp/sig.out" 2>&1 &
+launcher=$!
+for _ in $(seq 300); do [ -e "$tmp/up.0" ] && [ -e "$tmp/up.1" ] && break; sleep 0.1; done
+[ -e "$tmp/up.0" ] && [ -e "$tmp/up.1" ] || fail "ranks did not start within 30 s"
+kill -TERM "$launcher"
+wait "$launcher"
+echo "launcher exited $? after SIGTERM"
+for r in 0 1; do
+    [ -e "$tmp/term.$r" ] || fail "rank $r did not receive SIGTERM: $(cat "$tmp/sig.out")"
+done
+echo "ok: SIGTERM forwarded"
+
+finish

@@ -1,8 +1,20 @@
 /* comm.h: the one communicator API the runtime uses for collectives.
  *
  * Every rank of the job calls the same operations in the same order. Counts are in elements of `dtype`.
- * Backends: "self" (a job of one rank: every collective is a copy), "mpi" (Open MPI, any placement).
- * Reductions are deterministic for a given backend and world size; every rank receives identical bytes. */
+ * bf16 and f16 are reduced in f32 and rounded once (round to nearest even).
+ *
+ * Backends:
+ *   self  a job of one rank: every collective is the identity (a copy when out of place)
+ *   shm   ranks on one host, through POSIX shared memory; zero-copy on buffers from sov_comm_alloc; reductions
+ *         in rank order, so every rank gets the same bits, run after run
+ *   mpi   Open MPI's collectives, any placement (the portable fallback)
+ *   hier  several hosts: shm inside each host, MPI between hosts
+ *   nccl  GPU buffers (CUDA builds only): NCCL on a dedicated stream
+ * AUTO picks self for one rank, nccl for GPU buffers, shm when all ranks share a host, else hier.
+ *
+ * Every operation has a blocking form and an asynchronous one (sov_comm_i*: a request to wait for or test).
+ * Requests complete in the order they were issued. A collective that does not complete within the timeout
+ * fails with SOV_ERR_COMM and a message naming the ranks that never arrived (where the backend can see them). */
 #ifndef SOV_COMM_H
 #define SOV_COMM_H
 
@@ -10,44 +22,80 @@
 
 typedef enum sov_dtype { SOV_F32, SOV_BF16, SOV_F16, SOV_F64, SOV_U8 } sov_dtype;
 typedef enum sov_redop { SOV_SUM, SOV_AVG, SOV_MAX } sov_redop;
-typedef enum sov_comm_backend { SOV_COMM_AUTO, SOV_COMM_SELF, SOV_COMM_MPI } sov_comm_backend;
+typedef enum sov_comm_backend {
+    SOV_COMM_AUTO,
+    SOV_COMM_SELF,
+    SOV_COMM_SHM,
+    SOV_COMM_MPI,
+    SOV_COMM_HIER,
+    SOV_COMM_NCCL
+} sov_comm_backend;
 
 typedef struct sov_comm sov_comm;
+typedef struct sov_request sov_request;
+
+typedef struct sov_comm_config {
+    sov_comm_backend backend; /* SOV_COMM_AUTO unless overridden (--comm, SOVTRAIN_COMM) */
+    double timeout_s;         /* a collective not complete after this long fails; 0 means 300 s */
+    int gpu;                  /* 1 when buffers live on the GPU (selects nccl under AUTO) */
+} sov_comm_config;
 
 size_t sov_dtype_size(sov_dtype dtype);
 const char *sov_dtype_name(sov_dtype dtype);
 
-/* Parses "auto", "self" or "mpi" (the --comm flag and SOVTRAIN_COMM). */
+/* Parses "auto", "self", "shm", "mpi", "hier" or "nccl". */
 sov_status sov_comm_backend_parse(const char *name, sov_comm_backend *out);
 const char *sov_comm_backend_name(sov_comm_backend backend);
 
-/* Creates the communicator of all ranks in `world`. AUTO picks self for one rank, else MPI. MPI is initialised
- * here when needed and finalised by sov_comm_destroy. */
-sov_status sov_comm_init(sov_comm **out, const sov_world *world, sov_comm_backend backend);
+/* Creates the communicator of all ranks in `world`. MPI is initialised here when a backend needs it (also for
+ * shm, whose set-up exchanges names through MPI) and finalised by sov_comm_destroy. */
+sov_status sov_comm_init(sov_comm **out, const sov_world *world, const sov_comm_config *config);
 void sov_comm_destroy(sov_comm *comm);
 sov_comm_backend sov_comm_backend_of(const sov_comm *comm);
 int sov_comm_rank(const sov_comm *comm);
 int sov_comm_size(const sov_comm *comm);
 
-/* Memory that the backend can use without extra copies; 64-byte aligned and zeroed. */
+/* Memory the backend uses without extra copies (shared memory for shm, device memory for nccl); 64-byte aligned
+ * and zeroed. Returns NULL (with sov_last_error set) when it cannot be had. */
 void *sov_comm_alloc(sov_comm *comm, size_t bytes);
 void sov_comm_free(sov_comm *comm, void *ptr);
 
-/* recv = op over ranks of send (count elements); send == recv is in place. SOV_MAX and SOV_AVG need a float
- * dtype. */
+/* recv = op over ranks of send (count elements); send == recv is in place. MAX and AVG need a float dtype. */
 sov_status sov_comm_allreduce(sov_comm *comm, const void *send, void *recv, size_t count, sov_dtype dtype,
                               sov_redop op);
 /* buf (count elements) on every rank = buf on `root`. */
 sov_status sov_comm_broadcast(sov_comm *comm, void *buf, size_t count, sov_dtype dtype, int root);
-/* recv (size x count elements): block r = send of rank r. */
+/* recv (size x count elements): block r = send of rank r. send may be block `rank` of recv (in place). */
 sov_status sov_comm_allgather(sov_comm *comm, const void *send, void *recv, size_t count, sov_dtype dtype);
 /* recv (count elements) = block `rank` of op over ranks of send (size x count elements). */
 sov_status sov_comm_reduce_scatter(sov_comm *comm, const void *send, void *recv, size_t count, sov_dtype dtype,
                                    sov_redop op);
 sov_status sov_comm_barrier(sov_comm *comm);
 
+/* Asynchronous forms: start the operation and return a request. The buffers must stay untouched until the
+ * request completes. Every request must be passed to sov_comm_wait (which frees it) exactly once. */
+sov_status sov_comm_iallreduce(sov_comm *comm, const void *send, void *recv, size_t count, sov_dtype dtype,
+                               sov_redop op, sov_request **req);
+sov_status sov_comm_ibroadcast(sov_comm *comm, void *buf, size_t count, sov_dtype dtype, int root,
+                               sov_request **req);
+sov_status sov_comm_iallgather(sov_comm *comm, const void *send, void *recv, size_t count, sov_dtype dtype,
+                               sov_request **req);
+sov_status sov_comm_ireduce_scatter(sov_comm *comm, const void *send, void *recv, size_t count, sov_dtype dtype,
+                                    sov_redop op, sov_request **req);
+sov_status sov_comm_ibarrier(sov_comm *comm, sov_request **req);
+/* Waits for the request, frees it, and returns the operation's status. */
+sov_status sov_comm_wait(sov_request *req);
+/* Sets *done to 1 when the request has completed (then sov_comm_wait returns at once). */
+sov_status sov_comm_test(sov_request *req, int *done);
+
 /* Ends the whole job after an unrecoverable error on this rank, so that no other rank waits forever in a
  * collective this rank will never join. A one-rank communicator just returns. */
 void sov_comm_abort(sov_comm *comm, int exit_code);
+
+/* ---- helpers shared by backends and tests ---- */
+float sov_bf16_to_f32(uint16_t h);
+uint16_t sov_f32_to_bf16(float f); /* round to nearest even; NaN stays NaN */
+float sov_f16_to_f32(uint16_t h);
+uint16_t sov_f32_to_f16(float f);  /* round to nearest even; overflow to infinity */
 
 #endif

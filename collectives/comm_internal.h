@@ -1,28 +1,88 @@
-/* comm_internal.h (internal): what a backend provides to comm.c. */
+/* comm_internal.h (internal): what a backend provides to comm.c, and helpers the backends share. */
 #ifndef SOV_COMM_INTERNAL_H
 #define SOV_COMM_INTERNAL_H
 
 #include "comm.h"
 
+#include <pthread.h>
+
+typedef enum sov_op_kind { OP_ALLREDUCE, OP_BROADCAST, OP_ALLGATHER, OP_REDUCE_SCATTER, OP_BARRIER } sov_op_kind;
+
+/* One collective, as issued. `seq` numbers the collectives of a communicator from 1, in issue order. */
+typedef struct sov_op {
+    sov_op_kind kind;
+    const void *send;
+    void *recv;
+    size_t count;
+    sov_dtype dtype;
+    sov_redop redop;
+    int root;
+    uint64_t seq;
+} sov_op;
+
+const char *sov_op_name(sov_op_kind kind);
+
 typedef struct sov_comm_ops {
-    sov_status (*allreduce)(sov_comm *c, const void *send, void *recv, size_t count, sov_dtype dt, sov_redop op);
-    sov_status (*broadcast)(sov_comm *c, void *buf, size_t count, sov_dtype dt, int root);
-    sov_status (*allgather)(sov_comm *c, const void *send, void *recv, size_t count, sov_dtype dt);
-    sov_status (*reduce_scatter)(sov_comm *c, const void *send, void *recv, size_t count, sov_dtype dt,
-                                 sov_redop op);
-    sov_status (*barrier)(sov_comm *c);
+    sov_status (*run)(sov_comm *c, const sov_op *op);
+    void *(*alloc)(sov_comm *c, size_t bytes); /* NULL: host memory from sov_aligned_alloc */
+    void (*free)(sov_comm *c, void *ptr);
     void (*abort)(sov_comm *c, int exit_code);
     void (*destroy)(sov_comm *c);
 } sov_comm_ops;
+
+/* The asynchronous engine: one progress thread per communicator, started at the first asynchronous call. */
+typedef struct sov_async {
+    pthread_mutex_t lock;
+    pthread_cond_t work, done;
+    sov_request *head, *tail;
+    int pending;          /* issued and not yet completed */
+    int started, stop;
+    pthread_t thread;
+} sov_async;
 
 struct sov_comm {
     sov_comm_backend backend;
     const sov_comm_ops *ops;
     int rank, size;
+    double timeout_s;
+    uint64_t seq;         /* collectives issued so far */
+    int mpi_initialised;  /* this communicator called MPI_Init, so destroy finalises */
+    sov_status broken;    /* set once a collective failed: later ones fail at once */
+    char broken_msg[512];
+    sov_async async;
     void *impl;
 };
 
 sov_status sov_comm_self_init(sov_comm *c);
 sov_status sov_comm_mpi_init(sov_comm *c);
+sov_status sov_comm_shm_init(sov_comm *c, const sov_world *world);
+sov_status sov_comm_hier_init(sov_comm *c, const sov_world *world);
+sov_status sov_comm_nccl_init(sov_comm *c, const sov_world *world);
+
+/* The shared-memory engine over the ranks of one host (comm_shm.c), used by the shm and hier backends.
+ * `local` is an MPI communicator of exactly those ranks (passed as a pointer so this header needs no mpi.h);
+ * MPI is used only to set up. Ranks and sizes in a group are local. */
+typedef struct shm_group shm_group;
+sov_status sov_shm_group_create(shm_group **out, const void *local_mpi_comm, int global_rank, double timeout_s);
+sov_status sov_shm_group_run(shm_group *g, const sov_op *op);
+void *sov_shm_group_alloc(shm_group *g, size_t bytes);
+void sov_shm_group_free(shm_group *g, void *ptr);
+void sov_shm_group_destroy(shm_group *g);
+
+/* One collective with Open MPI on the given MPI communicator (passed as a pointer to an MPI_Comm). */
+sov_status sov_mpi_collective(const void *mpi_comm, const sov_op *op);
+
+/* Initialises MPI once per process (thread level SERIALIZED: collectives may run on the progress thread). */
+sov_status sov_mpi_ensure(sov_comm *c);
+
+/* out[i] = op over k = 0..n_in-1 of in[k][i], always in rank order k = 0, 1, ..., accumulating bf16/f16 in f32,
+ * then divided by `divisor` (for averages) before the single final rounding. out may alias any in[k]. */
+void sov_reduce(void *out, const void *const *in, int n_in, size_t count, sov_dtype dt, sov_redop op,
+                int divisor);
+
+/* Runs op synchronously or queues it on the progress thread (comm_async.c). */
+sov_status sov_async_submit(sov_comm *c, const sov_op *op, sov_request **req);
+sov_status sov_async_drain(sov_comm *c); /* waits until every queued request has completed */
+void sov_async_shutdown(sov_comm *c);
 
 #endif

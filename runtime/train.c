@@ -281,7 +281,8 @@ int sov_train_main(int argc, char **argv) {
         return 2;
     }
     sov_log_set_rank(t.world.rank, t.world.size);
-    if (sov_comm_init(&t.comm, &t.world, t.args.comm) != SOV_OK) {
+    sov_comm_config comm_cfg = {.backend = t.args.comm, .timeout_s = t.args.comm_timeout};
+    if (sov_comm_init(&t.comm, &t.world, &comm_cfg) != SOV_OK) {
         sov_log_error("%s", sov_last_error());
         return 1;
     }

@@ -21,6 +21,7 @@ typedef struct sov_train_args {
     long log_every;    /* steps */
     int threads;       /* OpenBLAS threads per rank; 0 = cores / ranks on this host */
     sov_comm_backend comm;
+    double comm_timeout; /* seconds before a stuck collective ends the job */
     sov_optim_config optim;
     int help;
 } sov_train_args;

@@ -85,6 +85,10 @@ sov_status sov_comm_init(sov_comm **out, const sov_world *world, const sov_comm_
         free(c);
         return st;
     }
+    /* shm waits time out by themselves and name the missing ranks: give them the first word */
+    c->watchdog_grace = c->backend == SOV_COMM_SHM || c->backend == SOV_COMM_HIER ? 2.0 : 0.0;
+    if (c->size > 1)
+        sov_watchdog_start(c);
     *out = c;
     return SOV_OK;
 }
@@ -93,6 +97,7 @@ void sov_comm_destroy(sov_comm *c) {
     if (!c)
         return;
     sov_async_shutdown(c);
+    sov_watchdog_stop(c);
     c->ops->destroy(c);
     pthread_mutex_destroy(&c->async.lock);
     pthread_cond_destroy(&c->async.work);

@@ -28,7 +28,11 @@ static sov_status run_op(sov_comm *c, const sov_op *op, char *error, size_t cap)
     }
     if (op->kind != OP_BARRIER && op->count == 0)
         return SOV_OK;
+    atomic_store(&c->busy_since, sov_now());
+    atomic_store(&c->busy_kind, (int)op->kind);
+    atomic_store(&c->busy_seq, op->seq);
     st = c->ops->run(c, op);
+    atomic_store(&c->busy_seq, 0);
     if (st != SOV_OK) {
         snprintf(error, cap, "%s", sov_last_error());
         snprintf(c->broken_msg, sizeof c->broken_msg, "%s", sov_last_error());

@@ -5,6 +5,7 @@
 #include "comm.h"
 
 #include <pthread.h>
+#include <stdatomic.h>
 
 typedef enum sov_op_kind { OP_ALLREDUCE, OP_BROADCAST, OP_ALLGATHER, OP_REDUCE_SCATTER, OP_BARRIER } sov_op_kind;
 
@@ -50,8 +51,22 @@ struct sov_comm {
     sov_status broken;    /* set once a collective failed: later ones fail at once */
     char broken_msg[512];
     sov_async async;
+    /* watchdog (comm_watchdog.c): which collective is running since when */
+    _Atomic uint64_t busy_seq; /* 0: none */
+    _Atomic int busy_kind;
+    _Atomic double busy_since;
+    _Atomic int watchdog_stop;
+    double watchdog_grace; /* extra seconds for backends that detect their own timeouts and name the ranks */
+    pthread_t watchdog;
+    int watchdog_running;
     void *impl;
 };
+
+/* The watchdog: a thread that ends the process (exit code 124) when one collective has been running longer than
+ * the timeout, saying which; mpirun then ends the other ranks. It backs up blocking MPI and NCCL calls, which
+ * cannot time out themselves. */
+void sov_watchdog_start(sov_comm *c);
+void sov_watchdog_stop(sov_comm *c);
 
 sov_status sov_comm_self_init(sov_comm *c);
 sov_status sov_comm_mpi_init(sov_comm *c);

@@ -2,26 +2,18 @@
  *
  * MPI takes int counts, so large operations are issued in slices of at most MAX_SLICE elements. bf16 and f16
  * travel as 16-bit integers with user-defined reductions that compute in f32. A blocking MPI call cannot time
- * out, so a watchdog thread ends the job when one collective has run longer than the timeout. */
+ * out; the communicator's watchdog (comm_watchdog.c) ends a job stuck in one. */
 #include "comm_internal.h"
 
 #include <limits.h>
 #include <mpi.h>
-#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
-#include <unistd.h>
 
 #define MAX_SLICE ((size_t)1 << 30)
 
 typedef struct mpi_state {
     MPI_Comm comm;
-    pthread_t watchdog;
-    int watchdog_running;
-    _Atomic int stop;
-    _Atomic uint64_t busy_seq;   /* collective in progress, 0 when none */
-    _Atomic int busy_kind;
-    _Atomic double busy_since;
 } mpi_state;
 
 static int mpi_thread_level;
@@ -157,37 +149,7 @@ sov_status sov_mpi_collective(const void *mpi_comm, const sov_op *op) {
     return SOV_OK;
 }
 
-static sov_status mpi_run(sov_comm *c, const sov_op *op) {
-    mpi_state *s = c->impl;
-    atomic_store(&s->busy_since, sov_now());
-    atomic_store(&s->busy_kind, (int)op->kind);
-    atomic_store(&s->busy_seq, op->seq);
-    sov_status st = sov_mpi_collective(&s->comm, op);
-    atomic_store(&s->busy_seq, 0);
-    return st;
-}
-
-/* Ends the job when a collective has been in progress for longer than the timeout. */
-static void *watchdog_main(void *arg) {
-    sov_comm *c = arg;
-    mpi_state *s = c->impl;
-    while (!atomic_load(&s->stop)) {
-        usleep(200000);
-        uint64_t seq = atomic_load(&s->busy_seq);
-        double since = atomic_load(&s->busy_since);
-        if (seq && atomic_load(&s->busy_seq) == seq && sov_now() - since > c->timeout_s) {
-            fprintf(stderr,
-                    "error: rank %d: MPI %s #%llu did not complete within %.0f s (--comm-timeout): another rank "
-                    "stopped calling collectives or hangs (the MPI backend cannot see which; the shm backend names "
-                    "it). Ending the job.\n",
-                    c->rank, sov_op_name((sov_op_kind)atomic_load(&s->busy_kind)), (unsigned long long)seq,
-                    c->timeout_s);
-            fflush(stderr);
-            _exit(124); /* MPI is inside a call on another thread; mpirun ends the other ranks */
-        }
-    }
-    return NULL;
-}
+static sov_status mpi_run(sov_comm *c, const sov_op *op) { return sov_mpi_collective(&((mpi_state *)c->impl)->comm, op); }
 
 static void mpi_abort(sov_comm *c, int exit_code) {
     mpi_state *s = c->impl;
@@ -198,10 +160,6 @@ static void mpi_destroy(sov_comm *c) {
     mpi_state *s = c->impl;
     if (!s)
         return;
-    if (s->watchdog_running) {
-        atomic_store(&s->stop, 1);
-        pthread_join(s->watchdog, NULL);
-    }
     MPI_Comm_free(&s->comm);
     if (c->mpi_initialised)
         MPI_Finalize();
@@ -229,7 +187,5 @@ sov_status sov_comm_mpi_init(sov_comm *c) {
         mpi_destroy(c);
         return st;
     }
-    if (pthread_create(&s->watchdog, NULL, watchdog_main, c) == 0)
-        s->watchdog_running = 1;
     return SOV_OK;
 }

@@ -6,13 +6,14 @@
 
 #include <ctype.h>
 #include <errno.h>
-#include <getopt.h>
+#include <glob.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #define MAX_ARGS 512
@@ -369,6 +370,31 @@ static int run_job(const char *const *argv) {
     return exit_code_of(status);
 }
 
+/* A job id for the ranks (SOVTRAIN_JOB_ID): their shared-memory segments carry it in their names, so the
+ * launcher can remove what a crashed job left in /dev/shm. */
+static const char *set_job_id(void) {
+    const char *id = getenv("SOVTRAIN_JOB_ID");
+    if (!id || !*id) {
+        char buf[64];
+        snprintf(buf, sizeof buf, "j%dx%lx", (int)getpid(), (unsigned long)time(NULL));
+        setenv("SOVTRAIN_JOB_ID", buf, 1);
+    }
+    return getenv("SOVTRAIN_JOB_ID");
+}
+
+static void remove_shm_leftovers(const char *job_id) {
+    char pattern[256];
+    snprintf(pattern, sizeof pattern, "/dev/shm/sovtrain-%s-*", job_id);
+    glob_t g;
+    if (glob(pattern, 0, NULL, &g) != 0)
+        return;
+    for (size_t i = 0; i < g.gl_pathc; i++)
+        unlink(g.gl_pathv[i]);
+    fprintf(stderr, "sovtrain launch: removed %zu shared-memory segment%s left by the job\n", g.gl_pathc,
+            g.gl_pathc == 1 ? "" : "s");
+    globfree(&g);
+}
+
 int sov_launch_main(int argc, char **argv) {
     launch_opts o;
     int help = 0;
@@ -380,6 +406,7 @@ int sov_launch_main(int argc, char **argv) {
         usage(stdout);
         return 0;
     }
+    const char *job_id = set_job_id();
     const char *job_argv[MAX_ARGS];
     static char self[4096], xbuf[128][256];
     if (build_argv(&o, job_argv, self, sizeof self, xbuf, 128) != SOV_OK) {
@@ -390,5 +417,7 @@ int sov_launch_main(int argc, char **argv) {
         print_command(stdout, job_argv);
         return 0;
     }
-    return run_job(job_argv);
+    int rc = run_job(job_argv);
+    remove_shm_leftovers(job_id);
+    return rc;
 }

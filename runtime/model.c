@@ -15,7 +15,18 @@ const sov_model_ops *sov_model_find(const char *name) {
     return NULL;
 }
 
-sov_status sov_model_create(const char *name, const sov_model_config *cfg, sov_model **out) {
+static void *host_alloc(void *ctx, size_t bytes) {
+    (void)ctx;
+    return sov_aligned_alloc(bytes);
+}
+
+static void host_free(void *ctx, void *ptr) {
+    (void)ctx;
+    free(ptr);
+}
+
+sov_status sov_model_create(const char *name, const sov_model_config *cfg, const sov_allocator *allocator,
+                            sov_model **out) {
     const sov_model_ops *ops = sov_model_find(name);
     if (!ops)
         return sov_fail(SOV_ERR_INVALID, "unknown model \"%s\" (built-in: mlp)", name);
@@ -23,10 +34,11 @@ sov_status sov_model_create(const char *name, const sov_model_config *cfg, sov_m
     if (!m)
         return SOV_ERR_NOMEM;
     m->ops = ops;
+    m->allocator = allocator ? *allocator : (sov_allocator){.alloc = host_alloc, .free = host_free};
     sov_status st = ops->create(cfg, m);
     if (st == SOV_OK) {
-        m->params = sov_aligned_alloc(m->num_params * sizeof(float));
-        m->grads = sov_aligned_alloc(m->num_params * sizeof(float));
+        m->params = m->allocator.alloc(m->allocator.ctx, m->num_params * sizeof(float));
+        m->grads = m->allocator.alloc(m->allocator.ctx, m->num_params * sizeof(float));
         if (!m->params || !m->grads)
             st = SOV_ERR_NOMEM;
     }
@@ -44,7 +56,9 @@ void sov_model_destroy(sov_model *m) {
     if (m->ops && m->impl)
         m->ops->destroy(m);
     free(m->tensors);
-    free(m->params);
-    free(m->grads);
+    if (m->params)
+        m->allocator.free(m->allocator.ctx, m->params);
+    if (m->grads)
+        m->allocator.free(m->allocator.ctx, m->grads);
     free(m);
 }

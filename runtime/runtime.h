@@ -41,6 +41,14 @@ typedef struct sov_model_config {
 
 typedef struct sov_model sov_model;
 
+/* Where the flat buffers come from: the communicator's memory (shared or device memory that collectives use
+ * without copies) or, with a NULL allocator, plain host memory. */
+typedef struct sov_allocator {
+    void *(*alloc)(void *ctx, size_t bytes); /* zeroed, 64-byte aligned */
+    void (*free)(void *ctx, void *ptr);
+    void *ctx;
+} sov_allocator;
+
 typedef struct sov_model_ops {
     const char *name;
     /* Describes the tensors (m->tensors, m->num_tensors, m->num_params) and allocates activations (m->impl). */
@@ -62,12 +70,15 @@ struct sov_model {
     float *params; /* flat, num_params, owned by the runtime */
     float *grads;  /* flat, num_params, owned by the runtime */
     void *impl;    /* the model's own state (activations, shapes) */
+    sov_allocator allocator; /* what params and grads came from */
 };
 
 /* Built-in models by name ("mlp"); NULL when unknown. */
 const sov_model_ops *sov_model_find(const char *name);
-/* Creates a model and its flat parameter and gradient buffers (64-byte aligned, zeroed). */
-sov_status sov_model_create(const char *name, const sov_model_config *cfg, sov_model **out);
+/* Creates a model and its flat parameter and gradient buffers (64-byte aligned, zeroed) from `allocator`
+ * (NULL: host memory). */
+sov_status sov_model_create(const char *name, const sov_model_config *cfg, const sov_allocator *allocator,
+                            sov_model **out);
 void sov_model_destroy(sov_model *m);
 
 /* Number of CUDA GPUs this process can use. 0 when there are none, with the reason in `why` (no driver, no

@@ -4,6 +4,7 @@
  * global order at any world size), computes gradients of its mean loss, and the gradients are averaged across
  * ranks before every rank applies the same optimizer update, so replicas stay bitwise identical; the job checks
  * that at the end. */
+#include "buckets.h"
 #include "data.h"
 #include "metrics.h"
 #include "optim.h"
@@ -28,6 +29,7 @@ typedef struct trainer {
     sov_model *model;
     sov_optimizer opt;
     sov_metrics metrics;
+    sov_buckets buckets;
     int local_batch;
     long steps_per_epoch, total_steps, eval_every;
     float *x;   /* local_batch x input_dim */
@@ -72,10 +74,17 @@ static sov_status plan_steps(trainer *t) {
     return SOV_OK;
 }
 
+/* Parameters and gradients live in the communicator's memory, so collectives read them in place. */
+static void *comm_alloc(void *ctx, size_t bytes) { return sov_comm_alloc(ctx, bytes); }
+static void comm_free(void *ctx, void *ptr) { sov_comm_free(ctx, ptr); }
+
 static sov_status build_model(trainer *t) {
     sov_model_config cfg = {.input_dim = t->train.dim, .classes = t->train.classes, .hidden = t->args.hidden,
                             .max_batch = t->local_batch};
-    SOV_CHECK(sov_model_create(t->args.model, &cfg, &t->model));
+    sov_allocator comm_memory = {.alloc = comm_alloc, .free = comm_free, .ctx = t->comm};
+    SOV_CHECK(sov_model_create(t->args.model, &cfg, &comm_memory, &t->model));
+    sov_buckets_init(&t->buckets, t->comm, t->model->grads, t->model->num_params,
+                     (size_t)(t->args.bucket_cap_mb * 1048576.0));
     t->model->ops->init(t->model, t->args.seed);
     /* Same seed gives the same weights everywhere; broadcasting rank 0's makes replicas identical regardless. */
     SOV_CHECK(sov_comm_broadcast(t->comm, t->model->params, t->model->num_params, SOV_F32, 0));
@@ -100,6 +109,7 @@ static sov_status emit_start(trainer *t) {
                            "optimizer", a->optim.kind == SOV_OPTIM_ADAMW ? "adamw" : "sgd", "lr", (double)a->optim.lr,
                            "comm", sov_comm_backend_name(sov_comm_backend_of(t->comm)), "seed", (json_int_t)a->seed);
     json_object_set_new(ev, "hidden", json_string(a->hidden));
+    json_object_set_new(ev, "bucket_cap_mb", json_real(a->bucket_cap_mb));
     return sov_metrics_emit(&t->metrics, ev);
 }
 
@@ -156,8 +166,12 @@ static sov_status train_step(trainer *t, long step, float *loss, float *lr, doub
     const int32_t *idx = sov_sampler_batch(&t->sampler, step, t->args.batch, t->world.rank, t->local_batch);
     sov_dataset_gather(&t->train, idx, t->local_batch, t->x, t->y);
     sov_batch batch = {.n = t->local_batch, .x = t->x, .y = t->y};
-    SOV_CHECK(t->model->ops->train_step(t->model, &batch, loss, NULL));
-    SOV_CHECK(sov_comm_allreduce(t->comm, t->model->grads, t->model->grads, t->model->num_params, SOV_F32, SOV_AVG));
+    sov_buckets_begin(&t->buckets);
+    sov_grad_hook hook = sov_buckets_hook(&t->buckets);
+    sov_status st = t->model->ops->train_step(t->model, &batch, loss, &hook);
+    sov_status reduced = sov_buckets_finish(&t->buckets); /* waits for buckets in flight even after a failure */
+    SOV_CHECK(st);
+    SOV_CHECK(reduced);
     *lr = sov_lr_at(&t->opt.cfg, step);
     *grad_norm = sov_optim_step(&t->opt, t->model, *lr);
     return SOV_OK;

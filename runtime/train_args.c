@@ -36,6 +36,8 @@ void sov_train_usage(FILE *out) {
             "                        $SOVTRAIN_COMM): auto picks shm on one host, hier across hosts\n"
             "  --comm-timeout S      a collective not complete after S seconds ends the job, naming the ranks\n"
             "                        that never arrived (default 300)\n"
+            "  --bucket-cap-mb X     gradient buckets of X MiB all-reduced while backward runs (first one\n"
+            "                        ~1 MiB); 0 = one allreduce after backward (default 25)\n"
             "  --threads N           OpenBLAS threads per rank (default: cores / ranks on this host)\n"
             "output:\n"
             "  --run-dir DIR         metrics.jsonl goes here (default runs/train)\n"
@@ -68,7 +70,7 @@ static sov_status parse_float(const char *flag, const char *s, double lo, double
 static void set_defaults(sov_train_args *a) {
     *a = (sov_train_args){
         .model = "mlp", .hidden = "1024,1024", .data_dir = "/usr/share/datasets/fashion-mnist",
-        .run_dir = "runs/train", .epochs = 10, .comm_timeout = 300.0, .batch = 128, .seed = 1, .log_every = 50,
+        .run_dir = "runs/train", .epochs = 10, .comm_timeout = 300.0, .bucket_cap_mb = 25.0, .batch = 128, .seed = 1, .log_every = 50,
         .optim = {.kind = SOV_OPTIM_ADAMW, .lr = 1e-3f, .momentum = 0.9f, .beta1 = 0.9f, .beta2 = 0.999f,
                   .eps = 1e-8f, .weight_decay = 0.01f, .warmup_steps = 100, .min_lr_ratio = 0.01f},
     };
@@ -77,7 +79,7 @@ static void set_defaults(sov_train_args *a) {
 enum {
     OPT_MODEL = 256, OPT_HIDDEN, OPT_DATA, OPT_SEED, OPT_BATCH, OPT_EPOCHS, OPT_STEPS, OPT_OPTIMIZER, OPT_LR,
     OPT_WARMUP, OPT_MINLR, OPT_WD, OPT_MOMENTUM, OPT_BETA1, OPT_BETA2, OPT_CLIP, OPT_COMM, OPT_THREADS,
-    OPT_RUNDIR, OPT_EVAL, OPT_LOG, OPT_DUMP, OPT_COMM_TIMEOUT
+    OPT_RUNDIR, OPT_EVAL, OPT_LOG, OPT_DUMP, OPT_COMM_TIMEOUT, OPT_BUCKET
 };
 
 static const struct option long_opts[] = {
@@ -92,7 +94,7 @@ static const struct option long_opts[] = {
     {"comm", required_argument, 0, OPT_COMM}, {"threads", required_argument, 0, OPT_THREADS},
     {"run-dir", required_argument, 0, OPT_RUNDIR}, {"eval-every", required_argument, 0, OPT_EVAL},
     {"log-every", required_argument, 0, OPT_LOG}, {"dump-params", required_argument, 0, OPT_DUMP},
-    {"comm-timeout", required_argument, 0, OPT_COMM_TIMEOUT},
+    {"comm-timeout", required_argument, 0, OPT_COMM_TIMEOUT}, {"bucket-cap-mb", required_argument, 0, OPT_BUCKET},
     {"help", no_argument, 0, 'h'}, {0, 0, 0, 0},
 };
 
@@ -120,6 +122,12 @@ static sov_status apply(int opt, const char *v, sov_train_args *a) {
     case OPT_BETA2: return parse_float("--beta2", v, 0.0, 0.999999, &a->optim.beta2);
     case OPT_CLIP: return parse_float("--clip-grad", v, 0.0, 1e9, &a->optim.clip_norm);
     case OPT_COMM: return sov_comm_backend_parse(v, &a->comm);
+    case OPT_BUCKET: {
+        float mb;
+        SOV_CHECK(parse_float("--bucket-cap-mb", v, 0.0, 1e6, &mb));
+        a->bucket_cap_mb = mb;
+        return SOV_OK;
+    }
     case OPT_COMM_TIMEOUT: {
         float t;
         SOV_CHECK(parse_float("--comm-timeout", v, 0.001, 1e7, &t));

@@ -22,6 +22,7 @@ typedef struct sov_train_args {
     int threads;       /* OpenBLAS threads per rank; 0 = cores / ranks on this host */
     sov_comm_backend comm;
     double comm_timeout; /* seconds before a stuck collective ends the job */
+    double bucket_cap_mb; /* gradient bucket size; 0 = one allreduce after backward */
     sov_optim_config optim;
     int help;
 } sov_train_args;

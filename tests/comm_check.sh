@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Runs tests/comm_check as a real N-rank job: comm_check.sh SOVTRAIN COMM_CHECK NP BACKEND [VAR=VALUE...]
+. "$(dirname "$0")/lib.sh"
+check=$2 np=$3 backend=$4
+shift 4
+env "$@" ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_leaks=0" \
+    "$SOV" launch -np "$np" -- "$check" "$backend" || fail "comm_check $backend on $np ranks ($*)"
+finish

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what sovtrain needs to build, test and run its main job on Debian 12.
 # Does nothing (and needs no network) when everything is already present.
+# --bench also installs the benchmarks' peers (Debian's python3-torch for the PyTorch DDP comparison).
 set -euo pipefail
 
 packages=(
@@ -11,6 +12,10 @@ packages=(
   dataset-fashion-mnist fortunes
   python3
 )
+
+if [ "${1:-}" = "--bench" ]; then
+  packages+=(python3-torch python3-numpy)
+fi
 
 missing=()
 for p in "${packages[@]}"; do

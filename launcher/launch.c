@@ -52,11 +52,8 @@ static void usage(FILE *out) {
 }
 
 static sov_status parse_int(const char *flag, const char *s, int lo, int hi, int *out) {
-    char *end;
-    errno = 0;
-    long v = strtol(s, &end, 10);
-    if (end == s || *end || errno || v < lo || v > hi)
-        return sov_fail(SOV_ERR_INVALID, "%s \"%s\": expected an integer in %d..%d", flag, s, lo, hi);
+    long v;
+    SOV_CHECK(sov_parse_long(flag, s, lo, hi, &v));
     *out = (int)v;
     return SOV_OK;
 }

@@ -69,6 +69,9 @@ void sov_log_set_rank(int rank, int world_size);
 void sov_log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 void sov_log_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
+/* Parses `text` as a whole decimal integer in [lo, hi]; the error names `what` (a flag or field) and the range. */
+sov_status sov_parse_long(const char *what, const char *text, long lo, long hi, long *out);
+
 /* Creates directory `path` and its missing parents (mode 0755). */
 sov_status sov_mkdir_p(const char *path);
 

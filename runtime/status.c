@@ -106,6 +106,16 @@ double sov_now(void) {
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
+sov_status sov_parse_long(const char *what, const char *text, long lo, long hi, long *out) {
+    char *end;
+    errno = 0;
+    long v = strtol(text, &end, 10);
+    if (end == text || *end || errno || v < lo || v > hi)
+        return sov_fail(SOV_ERR_INVALID, "%s \"%s\": expected an integer in %ld..%ld", what, text, lo, hi);
+    *out = v;
+    return SOV_OK;
+}
+
 sov_status sov_mkdir_p(const char *path) {
     char buf[4096];
     size_t len = strlen(path);

@@ -47,16 +47,6 @@ void sov_train_usage(FILE *out) {
             "  -h, --help            this text\n");
 }
 
-static sov_status parse_long(const char *flag, const char *s, long lo, long hi, long *out) {
-    char *end;
-    errno = 0;
-    long v = strtol(s, &end, 10);
-    if (end == s || *end || errno || v < lo || v > hi)
-        return sov_fail(SOV_ERR_INVALID, "%s \"%s\": expected an integer in %ld..%ld", flag, s, lo, hi);
-    *out = v;
-    return SOV_OK;
-}
-
 static sov_status parse_float(const char *flag, const char *s, double lo, double hi, float *out) {
     char *end;
     errno = 0;
@@ -106,14 +96,14 @@ static sov_status apply(int opt, const char *v, sov_train_args *a) {
     case OPT_DATA: a->data_dir = v; return SOV_OK;
     case OPT_RUNDIR: a->run_dir = v; return SOV_OK;
     case OPT_DUMP: a->dump_params = v; return SOV_OK;
-    case OPT_SEED: SOV_CHECK(parse_long("--seed", v, 0, 0x7fffffffffffffffL, &n)); a->seed = (uint64_t)n; return SOV_OK;
-    case OPT_BATCH: SOV_CHECK(parse_long("--batch", v, 1, 1 << 20, &n)); a->batch = (int)n; return SOV_OK;
-    case OPT_EPOCHS: return parse_long("--epochs", v, 1, 1000000, &a->epochs);
-    case OPT_STEPS: return parse_long("--steps", v, 1, 1L << 40, &a->steps);
-    case OPT_EVAL: return parse_long("--eval-every", v, 0, 1L << 40, &a->eval_every);
-    case OPT_LOG: return parse_long("--log-every", v, 1, 1L << 40, &a->log_every);
-    case OPT_THREADS: SOV_CHECK(parse_long("--threads", v, 1, 1024, &n)); a->threads = (int)n; return SOV_OK;
-    case OPT_WARMUP: return parse_long("--warmup-steps", v, 0, 1L << 40, &a->optim.warmup_steps);
+    case OPT_SEED: SOV_CHECK(sov_parse_long("--seed", v, 0, 0x7fffffffffffffffL, &n)); a->seed = (uint64_t)n; return SOV_OK;
+    case OPT_BATCH: SOV_CHECK(sov_parse_long("--batch", v, 1, 1 << 20, &n)); a->batch = (int)n; return SOV_OK;
+    case OPT_EPOCHS: return sov_parse_long("--epochs", v, 1, 1000000, &a->epochs);
+    case OPT_STEPS: return sov_parse_long("--steps", v, 1, 1L << 40, &a->steps);
+    case OPT_EVAL: return sov_parse_long("--eval-every", v, 0, 1L << 40, &a->eval_every);
+    case OPT_LOG: return sov_parse_long("--log-every", v, 1, 1L << 40, &a->log_every);
+    case OPT_THREADS: SOV_CHECK(sov_parse_long("--threads", v, 1, 1024, &n)); a->threads = (int)n; return SOV_OK;
+    case OPT_WARMUP: return sov_parse_long("--warmup-steps", v, 0, 1L << 40, &a->optim.warmup_steps);
     case OPT_LR: return parse_float("--lr", v, 0.0, 10.0, &a->optim.lr);
     case OPT_MINLR: return parse_float("--min-lr-ratio", v, 0.0, 1.0, &a->optim.min_lr_ratio);
     case OPT_WD: return parse_float("--weight-decay", v, 0.0, 10.0, &a->optim.weight_decay);

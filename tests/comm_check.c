@@ -5,9 +5,11 @@
  * match the reference exactly) and "random" (the reference sums in rank order, as shm promises: shm and self must
  * match it bit for bit; MPI-based backends within a tolerance). Every rank's output must be bitwise identical to
  * every other rank's, checked through MPI directly, not through the communicator under test.
- * Buffers come both from sov_comm_alloc (zero-copy) and from malloc (copied). Prints one line per failure and a
- * summary; exits 1 on any failure. */
+ * Buffers come both from sov_comm_alloc (zero-copy) and from malloc (copied); for nccl, from CUDA managed memory,
+ * which NCCL reads on the GPU and this test reads on the host (exit 77, a skip, where no GPU serves every rank).
+ * Prints one line per failure and a summary; exits 1 on any failure. */
 #include "comm.h"
+#include "runtime.h"
 
 #include <math.h>
 #include <mpi.h>
@@ -15,8 +17,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include <xxhash.h>
+#ifdef SOVTRAIN_HAVE_CUDA
+#include <cuda_runtime.h>
+#endif
 
-static int rank, size, failures, checks, exact_backend;
+static int rank, size, failures, checks, exact_backend, gpu;
 static sov_comm *comm;
 
 static uint64_t mix(uint64_t x) {
@@ -125,7 +130,16 @@ static void same_on_all_ranks(const char *what, const void *buf, size_t bytes) {
 }
 
 static void *buffer(size_t bytes, int registered) {
-    void *p = registered ? sov_comm_alloc(comm, bytes ? bytes : 1) : calloc(1, bytes ? bytes : 1);
+    void *p = NULL;
+#ifdef SOVTRAIN_HAVE_CUDA
+    if (gpu && registered) {
+        if (cudaMallocManaged(&p, bytes ? bytes : 1, cudaMemAttachGlobal) != cudaSuccess)
+            p = NULL;
+        else
+            memset(p, 0, bytes ? bytes : 1);
+    } else
+#endif
+        p = registered ? sov_comm_alloc(comm, bytes ? bytes : 1) : calloc(1, bytes ? bytes : 1);
     if (!p) {
         fprintf(stderr, "rank %d: allocation of %zu bytes failed: %s\n", rank, bytes, sov_last_error());
         MPI_Abort(MPI_COMM_WORLD, 2);
@@ -134,6 +148,12 @@ static void *buffer(size_t bytes, int registered) {
 }
 
 static void release(void *p, int registered) {
+#ifdef SOVTRAIN_HAVE_CUDA
+    if (gpu && registered) {
+        cudaFree(p);
+        return;
+    }
+#endif
     if (registered)
         sov_comm_free(comm, p);
     else
@@ -232,7 +252,7 @@ static void test_async(void) {
     void *bufs[K], *refs[K];
     sov_request *reqs[K];
     for (int k = 0; k < K; k++) {
-        bufs[k] = buffer(counts[k] * 4, k % 2);
+        bufs[k] = buffer(counts[k] * 4, gpu || k % 2);
         refs[k] = buffer(counts[k] * 4, 0);
         for (size_t i = 0; i < counts[k]; i++) {
             store(bufs[k], i, SOV_F32, value(rank, i + (size_t)k, SOV_F32, 1));
@@ -245,7 +265,7 @@ static void test_async(void) {
     for (int k = K - 1; k >= 0; k--) {
         check_status("wait", sov_comm_wait(reqs[k]));
         compare("async allreduce", bufs[k], refs[k], counts[k], SOV_F32, 1);
-        release(bufs[k], k % 2);
+        release(bufs[k], gpu || k % 2);
         release(refs[k], 0);
     }
     sov_request *b;
@@ -265,6 +285,19 @@ int main(int argc, char **argv) {
         return 2;
     }
     check_status("world", sov_world_from_env(&world));
+    if (cfg0.backend == SOV_COMM_NCCL) {
+        char why[256];
+        int devices = sov_gpu_count(why, sizeof why);
+        if (devices < world.local_size) {
+            if (rank == 0)
+                printf("SKIP: nccl needs a GPU per rank: %d rank(s) here, %d GPU(s) (%s)\n", world.local_size, devices,
+                       why);
+            MPI_Finalize();
+            return 77;
+        }
+        gpu = 1;
+        cfg0.gpu = 1;
+    }
     check_status("sov_comm_init", sov_comm_init(&comm, &world, &cfg0));
     exact_backend = cfg0.backend == SOV_COMM_SHM || cfg0.backend == SOV_COMM_SELF;
     const size_t counts[] = {0, 1, 2, 7, 61, 257, 1031, 4099, 10007, 100003};
@@ -274,6 +307,8 @@ int main(int argc, char **argv) {
             for (int mode = 0; mode < 8; mode++) {
                 cfg c = {.dt = dtypes[d], .n = counts[k], .exact = mode & 1, .reg = (mode >> 1) & 1,
                          .inplace = (mode >> 2) & 1};
+                if (gpu && !c.reg) /* NCCL reads GPU-visible memory only */
+                    continue;
                 if (c.dt == SOV_U8) {
                     if (c.exact) test_allreduce(&c, SOV_SUM);
                 } else {

@@ -1,4 +1,5 @@
 /* main.c: the `sovtrain` command, one client of libsovtrain. */
+#include "ckpt.h"
 #include "launch.h"
 #include "runtime.h"
 
@@ -14,6 +15,7 @@ static void usage(FILE *out) {
             "commands:\n"
             "  launch    start a job of N ranks through Open MPI's mpirun (sovtrain launch --help)\n"
             "  train     one rank of a data-parallel training job (sovtrain train --help)\n"
+            "  ckpt      list, verify, inspect and export checkpoints (sovtrain ckpt --help)\n"
             "  version   versions of sovtrain and the libraries it was built with\n"
             "\n"
             "example: sovtrain launch -np 2 -- sovtrain train --epochs 5 --run-dir runs/demo\n");
@@ -44,6 +46,8 @@ int main(int argc, char **argv) {
     const char *cmd = argv[1];
     if (strcmp(cmd, "train") == 0)
         return sov_train_main(argc - 1, argv + 1);
+    if (strcmp(cmd, "ckpt") == 0)
+        return sov_ckpt_main(argc - 1, argv + 1);
     if (strcmp(cmd, "launch") == 0)
         return sov_launch_main(argc - 1, argv + 1);
     if (strcmp(cmd, "version") == 0 || strcmp(cmd, "--version") == 0)

@@ -4,12 +4,7 @@
  * global order at any world size), computes gradients of its mean loss, and the gradients are averaged across
  * ranks before every rank applies the same optimizer update, so replicas stay bitwise identical; the job checks
  * that at the end. */
-#include "buckets.h"
-#include "data.h"
-#include "metrics.h"
-#include "optim.h"
-#include "runtime.h"
-#include "train_args.h"
+#include "trainer.h"
 
 #include <cblas.h>
 #include <errno.h>
@@ -19,25 +14,6 @@
 #include <string.h>
 #include <unistd.h>
 #include <xxhash.h>
-
-typedef struct trainer {
-    sov_train_args args;
-    sov_world world;
-    sov_comm *comm;
-    sov_dataset train, test;
-    sov_sampler sampler;
-    sov_model *model;
-    sov_optimizer opt;
-    sov_metrics metrics;
-    sov_buckets buckets;
-    int local_batch;
-    long steps_per_epoch, total_steps, eval_every;
-    float *x;   /* local_batch x input_dim */
-    int32_t *y; /* local_batch */
-    double test_loss, test_acc;
-    double train_seconds;  /* time in training steps, after the first warm-up steps */
-    long timed_samples;    /* global samples in those steps */
-} trainer;
 
 /* Steps excluded from throughput figures: first-touch page faults and BLAS warm-up. */
 #define UNTIMED_STEPS 5
@@ -177,15 +153,17 @@ static sov_status train_step(trainer *t, long step, float *loss, float *lr, doub
     return SOV_OK;
 }
 
-static sov_status train_loop(trainer *t) {
+/* Trains from t->start_step; returns with *stopped set when a signal ended training early. */
+static sov_status train_loop(trainer *t, int *stopped) {
     double loss_acc = 0.0, since = sov_now(), grad_norm = 0.0;
     long loss_steps = 0;
     float lr = 0.0f;
-    for (long step = 0; step < t->total_steps; step++) {
+    *stopped = 0;
+    for (long step = t->start_step; step < t->total_steps; step++) {
         double t0 = sov_now();
         float loss;
         SOV_CHECK(train_step(t, step, &loss, &lr, &grad_norm));
-        if (step >= UNTIMED_STEPS || t->total_steps <= 2 * UNTIMED_STEPS) {
+        if (step >= t->start_step + UNTIMED_STEPS || t->total_steps - t->start_step <= 2 * UNTIMED_STEPS) {
             t->train_seconds += sov_now() - t0;
             t->timed_samples += t->args.batch;
         }
@@ -199,8 +177,14 @@ static sov_status train_loop(trainer *t) {
             SOV_CHECK(evaluate(t, done));
             since += sov_now() - eval_start; /* throughput counts training time only */
         }
+        double ckpt_start = sov_now();
+        SOV_CHECK(sov_trainer_ckpt_step(t, done, stopped));
+        since += sov_now() - ckpt_start;
+        if (*stopped)
+            return SOV_OK;
     }
-    return evaluate(t, t->total_steps);
+    SOV_CHECK(evaluate(t, t->total_steps));
+    return sov_trainer_ckpt_finish(t);
 }
 
 /* All ranks hash their parameters; every rank compares every hash with rank 0's. */
@@ -263,12 +247,19 @@ static sov_status run(trainer *t) {
     SOV_CHECK(build_model(t));
     if (t->world.rank == 0)
         SOV_CHECK(sov_metrics_open(&t->metrics, t->args.run_dir));
+    SOV_CHECK(sov_trainer_ckpt_init(t));
     SOV_CHECK(emit_start(t));
-    SOV_CHECK(train_loop(t));
+    int stopped;
+    SOV_CHECK(train_loop(t, &stopped));
+    if (stopped) {
+        uint64_t hash;
+        return check_replicas(t, &hash);
+    }
     return finish(t, sov_now() - start);
 }
 
 static void teardown(trainer *t) {
+    sov_trainer_ckpt_close(t);
     sov_metrics_close(&t->metrics);
     sov_optim_free(&t->opt);
     sov_model_destroy(t->model);
@@ -281,7 +272,7 @@ static void teardown(trainer *t) {
 }
 
 int sov_train_main(int argc, char **argv) {
-    trainer t = {0};
+    trainer t = {.last_saved_step = -1};
     if (sov_train_args_parse(argc, argv, &t.args) != SOV_OK) {
         fprintf(stderr, "sovtrain train: %s\n(see `sovtrain train --help`)\n", sov_last_error());
         return 2;
@@ -295,6 +286,7 @@ int sov_train_main(int argc, char **argv) {
         return 2;
     }
     sov_log_set_rank(t.world.rank, t.world.size);
+    sov_trainer_install_signals();
     sov_comm_config comm_cfg = {.backend = t.args.comm, .timeout_s = t.args.comm_timeout};
     if (sov_comm_init(&t.comm, &t.world, &comm_cfg) != SOV_OK) {
         sov_log_error("%s", sov_last_error());

@@ -39,6 +39,16 @@ void sov_train_usage(FILE *out) {
             "  --bucket-cap-mb X     gradient buckets of X MiB all-reduced while backward runs (first one\n"
             "                        ~1 MiB); 0 = one allreduce after backward (default 25)\n"
             "  --threads N           OpenBLAS threads per rank (default: cores / ranks on this host)\n"
+            "checkpoints:\n"
+            "  --ckpt-dir DIR        where checkpoints go (default RUN_DIR/checkpoints)\n"
+            "  --ckpt-every N        save every N steps, and at the end (default 0: off)\n"
+            "  --ckpt-every-s S      save every S seconds of training (default 0: off)\n"
+            "  --keep K              keep the newest K checkpoints (default 3)\n"
+            "  --ckpt-threads N      compression threads per rank (default 2)\n"
+            "  --resume WHAT         latest: the newest checkpoint that verifies, falling back to older ones; auto: the\n"
+            "                        same, or start fresh when there is none; or a checkpoint directory\n"
+            "  --on-ckpt-error X     stop (default): a failed save ends the job; continue: it is reported, training goes on\n"
+            "  SIGTERM, SIGINT or SIGUSR1: every rank finishes its step, a checkpoint is written, the job exits 0.\n"
             "output:\n"
             "  --run-dir DIR         metrics.jsonl goes here (default runs/train)\n"
             "  --eval-every N        evaluate on the test set every N steps (default: every epoch) and at the end\n"
@@ -60,7 +70,8 @@ static sov_status parse_float(const char *flag, const char *s, double lo, double
 static void set_defaults(sov_train_args *a) {
     *a = (sov_train_args){
         .model = "mlp", .hidden = "1024,1024", .data_dir = "/usr/share/datasets/fashion-mnist",
-        .run_dir = "runs/train", .epochs = 10, .comm_timeout = 300.0, .bucket_cap_mb = 25.0, .batch = 128, .seed = 1, .log_every = 50,
+        .run_dir = "runs/train", .epochs = 10, .comm_timeout = 300.0, .bucket_cap_mb = 25.0, .keep = 3, .ckpt_threads = 2,
+        .stop_on_ckpt_error = 1, .batch = 128, .seed = 1, .log_every = 50,
         .optim = {.kind = SOV_OPTIM_ADAMW, .lr = 1e-3f, .momentum = 0.9f, .beta1 = 0.9f, .beta2 = 0.999f,
                   .eps = 1e-8f, .weight_decay = 0.01f, .warmup_steps = 100, .min_lr_ratio = 0.01f},
     };
@@ -69,7 +80,8 @@ static void set_defaults(sov_train_args *a) {
 enum {
     OPT_MODEL = 256, OPT_HIDDEN, OPT_DATA, OPT_SEED, OPT_BATCH, OPT_EPOCHS, OPT_STEPS, OPT_OPTIMIZER, OPT_LR,
     OPT_WARMUP, OPT_MINLR, OPT_WD, OPT_MOMENTUM, OPT_BETA1, OPT_BETA2, OPT_CLIP, OPT_COMM, OPT_THREADS,
-    OPT_RUNDIR, OPT_EVAL, OPT_LOG, OPT_DUMP, OPT_COMM_TIMEOUT, OPT_BUCKET
+    OPT_RUNDIR, OPT_EVAL, OPT_LOG, OPT_DUMP, OPT_COMM_TIMEOUT, OPT_BUCKET, OPT_CKPT_DIR, OPT_CKPT_EVERY, OPT_CKPT_EVERY_S, OPT_KEEP, OPT_CKPT_THREADS,
+    OPT_RESUME, OPT_ON_CKPT_ERROR
 };
 
 static const struct option long_opts[] = {
@@ -85,6 +97,10 @@ static const struct option long_opts[] = {
     {"run-dir", required_argument, 0, OPT_RUNDIR}, {"eval-every", required_argument, 0, OPT_EVAL},
     {"log-every", required_argument, 0, OPT_LOG}, {"dump-params", required_argument, 0, OPT_DUMP},
     {"comm-timeout", required_argument, 0, OPT_COMM_TIMEOUT}, {"bucket-cap-mb", required_argument, 0, OPT_BUCKET},
+    {"ckpt-dir", required_argument, 0, OPT_CKPT_DIR}, {"ckpt-every", required_argument, 0, OPT_CKPT_EVERY},
+    {"ckpt-every-s", required_argument, 0, OPT_CKPT_EVERY_S}, {"keep", required_argument, 0, OPT_KEEP},
+    {"ckpt-threads", required_argument, 0, OPT_CKPT_THREADS}, {"resume", required_argument, 0, OPT_RESUME},
+    {"on-ckpt-error", required_argument, 0, OPT_ON_CKPT_ERROR},
     {"help", no_argument, 0, 'h'}, {0, 0, 0, 0},
 };
 
@@ -112,6 +128,22 @@ static sov_status apply(int opt, const char *v, sov_train_args *a) {
     case OPT_BETA2: return parse_float("--beta2", v, 0.0, 0.999999, &a->optim.beta2);
     case OPT_CLIP: return parse_float("--clip-grad", v, 0.0, 1e9, &a->optim.clip_norm);
     case OPT_COMM: return sov_comm_backend_parse(v, &a->comm);
+    case OPT_CKPT_DIR: a->ckpt_dir = v; return SOV_OK;
+    case OPT_RESUME: a->resume = v; return SOV_OK;
+    case OPT_CKPT_EVERY: return sov_parse_long("--ckpt-every", v, 0, 1L << 40, &a->ckpt_every);
+    case OPT_KEEP: SOV_CHECK(sov_parse_long("--keep", v, 1, 1000000, &n)); a->keep = (int)n; return SOV_OK;
+    case OPT_CKPT_THREADS: SOV_CHECK(sov_parse_long("--ckpt-threads", v, 1, 16, &n)); a->ckpt_threads = (int)n; return SOV_OK;
+    case OPT_CKPT_EVERY_S: {
+        float sec;
+        SOV_CHECK(parse_float("--ckpt-every-s", v, 0.0, 1e9, &sec));
+        a->ckpt_every_s = sec;
+        return SOV_OK;
+    }
+    case OPT_ON_CKPT_ERROR:
+        if (strcmp(v, "stop") != 0 && strcmp(v, "continue") != 0)
+            return sov_fail(SOV_ERR_INVALID, "--on-ckpt-error \"%s\": choose stop or continue", v);
+        a->stop_on_ckpt_error = strcmp(v, "stop") == 0;
+        return SOV_OK;
     case OPT_BUCKET: {
         float mb;
         SOV_CHECK(parse_float("--bucket-cap-mb", v, 0.0, 1e6, &mb));

@@ -23,6 +23,13 @@ typedef struct sov_train_args {
     sov_comm_backend comm;
     double comm_timeout; /* seconds before a stuck collective ends the job */
     double bucket_cap_mb; /* gradient bucket size; 0 = one allreduce after backward */
+    const char *ckpt_dir; /* NULL: RUN_DIR/checkpoints */
+    long ckpt_every;      /* steps; 0 = off */
+    double ckpt_every_s;  /* seconds; 0 = off */
+    int keep;
+    int ckpt_threads;
+    const char *resume;   /* NULL, "auto", "latest" or a path */
+    int stop_on_ckpt_error;
     sov_optim_config optim;
     int help;
 } sov_train_args;

@@ -1,0 +1,91 @@
+/* ckpt.h: checkpoints of a data-parallel job: asynchronous, compressed, checksummed, atomic, and loadable at
+ * any world size. The format is specified in docs/checkpoint-format.md.
+ *
+ * Saving. Every rank calls sov_ckpt_save at the same step with the same state (data-parallel state is
+ * replicated). Each rank snapshots only its 1/N share of the state (one memcpy) and returns; a writer thread
+ * compresses that share and writes DIR/step-<N>.partial/rank-<r>.bin, fsyncs it, and reports it durable with
+ * rank-<r>.json. Rank 0's writer then writes manifest.json, renames the directory to DIR/step-<N>, fsyncs the
+ * parent, replaces DIR/latest atomically and removes checkpoints beyond the newest `keep`. A crash at any point
+ * leaves the previous checkpoint the latest one. The directory must be visible to every rank.
+ *
+ * Loading. Any rank of any world size opens a checkpoint, and reads any buffer whole; every chunk is verified
+ * against its checksums on the way. sov_ckpt_find picks the newest checkpoint that verifies. */
+#ifndef SOV_CKPT_H
+#define SOV_CKPT_H
+
+#include "runtime.h"
+
+#include <jansson.h>
+
+#define SOV_CKPT_FORMAT_VERSION 1
+#define SOV_CKPT_MAX_BUFFERS 4
+
+typedef struct sov_ckpt_buffer {
+    const char *name; /* "params", "adamw.m", ... */
+    float *data;      /* f32 elements */
+    size_t count;
+} sov_ckpt_buffer;
+
+typedef struct sov_ckpt_state {
+    long step;
+    int num_buffers;
+    sov_ckpt_buffer buffers[SOV_CKPT_MAX_BUFFERS];
+    const sov_tensor *tensors; /* views of buffers[0] (the parameters), for export */
+    int num_tensors;
+    const json_t *meta;        /* whatever resuming needs besides the buffers: config, optimizer scalars */
+} sov_ckpt_state;
+
+typedef struct sov_ckpt_options {
+    int keep;                /* checkpoints kept after a new one is durable (>= 1) */
+    int threads;             /* compression threads per rank */
+    size_t chunk_bytes;      /* raw bytes per chunk */
+    double commit_timeout_s; /* rank 0 waits this long for the other ranks' parts */
+} sov_ckpt_options;
+
+/* ---- writing ---- */
+typedef struct sov_ckpt_writer sov_ckpt_writer;
+
+sov_status sov_ckpt_writer_open(sov_ckpt_writer **out, const char *dir, int rank, int world_size,
+                                const sov_ckpt_options *options);
+/* Waits for the previous save (its wait in *waited_s), snapshots this rank's share (its time in *stall_s) and
+ * starts writing. `save_id` must be the same on every rank for one save and differ between saves (it keeps a
+ * crashed attempt's leftovers out of a new checkpoint). */
+sov_status sov_ckpt_save(sov_ckpt_writer *w, const sov_ckpt_state *state, uint64_t save_id, double *stall_s,
+                         double *waited_s);
+/* Waits for the save in flight (on rank 0 until it is committed). Returns its status; on success and when
+ * `path` is given, where it went. */
+sov_status sov_ckpt_wait(sov_ckpt_writer *w, char *path, size_t cap);
+void sov_ckpt_writer_close(sov_ckpt_writer *w); /* waits, then frees */
+
+/* ---- reading ---- */
+typedef struct sov_ckpt sov_ckpt;
+
+/* Opens the checkpoint directory `path` (DIR/step-N): reads and verifies the manifest. */
+sov_status sov_ckpt_open(const char *path, sov_ckpt **out);
+void sov_ckpt_close(sov_ckpt *c);
+long sov_ckpt_step(const sov_ckpt *c);
+const json_t *sov_ckpt_manifest(const sov_ckpt *c);
+const char *sov_ckpt_path(const sov_ckpt *c);
+/* Elements of buffer `name`, or 0 when the checkpoint has none. */
+size_t sov_ckpt_buffer_count(const sov_ckpt *c, const char *name);
+/* Decodes buffer `name` into dst (count elements), verifying every chunk. */
+sov_status sov_ckpt_read_buffer(sov_ckpt *c, const char *name, float *dst, size_t count);
+/* Reads and checks every chunk of every file. Stops at the first damage, naming file and chunk. */
+sov_status sov_ckpt_verify(sov_ckpt *c);
+
+/* Reports why a candidate was skipped while searching (may be NULL). */
+typedef void (*sov_ckpt_note_fn)(void *ctx, const char *message);
+/* The newest checkpoint under `dir` that opens and verifies: DIR/latest first, then every DIR/step-N from the
+ * newest down. SOV_ERR_IO with "no checkpoint" when there is none at all. */
+sov_status sov_ckpt_find(const char *dir, char *path, size_t cap, sov_ckpt_note_fn note, void *ctx);
+
+/* Steps of the complete checkpoints under dir (step-N directories, newest first). Returns the count (<= cap). */
+int sov_ckpt_list_steps(const char *dir, long *steps, int cap);
+
+/* Writes the tensors of buffer "params" to a safetensors file (F32, little-endian): the open exit path. */
+sov_status sov_ckpt_export_safetensors(sov_ckpt *c, const char *out_path);
+
+/* `sovtrain ckpt ARGS...` (argv[0] is "ckpt"). Returns the process exit code. */
+int sov_ckpt_main(int argc, char **argv);
+
+#endif

@@ -1,0 +1,171 @@
+/* ckpt_cli.c: `sovtrain ckpt ls|verify|inspect|export`, the operators' tools. */
+#include "ckpt.h"
+#include "fsio.h"
+
+#include <stdio.h>
+#include <string.h>
+#include <sys/stat.h>
+
+static void usage(FILE *out) {
+    fprintf(out, "usage: sovtrain ckpt ls DIR                  checkpoints under DIR: step, size, ratio, status\n"
+                 "       sovtrain ckpt verify PATH             check every checksum of DIR/step-N (exit 1 if damaged)\n"
+                 "       sovtrain ckpt inspect PATH            summary of the manifest\n"
+                 "       sovtrain ckpt export PATH --format safetensors -o FILE\n"
+                 "PATH is a checkpoint directory (DIR/step-N) or DIR itself, meaning its newest good checkpoint.\n");
+}
+
+/* A checkpoint directory: PATH itself when it has a manifest, else the newest good one under it. */
+static sov_status resolve(const char *arg, char *path, size_t cap) {
+    char m[4200];
+    struct stat sb;
+    snprintf(m, sizeof m, "%s/manifest.json", arg);
+    if (stat(m, &sb) == 0) {
+        snprintf(path, cap, "%s", arg);
+        return SOV_OK;
+    }
+    return sov_ckpt_find(arg, path, cap, NULL, NULL);
+}
+
+/* Raw and stored bytes of a checkpoint, from its manifest. */
+static void sizes(const sov_ckpt *c, double *raw, double *stored) {
+    size_t i;
+    json_t *b, *f;
+    *raw = *stored = 0;
+    json_array_foreach(json_object_get(sov_ckpt_manifest(c), "buffers"), i, b)
+        *raw += 4.0 * (double)json_integer_value(json_object_get(b, "count"));
+    json_array_foreach(json_object_get(sov_ckpt_manifest(c), "files"), i, f)
+        *stored += (double)json_integer_value(json_object_get(f, "bytes"));
+}
+
+static int cmd_ls(const char *dir) {
+    long steps[4096];
+    int n = sov_ckpt_list_steps(dir, steps, 4096);
+    char latest[64] = "", *text = NULL, lpath[4200];
+    size_t len;
+    snprintf(lpath, sizeof lpath, "%s/latest", dir);
+    if (sov_read_file(lpath, 256, &text, &len) == SOV_OK) {
+        snprintf(latest, sizeof latest, "%.*s", (int)strcspn(text, "\r\n"), text);
+        free(text);
+    }
+    printf("%-14s %10s %12s %12s %7s  %s\n", "checkpoint", "step", "state MB", "stored MB", "ratio", "status");
+    int bad = 0;
+    for (int i = 0; i < n; i++) {
+        char path[4200], name[64];
+        snprintf(name, sizeof name, "step-%ld", steps[i]);
+        snprintf(path, sizeof path, "%s/%s", dir, name);
+        sov_ckpt *c;
+        sov_status st = sov_ckpt_open(path, &c);
+        double raw = 0, stored = 0;
+        if (st == SOV_OK) {
+            sizes(c, &raw, &stored);
+            st = sov_ckpt_verify(c);
+            sov_ckpt_close(c);
+        }
+        bad |= st != SOV_OK;
+        printf("%-14s %10ld %12.2f %12.2f %7.3f  %s%s\n", name, steps[i], raw / 1e6, stored / 1e6,
+               stored > 0 ? raw / stored : 0.0, st == SOV_OK ? "ok" : "DAMAGED: ",
+               st == SOV_OK ? (strcmp(latest, name) == 0 ? " (latest)" : "") : sov_last_error());
+    }
+    if (n == 0)
+        printf("(no checkpoints under %s)\n", dir);
+    return bad ? 1 : 0;
+}
+
+static int cmd_verify(const char *arg) {
+    char path[4200];
+    sov_ckpt *c = NULL;
+    sov_status st = resolve(arg, path, sizeof path);
+    if (st == SOV_OK)
+        st = sov_ckpt_open(path, &c);
+    if (st == SOV_OK)
+        st = sov_ckpt_verify(c);
+    if (st != SOV_OK) {
+        fprintf(stderr, "sovtrain ckpt verify: DAMAGED: %s\n", sov_last_error());
+        sov_ckpt_close(c);
+        return 1;
+    }
+    printf("%s: ok (step %ld, every chunk checksum verified)\n", path, sov_ckpt_step(c));
+    sov_ckpt_close(c);
+    return 0;
+}
+
+static int cmd_inspect(const char *arg) {
+    char path[4200];
+    sov_ckpt *c = NULL;
+    sov_status st = resolve(arg, path, sizeof path);
+    if (st == SOV_OK)
+        st = sov_ckpt_open(path, &c);
+    if (st != SOV_OK) {
+        fprintf(stderr, "sovtrain ckpt inspect: %s\n", sov_last_error());
+        return 1;
+    }
+    const json_t *m = sov_ckpt_manifest(c);
+    double raw, stored;
+    sizes(c, &raw, &stored);
+    printf("checkpoint  %s\nstep        %ld\nworld size  %lld (writers)\nsovtrain    %s, format %lld\n", path,
+           sov_ckpt_step(c), (long long)json_integer_value(json_object_get(m, "world_size")),
+           json_string_value(json_object_get(m, "sovtrain_version")),
+           (long long)json_integer_value(json_object_get(m, "format_version")));
+    printf("state       %.2f MB raw, %.2f MB stored (ratio %.3f)\nbuffers    ", raw / 1e6, stored / 1e6,
+           stored > 0 ? raw / stored : 0.0);
+    size_t i;
+    json_t *b;
+    json_array_foreach(json_object_get(m, "buffers"), i, b)
+        printf(" %s[%lld]", json_string_value(json_object_get(b, "name")),
+               (long long)json_integer_value(json_object_get(b, "count")));
+    printf("\ntensors     %zu\nmeta        ", json_array_size(json_object_get(m, "tensors")));
+    char *meta = json_dumps(json_object_get(m, "meta"), JSON_COMPACT | JSON_PRESERVE_ORDER);
+    printf("%s\n", meta ? meta : "null");
+    free(meta);
+    sov_ckpt_close(c);
+    return 0;
+}
+
+static int cmd_export(int argc, char **argv) {
+    const char *format = NULL, *out = NULL, *arg = argv[0];
+    for (int i = 1; i + 1 < argc; i += 2) {
+        if (strcmp(argv[i], "--format") == 0)
+            format = argv[i + 1];
+        else if (strcmp(argv[i], "-o") == 0)
+            out = argv[i + 1];
+    }
+    if (!format || strcmp(format, "safetensors") != 0 || !out) {
+        fprintf(stderr, "sovtrain ckpt export: needs --format safetensors and -o FILE\n");
+        return 2;
+    }
+    char path[4200];
+    sov_ckpt *c = NULL;
+    sov_status st = resolve(arg, path, sizeof path);
+    if (st == SOV_OK)
+        st = sov_ckpt_open(path, &c);
+    if (st == SOV_OK)
+        st = sov_ckpt_export_safetensors(c, out);
+    if (st != SOV_OK) {
+        fprintf(stderr, "sovtrain ckpt export: %s\n", sov_last_error());
+        sov_ckpt_close(c);
+        return 1;
+    }
+    printf("wrote %s (%zu tensors of step %ld)\n", out,
+           json_array_size(json_object_get(sov_ckpt_manifest(c), "tensors")), sov_ckpt_step(c));
+    sov_ckpt_close(c);
+    return 0;
+}
+
+int sov_ckpt_main(int argc, char **argv) {
+    if (argc < 3) {
+        usage(argc == 2 && (!strcmp(argv[1], "-h") || !strcmp(argv[1], "--help")) ? stdout : stderr);
+        return argc == 2 && (!strcmp(argv[1], "-h") || !strcmp(argv[1], "--help")) ? 0 : 2;
+    }
+    const char *cmd = argv[1];
+    if (strcmp(cmd, "ls") == 0)
+        return cmd_ls(argv[2]);
+    if (strcmp(cmd, "verify") == 0)
+        return cmd_verify(argv[2]);
+    if (strcmp(cmd, "inspect") == 0)
+        return cmd_inspect(argv[2]);
+    if (strcmp(cmd, "export") == 0)
+        return cmd_export(argc - 2, argv + 2);
+    fprintf(stderr, "sovtrain ckpt: unknown subcommand \"%s\"\n", cmd);
+    usage(stderr);
+    return 2;
+}

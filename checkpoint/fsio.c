@@ -1,0 +1,162 @@
+/* fsio.c: see fsio.h. */
+#include "fsio.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <xxhash.h>
+
+sov_status sov_write_all(int fd, const void *buf, size_t n, const char *path) {
+    const char *p = buf;
+    while (n > 0) {
+        ssize_t w = write(fd, p, n > ((size_t)1 << 30) ? (size_t)1 << 30 : n);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w <= 0)
+            return sov_fail(SOV_ERR_IO, "writing %s: %s", path, w < 0 ? strerror(errno) : "no progress");
+        p += w;
+        n -= (size_t)w;
+    }
+    return SOV_OK;
+}
+
+sov_status sov_pread_all(int fd, void *buf, size_t n, off_t offset, const char *path) {
+    char *p = buf;
+    while (n > 0) {
+        ssize_t r = pread(fd, p, n, offset);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r < 0)
+            return sov_fail(SOV_ERR_IO, "reading %s: %s", path, strerror(errno));
+        if (r == 0)
+            return sov_fail(SOV_ERR_FORMAT, "%s: truncated (ends %zu bytes early at offset %lld)", path, n,
+                            (long long)offset);
+        p += r;
+        n -= (size_t)r;
+        offset += r;
+    }
+    return SOV_OK;
+}
+
+sov_status sov_fsync_path(const char *path) {
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return sov_fail(SOV_ERR_IO, "opening %s to fsync it: %s", path, strerror(errno));
+    int rc = fsync(fd), e = errno;
+    close(fd);
+    return rc == 0 ? SOV_OK : sov_fail(SOV_ERR_IO, "fsync %s: %s", path, strerror(e));
+}
+
+sov_status sov_write_file_atomic(const char *dir, const char *name, const void *data, size_t n) {
+    char tmp[4200], final[4200];
+    snprintf(tmp, sizeof tmp, "%s/%s.tmp", dir, name);
+    snprintf(final, sizeof final, "%s/%s", dir, name);
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd < 0)
+        return sov_fail(SOV_ERR_IO, "creating %s: %s", tmp, strerror(errno));
+    sov_status st = sov_write_all(fd, data, n, tmp);
+    if (st == SOV_OK && fsync(fd) != 0)
+        st = sov_fail(SOV_ERR_IO, "fsync %s: %s", tmp, strerror(errno));
+    close(fd);
+    if (st == SOV_OK && rename(tmp, final) != 0)
+        st = sov_fail(SOV_ERR_IO, "renaming %s to %s: %s", tmp, final, strerror(errno));
+    if (st != SOV_OK) {
+        unlink(tmp);
+        return st;
+    }
+    return sov_fsync_path(dir);
+}
+
+sov_status sov_read_file(const char *path, size_t max, char **data, size_t *n) {
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return sov_fail(SOV_ERR_IO, "%s: %s", path, strerror(errno));
+    struct stat sb;
+    if (fstat(fd, &sb) != 0 || (size_t)sb.st_size > max) {
+        close(fd);
+        return sov_fail(SOV_ERR_FORMAT, "%s: larger than the %zu bytes such a file may have", path, max);
+    }
+    char *buf = sov_malloc((size_t)sb.st_size + 1);
+    sov_status st = buf ? sov_pread_all(fd, buf, (size_t)sb.st_size, 0, path) : SOV_ERR_NOMEM;
+    close(fd);
+    if (st != SOV_OK) {
+        free(buf);
+        return st;
+    }
+    buf[sb.st_size] = '\0';
+    *data = buf;
+    *n = (size_t)sb.st_size;
+    return SOV_OK;
+}
+
+sov_status sov_remove_dir(const char *path) {
+    DIR *d = opendir(path);
+    if (!d)
+        return errno == ENOENT ? SOV_OK : sov_fail(SOV_ERR_IO, "opening %s: %s", path, strerror(errno));
+    struct dirent *e;
+    char file[4400];
+    while ((e = readdir(d)))
+        if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..")) {
+            snprintf(file, sizeof file, "%s/%s", path, e->d_name);
+            unlink(file);
+        }
+    closedir(d);
+    return rmdir(path) == 0 || errno == ENOENT ? SOV_OK : sov_fail(SOV_ERR_IO, "removing %s: %s", path, strerror(errno));
+}
+
+/* The 16 hex digits of the seal inside text, or NULL. */
+static char *seal_digits(const char *text, size_t n) {
+    const char *key = strstr(text, SOV_MANIFEST_SEAL_KEY);
+    if (!key)
+        return NULL;
+    const char *p = key + strlen(SOV_MANIFEST_SEAL_KEY);
+    while (*p == ' ' || *p == ':')
+        p++;
+    if (*p != '"' || (size_t)(p + 18 - text) > n || p[17] != '"')
+        return NULL;
+    for (int i = 1; i <= 16; i++)
+        if (!strchr("0123456789abcdef", p[i]) || !p[i])
+            return NULL;
+    return (char *)p + 1;
+}
+
+sov_status sov_manifest_seal(char *text, size_t n) {
+    char *digits = seal_digits(text, n);
+    if (!digits)
+        return sov_fail(SOV_ERR_INTERNAL, "manifest has no seal field");
+    memset(digits, '0', 16);
+    char hex[17];
+    snprintf(hex, sizeof hex, "%016llx", (unsigned long long)XXH3_64bits(text, n));
+    memcpy(digits, hex, 16);
+    return SOV_OK;
+}
+
+sov_status sov_manifest_check(const char *text, size_t n, const char *where) {
+    char *copy = sov_malloc(n + 1);
+    if (!copy)
+        return SOV_ERR_NOMEM;
+    memcpy(copy, text, n);
+    copy[n] = '\0';
+    char *digits = seal_digits(copy, n);
+    sov_status st = SOV_OK;
+    if (!digits) {
+        st = sov_fail(SOV_ERR_FORMAT, "%s: no \"manifest_xxh3\" seal: not a sovtrain manifest, or damaged", where);
+    } else {
+        char stored[17];
+        memcpy(stored, digits, 16);
+        stored[16] = '\0';
+        memset(digits, '0', 16);
+        char hex[17];
+        snprintf(hex, sizeof hex, "%016llx", (unsigned long long)XXH3_64bits(copy, n));
+        if (strcmp(hex, stored) != 0)
+            st = sov_fail(SOV_ERR_FORMAT, "%s: manifest checksum mismatch (stored %s, computed %s): the manifest is "
+                          "damaged", where, stored, hex);
+    }
+    free(copy);
+    return st;
+}

@@ -1,0 +1,334 @@
+/* reader.c: opening, verifying and reading checkpoints, hardened against damaged input: every size, count and
+ * offset from a manifest or chunk header is checked before it is used, and nothing is allocated by an unchecked
+ * size. */
+#include "ckpt.h"
+#include "codec.h"
+#include "fsio.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define MANIFEST_MAX_BYTES ((size_t)64 << 20)
+
+struct sov_ckpt {
+    char path[4096];
+    json_t *manifest;
+    long step;
+    size_t chunk_bytes;
+};
+
+static sov_status bad(const sov_ckpt *c, const char *what) {
+    return sov_fail(SOV_ERR_FORMAT, "%s/manifest.json: %s", c->path, what);
+}
+
+/* Checks the manifest's structure: everything later code indexes into. */
+static sov_status validate(sov_ckpt *c) {
+    json_t *m = c->manifest;
+    const char *format = json_string_value(json_object_get(m, "format"));
+    json_t *version = json_object_get(m, "format_version");
+    if (!format || strcmp(format, "sovtrain-checkpoint") != 0)
+        return bad(c, "\"format\" is not \"sovtrain-checkpoint\"");
+    if (!json_is_integer(version) || json_integer_value(version) != SOV_CKPT_FORMAT_VERSION)
+        return sov_fail(SOV_ERR_UNSUPPORTED, "%s: checkpoint format version %lld; this sovtrain (%s) reads version %d",
+                        c->path, json_is_integer(version) ? (long long)json_integer_value(version) : -1LL,
+                        SOVTRAIN_VERSION, SOV_CKPT_FORMAT_VERSION);
+    json_t *step = json_object_get(m, "step"), *chunk = json_object_get(m, "chunk_bytes");
+    if (!json_is_integer(step) || json_integer_value(step) < 0)
+        return bad(c, "\"step\" is missing or negative");
+    if (!json_is_integer(chunk) || json_integer_value(chunk) < 4 || (uint64_t)json_integer_value(chunk) > SOV_CHUNK_MAX_RAW)
+        return bad(c, "\"chunk_bytes\" is missing or out of range");
+    c->step = (long)json_integer_value(step);
+    c->chunk_bytes = (size_t)json_integer_value(chunk);
+    json_t *buffers = json_object_get(m, "buffers"), *files = json_object_get(m, "files");
+    if (!json_is_array(buffers) || !json_is_array(files) || json_array_size(files) < 1)
+        return bad(c, "\"buffers\" or \"files\" is missing");
+    size_t i;
+    json_t *b, *f;
+    json_array_foreach(buffers, i, b) {
+        json_t *cnt = json_object_get(b, "count");
+        const char *dtype = json_string_value(json_object_get(b, "dtype"));
+        if (!json_string_value(json_object_get(b, "name")) || !json_is_integer(cnt) || json_integer_value(cnt) < 0 ||
+            json_integer_value(cnt) > ((json_int_t)1 << 40) || !dtype || strcmp(dtype, "f32") != 0)
+            return bad(c, "a buffer entry lacks a name, a valid count or dtype f32");
+    }
+    json_array_foreach(files, i, f) {
+        const char *name = json_string_value(json_object_get(f, "file"));
+        if (!name || strchr(name, '/') || strcmp(name, "..") == 0 || !json_is_array(json_object_get(f, "chunks")))
+            return bad(c, "a file entry lacks a plain file name or its chunk list");
+    }
+    return SOV_OK;
+}
+
+sov_status sov_ckpt_open(const char *path, sov_ckpt **out) {
+    sov_ckpt *c = sov_calloc(1, sizeof *c);
+    if (!c)
+        return SOV_ERR_NOMEM;
+    snprintf(c->path, sizeof c->path, "%s", path);
+    char mpath[4200];
+    snprintf(mpath, sizeof mpath, "%s/manifest.json", path);
+    char *text = NULL;
+    size_t n = 0;
+    sov_status st = sov_read_file(mpath, MANIFEST_MAX_BYTES, &text, &n);
+    if (st == SOV_OK)
+        st = sov_manifest_check(text, n, mpath);
+    if (st == SOV_OK) {
+        json_error_t err;
+        c->manifest = json_loadb(text, n, 0, &err);
+        if (!c->manifest || !json_is_object(c->manifest))
+            st = sov_fail(SOV_ERR_FORMAT, "%s: not valid JSON (line %d: %s)", mpath, err.line, err.text);
+    }
+    free(text);
+    if (st == SOV_OK)
+        st = validate(c);
+    if (st != SOV_OK) {
+        sov_ckpt_close(c);
+        return st;
+    }
+    *out = c;
+    return SOV_OK;
+}
+
+void sov_ckpt_close(sov_ckpt *c) {
+    if (!c)
+        return;
+    json_decref(c->manifest);
+    free(c);
+}
+
+long sov_ckpt_step(const sov_ckpt *c) { return c->step; }
+const json_t *sov_ckpt_manifest(const sov_ckpt *c) { return c->manifest; }
+const char *sov_ckpt_path(const sov_ckpt *c) { return c->path; }
+
+size_t sov_ckpt_buffer_count(const sov_ckpt *c, const char *name) {
+    size_t i;
+    json_t *b;
+    json_array_foreach(json_object_get(c->manifest, "buffers"), i, b) {
+        if (strcmp(json_string_value(json_object_get(b, "name")), name) == 0)
+            return (size_t)json_integer_value(json_object_get(b, "count"));
+    }
+    return 0;
+}
+
+typedef struct chunk_ref {
+    size_t file;      /* index into files */
+    size_t elem_offset, elems;
+    uint64_t file_offset, bytes;
+} chunk_ref;
+
+static int by_offset(const void *a, const void *b) {
+    const chunk_ref *x = a, *y = b;
+    return x->elem_offset < y->elem_offset ? -1 : x->elem_offset > y->elem_offset;
+}
+
+/* The chunks of buffer `name` (all when name is NULL), checked: within the buffer, sizes plausible. */
+static sov_status collect_chunks(const sov_ckpt *c, const char *name, size_t count, chunk_ref **out, size_t *n_out) {
+    json_t *files = json_object_get(c->manifest, "files"), *f, *ch;
+    size_t fi, ci, n = 0, cap = 0;
+    chunk_ref *refs = NULL;
+    json_array_foreach(files, fi, f) {
+        json_array_foreach(json_object_get(f, "chunks"), ci, ch) {
+            const char *buf = json_string_value(json_object_get(ch, "buffer"));
+            json_t *eo = json_object_get(ch, "elem_offset"), *el = json_object_get(ch, "elems"),
+                   *fo = json_object_get(ch, "file_offset"), *by = json_object_get(ch, "bytes");
+            if (!buf || !json_is_integer(eo) || !json_is_integer(el) || !json_is_integer(fo) || !json_is_integer(by) ||
+                json_integer_value(eo) < 0 || json_integer_value(el) < 1 || json_integer_value(fo) < 0 ||
+                json_integer_value(by) < SOV_CHUNK_HEADER_BYTES ||
+                (uint64_t)json_integer_value(el) * 4 > c->chunk_bytes ||
+                (uint64_t)json_integer_value(by) > sov_chunk_bound(c->chunk_bytes)) {
+                free(refs);
+                return sov_fail(SOV_ERR_FORMAT, "%s/manifest.json: chunk %zu of file %zu is malformed or oversized",
+                                c->path, ci, fi);
+            }
+            if (name && strcmp(buf, name) != 0)
+                continue;
+            if (n == cap) {
+                cap = cap ? 2 * cap : 64;
+                chunk_ref *grown = realloc(refs, cap * sizeof *refs);
+                if (!grown) {
+                    free(refs);
+                    return sov_fail(SOV_ERR_NOMEM, "reading %s: out of memory", c->path);
+                }
+                refs = grown;
+            }
+            refs[n++] = (chunk_ref){.file = fi, .elem_offset = (size_t)json_integer_value(eo),
+                                    .elems = (size_t)json_integer_value(el), .file_offset = (uint64_t)json_integer_value(fo),
+                                    .bytes = (uint64_t)json_integer_value(by)};
+        }
+    }
+    if (name) { /* the chunks must tile [0, count) exactly */
+        qsort(refs, n, sizeof *refs, by_offset);
+        size_t next = 0;
+        for (size_t i = 0; i < n && next <= count; i++) {
+            if (refs[i].elem_offset != next)
+                break;
+            next += refs[i].elems;
+        }
+        if (next != count || (n && refs[n - 1].elem_offset + refs[n - 1].elems != count)) {
+            free(refs);
+            return sov_fail(SOV_ERR_FORMAT, "%s/manifest.json: the chunks of buffer \"%s\" do not cover its %zu "
+                            "elements exactly once", c->path, name, count);
+        }
+    }
+    *out = refs;
+    *n_out = n;
+    return SOV_OK;
+}
+
+/* Reads and decodes the chunks in refs, writing each to dst + elem_offset (dst NULL: verify only). */
+static sov_status decode_chunks(const sov_ckpt *c, const chunk_ref *refs, size_t n, float *dst) {
+    json_t *files = json_object_get(c->manifest, "files");
+    sov_codec *codec;
+    SOV_CHECK(sov_codec_create(&codec, c->chunk_bytes));
+    uint8_t *buf = sov_malloc(sov_chunk_bound(c->chunk_bytes)), *scratch = dst ? NULL : sov_malloc(c->chunk_bytes);
+    int fd = -1;
+    size_t open_file = (size_t)-1;
+    char path[4400] = "";
+    sov_status st = buf && (dst || scratch) ? SOV_OK : SOV_ERR_NOMEM;
+    for (size_t i = 0; i < n && st == SOV_OK; i++) {
+        if (refs[i].file != open_file) {
+            if (fd >= 0)
+                close(fd);
+            const char *fname = json_string_value(json_object_get(json_array_get(files, refs[i].file), "file"));
+            snprintf(path, sizeof path, "%s/%s", c->path, fname);
+            if ((fd = open(path, O_RDONLY | O_CLOEXEC)) < 0) {
+                st = sov_fail(SOV_ERR_IO, "%s: %s", path, strerror(errno));
+                break;
+            }
+            open_file = refs[i].file;
+        }
+        char where[4500];
+        snprintf(where, sizeof where, "%s chunk at byte %llu", path, (unsigned long long)refs[i].file_offset);
+        st = sov_pread_all(fd, buf, (size_t)refs[i].bytes, (off_t)refs[i].file_offset, path);
+        size_t got = 0;
+        if (st == SOV_OK)
+            st = sov_chunk_decode(codec, buf, (size_t)refs[i].bytes, dst ? (void *)(dst + refs[i].elem_offset) : scratch,
+                                  refs[i].elems * 4, &got, where);
+        if (st == SOV_OK && got != refs[i].elems * 4)
+            st = sov_fail(SOV_ERR_FORMAT, "%s: decodes to %zu bytes, the manifest says %zu elements", where, got,
+                          refs[i].elems);
+    }
+    if (fd >= 0)
+        close(fd);
+    free(buf);
+    free(scratch);
+    sov_codec_destroy(codec);
+    return st;
+}
+
+sov_status sov_ckpt_read_buffer(sov_ckpt *c, const char *name, float *dst, size_t count) {
+    size_t have = sov_ckpt_buffer_count(c, name);
+    if (have != count)
+        return sov_fail(SOV_ERR_INVALID, "%s: buffer \"%s\" has %zu elements, %zu expected (a different model or "
+                        "optimizer?)", c->path, name, have, count);
+    chunk_ref *refs;
+    size_t n;
+    SOV_CHECK(collect_chunks(c, name, count, &refs, &n));
+    sov_status st = decode_chunks(c, refs, n, dst);
+    free(refs);
+    return st;
+}
+
+sov_status sov_ckpt_verify(sov_ckpt *c) {
+    size_t i;
+    json_t *b;
+    json_array_foreach(json_object_get(c->manifest, "buffers"), i, b) { /* coverage of every buffer */
+        const char *name = json_string_value(json_object_get(b, "name"));
+        chunk_ref *refs;
+        size_t n;
+        SOV_CHECK(collect_chunks(c, name, (size_t)json_integer_value(json_object_get(b, "count")), &refs, &n));
+        free(refs);
+    }
+    json_t *f;
+    json_array_foreach(json_object_get(c->manifest, "files"), i, f) { /* every file exactly as long as listed */
+        char path[4400];
+        snprintf(path, sizeof path, "%s/%s", c->path, json_string_value(json_object_get(f, "file")));
+        struct stat sb;
+        json_t *bytes = json_object_get(f, "bytes");
+        if (stat(path, &sb) != 0)
+            return sov_fail(SOV_ERR_IO, "%s: %s", path, strerror(errno));
+        if (!json_is_integer(bytes) || (json_int_t)sb.st_size != json_integer_value(bytes))
+            return sov_fail(SOV_ERR_FORMAT, "%s: %lld bytes, the manifest says %lld", path, (long long)sb.st_size,
+                            json_is_integer(bytes) ? (long long)json_integer_value(bytes) : -1LL);
+    }
+    chunk_ref *refs;
+    size_t n;
+    SOV_CHECK(collect_chunks(c, NULL, 0, &refs, &n));
+    sov_status st = decode_chunks(c, refs, n, NULL);
+    free(refs);
+    return st;
+}
+
+/* ---- finding checkpoints ---- */
+
+static int by_step_desc(const void *a, const void *b) {
+    long x = *(const long *)a, y = *(const long *)b;
+    return x < y ? 1 : x > y ? -1 : 0;
+}
+
+int sov_ckpt_list_steps(const char *dir, long *steps, int cap) {
+    DIR *d = opendir(dir);
+    if (!d)
+        return 0;
+    int n = 0;
+    struct dirent *e;
+    while ((e = readdir(d)) && n < cap) {
+        char *end;
+        if (strncmp(e->d_name, "step-", 5) != 0)
+            continue;
+        long s = strtol(e->d_name + 5, &end, 10);
+        if (end != e->d_name + 5 && *end == '\0' && s >= 0)
+            steps[n++] = s;
+    }
+    closedir(d);
+    qsort(steps, (size_t)n, sizeof *steps, by_step_desc);
+    return n;
+}
+
+static void note(sov_ckpt_note_fn fn, void *ctx, const char *fmt, const char *a, const char *b) {
+    if (!fn)
+        return;
+    char msg[2048];
+    snprintf(msg, sizeof msg, fmt, a, b);
+    fn(ctx, msg);
+}
+
+sov_status sov_ckpt_find(const char *dir, char *path, size_t cap, sov_ckpt_note_fn fn, void *ctx) {
+    char latest[4200], *text = NULL;
+    size_t n;
+    long steps[4096];
+    int count = sov_ckpt_list_steps(dir, steps, 4096);
+    char candidates[4097][64];
+    int nc = 0;
+    snprintf(latest, sizeof latest, "%s/latest", dir);
+    if (sov_read_file(latest, 256, &text, &n) == SOV_OK) {
+        text[strcspn(text, "\r\n")] = '\0';
+        if (strncmp(text, "step-", 5) == 0 && !strchr(text, '/'))
+            snprintf(candidates[nc++], 64, "%.63s", text);
+        free(text);
+    }
+    for (int i = 0; i < count; i++) {
+        char name[64];
+        snprintf(name, sizeof name, "step-%ld", steps[i]);
+        if (nc == 0 || strcmp(name, candidates[0]) != 0)
+            snprintf(candidates[nc++], 64, "%s", name);
+    }
+    for (int i = 0; i < nc; i++) {
+        snprintf(path, cap, "%s/%s", dir, candidates[i]);
+        sov_ckpt *c;
+        sov_status st = sov_ckpt_open(path, &c);
+        if (st == SOV_OK) {
+            st = sov_ckpt_verify(c);
+            sov_ckpt_close(c);
+        }
+        if (st == SOV_OK)
+            return SOV_OK;
+        note(fn, ctx, "skipping %s: %s", path, sov_last_error());
+    }
+    return sov_fail(SOV_ERR_IO, nc ? "no checkpoint under %s verifies" : "no checkpoint under %s", dir);
+}

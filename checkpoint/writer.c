@@ -1,0 +1,404 @@
+/* writer.c: asynchronous, parallel, atomic checkpoint saving. See ckpt.h for the protocol. */
+#include "ckpt.h"
+#include "codec.h"
+#include "fsio.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#define MAX_THREADS 16
+
+typedef struct piece { /* part of one buffer inside this rank's share */
+    int buffer;
+    size_t offset, count; /* elements */
+} piece;
+
+struct sov_ckpt_writer {
+    char dir[4096];
+    int rank, world;
+    sov_ckpt_options opt;
+    sov_codec *codecs[MAX_THREADS];
+    uint8_t *out[MAX_THREADS]; /* encoded chunks */
+    /* the save in flight */
+    pthread_t thread;
+    int running;
+    long step;
+    uint64_t save_id;
+    json_t *manifest_base; /* buffers, tensors, meta: everything but the files */
+    float *staging;        /* this rank's share, snapshotted */
+    size_t staging_cap;
+    piece pieces[SOV_CKPT_MAX_BUFFERS];
+    int npieces;
+    const char *names[SOV_CKPT_MAX_BUFFERS];
+    sov_status status;
+    char error[1024];
+    char committed[4200];
+};
+
+static void step_paths(const sov_ckpt_writer *w, char *partial, char *final, size_t cap) {
+    snprintf(partial, cap, "%s/step-%ld.partial", w->dir, w->step);
+    snprintf(final, cap, "%s/step-%ld", w->dir, w->step);
+}
+
+/* ---- encoding and writing this rank's share ---- */
+
+typedef struct encode_job {
+    sov_codec *codec;
+    const float *src;
+    size_t bytes;
+    uint8_t *out;
+    size_t out_bytes;
+    sov_status status;
+    char error[512];
+} encode_job;
+
+static void *encode_main(void *arg) {
+    encode_job *j = arg;
+    j->status = sov_chunk_encode(j->codec, j->src, j->bytes, 4, j->out, &j->out_bytes);
+    if (j->status != SOV_OK)
+        snprintf(j->error, sizeof j->error, "%s", sov_last_error());
+    return NULL;
+}
+
+/* Encodes `n` chunks in parallel (one per thread) and appends them to the file, recording each in `chunks`. */
+static sov_status encode_batch(encode_job *jobs, int n, int fd, const char *path,
+                               uint64_t *file_pos, json_t *chunks, const char **buffer_names, const size_t *offsets) {
+    pthread_t tids[MAX_THREADS];
+    int started[MAX_THREADS] = {0};
+    for (int i = 1; i < n; i++)
+        started[i] = pthread_create(&tids[i], NULL, encode_main, &jobs[i]) == 0;
+    encode_main(&jobs[0]);
+    for (int i = 1; i < n; i++) {
+        if (started[i])
+            pthread_join(tids[i], NULL);
+        else
+            encode_main(&jobs[i]);
+    }
+    for (int i = 0; i < n; i++) {
+        if (jobs[i].status != SOV_OK)
+            return sov_fail(jobs[i].status, "%s", jobs[i].error);
+        SOV_CHECK(sov_write_all(fd, jobs[i].out, jobs[i].out_bytes, path));
+        json_array_append_new(chunks, json_pack("{s:s, s:I, s:I, s:I, s:I}", "buffer", buffer_names[i],
+                                                "elem_offset", (json_int_t)offsets[i], "elems",
+                                                (json_int_t)(jobs[i].bytes / 4), "file_offset", (json_int_t)*file_pos,
+                                                "bytes", (json_int_t)jobs[i].out_bytes));
+        *file_pos += jobs[i].out_bytes;
+    }
+    return SOV_OK;
+}
+
+static sov_status write_share(sov_ckpt_writer *w, const char *partial, json_t **marker) {
+    char name[64], path[4300];
+    snprintf(name, sizeof name, "rank-%d.bin", w->rank);
+    snprintf(path, sizeof path, "%s/%s", partial, name);
+    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd < 0)
+        return sov_fail(SOV_ERR_IO, "rank %d: creating %s: %s", w->rank, path, strerror(errno));
+    json_t *chunks = json_array();
+    uint64_t pos = 0;
+    size_t chunk_elems = w->opt.chunk_bytes / 4, staged = 0;
+    encode_job jobs[MAX_THREADS];
+    const char *names[MAX_THREADS];
+    size_t offsets[MAX_THREADS];
+    int n = 0;
+    sov_status st = SOV_OK;
+    for (int p = 0; p < w->npieces && st == SOV_OK; p++) {
+        const piece *pc = &w->pieces[p];
+        for (size_t off = 0; off < pc->count && st == SOV_OK; off += chunk_elems) {
+            size_t m = pc->count - off < chunk_elems ? pc->count - off : chunk_elems;
+            jobs[n] = (encode_job){.codec = w->codecs[n], .src = w->staging + staged, .bytes = m * 4, .out = w->out[n]};
+            names[n] = w->names[pc->buffer];
+            offsets[n] = pc->offset + off;
+            staged += m;
+            if (++n == w->opt.threads) {
+                st = encode_batch(jobs, n, fd, path, &pos, chunks, names, offsets);
+                n = 0;
+            }
+        }
+    }
+    if (st == SOV_OK && n > 0)
+        st = encode_batch(jobs, n, fd, path, &pos, chunks, names, offsets);
+    if (st == SOV_OK && fsync(fd) != 0)
+        st = sov_fail(SOV_ERR_IO, "rank %d: fsync %s: %s", w->rank, path, strerror(errno));
+    close(fd);
+    if (st != SOV_OK) {
+        json_decref(chunks);
+        return st;
+    }
+    char id[17];
+    snprintf(id, sizeof id, "%016llx", (unsigned long long)w->save_id);
+    *marker = json_pack("{s:s, s:i, s:s, s:I, s:o}", "save_id", id, "rank", w->rank, "file", name, "bytes",
+                        (json_int_t)pos, "chunks", chunks);
+    return SOV_OK;
+}
+
+static sov_status write_marker(sov_ckpt_writer *w, const char *partial, json_t *marker) {
+    char name[64];
+    snprintf(name, sizeof name, "rank-%d.json", w->rank);
+    char *text = json_dumps(marker, JSON_COMPACT);
+    if (!text)
+        return sov_fail(SOV_ERR_NOMEM, "rank %d: cannot serialise %s", w->rank, name);
+    sov_status st = sov_write_file_atomic(partial, name, text, strlen(text));
+    free(text);
+    return st;
+}
+
+/* ---- rank 0: commit ---- */
+
+/* Waits until every rank's marker for this save is there; returns them in rank order (a JSON array). */
+static sov_status gather_markers(sov_ckpt_writer *w, const char *partial, json_t **files) {
+    char id[17];
+    snprintf(id, sizeof id, "%016llx", (unsigned long long)w->save_id);
+    *files = json_array();
+    double start = sov_now();
+    for (int r = 0; r < w->world; r++) {
+        char path[4300];
+        snprintf(path, sizeof path, "%s/rank-%d.json", partial, r);
+        for (;;) {
+            json_t *m = json_load_file(path, 0, NULL);
+            const char *mid = m ? json_string_value(json_object_get(m, "save_id")) : NULL;
+            if (mid && strcmp(mid, id) == 0) {
+                json_object_del(m, "save_id");
+                json_object_del(m, "rank");
+                json_array_append_new(*files, m);
+                break;
+            }
+            json_decref(m); /* absent, or a crashed earlier attempt's: keep waiting */
+            if (sov_now() - start > w->opt.commit_timeout_s) {
+                json_decref(*files);
+                return sov_fail(SOV_ERR_IO, "rank 0: rank %d never reported its part of step %ld durable within %.0f s "
+                                "(%s missing); the checkpoint is left incomplete and the previous one stays latest",
+                                r, w->step, w->opt.commit_timeout_s, path);
+            }
+            nanosleep(&(struct timespec){.tv_nsec = 2 * 1000 * 1000}, NULL);
+        }
+    }
+    return SOV_OK;
+}
+
+static sov_status write_manifest(sov_ckpt_writer *w, const char *partial, json_t *files) {
+    json_t *m = json_deep_copy(w->manifest_base);
+    json_object_set_new(m, "files", files);
+    json_object_set_new(m, "manifest_xxh3", json_string("0000000000000000"));
+    char *text = json_dumps(m, JSON_INDENT(1) | JSON_PRESERVE_ORDER);
+    json_decref(m);
+    if (!text)
+        return sov_fail(SOV_ERR_NOMEM, "rank 0: cannot serialise the manifest");
+    size_t n = strlen(text);
+    sov_status st = sov_manifest_seal(text, n);
+    if (st == SOV_OK)
+        st = sov_write_file_atomic(partial, "manifest.json", text, n);
+    free(text);
+    return st;
+}
+
+/* Removes complete checkpoints beyond the newest `keep` and every leftover partial directory. */
+static void prune(sov_ckpt_writer *w) {
+    long steps[4096];
+    int n = sov_ckpt_list_steps(w->dir, steps, 4096);
+    char path[4300];
+    for (int i = w->opt.keep; i < n; i++) {
+        snprintf(path, sizeof path, "%s/step-%ld", w->dir, steps[i]);
+        sov_remove_dir(path);
+    }
+    DIR *d = opendir(w->dir);
+    struct dirent *e;
+    while (d && (e = readdir(d))) {
+        size_t len = strlen(e->d_name);
+        if (strncmp(e->d_name, "step-", 5) == 0 && len > 8 && strcmp(e->d_name + len - 8, ".partial") == 0) {
+            snprintf(path, sizeof path, "%s/%s", w->dir, e->d_name);
+            sov_remove_dir(path);
+        }
+    }
+    if (d)
+        closedir(d);
+}
+
+static sov_status commit(sov_ckpt_writer *w, const char *partial, const char *final) {
+    json_t *files;
+    SOV_CHECK(gather_markers(w, partial, &files));
+    SOV_CHECK(write_manifest(w, partial, files));
+    for (int r = 0; r < w->world; r++) {
+        char path[4300];
+        snprintf(path, sizeof path, "%s/rank-%d.json", partial, r);
+        unlink(path);
+    }
+    SOV_CHECK(sov_fsync_path(partial));
+    struct stat sb;
+    if (stat(final, &sb) == 0) /* the same step saved before (a resumed job): the new one replaces it */
+        SOV_CHECK(sov_remove_dir(final));
+    if (rename(partial, final) != 0)
+        return sov_fail(SOV_ERR_IO, "rank 0: renaming %s to %s: %s", partial, final, strerror(errno));
+    SOV_CHECK(sov_fsync_path(w->dir));
+    char latest[64];
+    int n = snprintf(latest, sizeof latest, "step-%ld\n", w->step);
+    SOV_CHECK(sov_write_file_atomic(w->dir, "latest", latest, (size_t)n));
+    prune(w);
+    return SOV_OK;
+}
+
+static void *writer_main(void *arg) {
+    sov_ckpt_writer *w = arg;
+    char partial[4200], final[4200];
+    step_paths(w, partial, final, sizeof partial);
+    json_t *marker = NULL;
+    sov_status st = sov_mkdir_p(partial);
+    if (st == SOV_OK)
+        st = write_share(w, partial, &marker);
+    if (st == SOV_OK)
+        st = write_marker(w, partial, marker);
+    json_decref(marker);
+    if (st == SOV_OK && w->rank == 0)
+        st = commit(w, partial, final);
+    w->status = st;
+    if (st != SOV_OK)
+        snprintf(w->error, sizeof w->error, "%s", sov_last_error());
+    else
+        snprintf(w->committed, sizeof w->committed, "%s", final);
+    return NULL;
+}
+
+/* ---- the public calls ---- */
+
+sov_status sov_ckpt_writer_open(sov_ckpt_writer **out, const char *dir, int rank, int world,
+                                const sov_ckpt_options *options) {
+    sov_ckpt_writer *w = sov_calloc(1, sizeof *w);
+    if (!w)
+        return SOV_ERR_NOMEM;
+    snprintf(w->dir, sizeof w->dir, "%s", dir);
+    w->rank = rank;
+    w->world = world;
+    w->opt = *options;
+    if (w->opt.keep < 1)
+        w->opt.keep = 1;
+    w->opt.threads = w->opt.threads < 1 ? 1 : w->opt.threads > MAX_THREADS ? MAX_THREADS : w->opt.threads;
+    if (w->opt.chunk_bytes < 4096 || w->opt.chunk_bytes > ((size_t)256 << 20))
+        w->opt.chunk_bytes = (size_t)4 << 20;
+    w->opt.chunk_bytes &= ~(size_t)3;
+    if (w->opt.commit_timeout_s <= 0)
+        w->opt.commit_timeout_s = 600;
+    sov_status st = sov_mkdir_p(dir);
+    for (int i = 0; st == SOV_OK && i < w->opt.threads; i++) {
+        st = sov_codec_create(&w->codecs[i], w->opt.chunk_bytes);
+        if (st == SOV_OK && !(w->out[i] = sov_malloc(sov_chunk_bound(w->opt.chunk_bytes))))
+            st = SOV_ERR_NOMEM;
+    }
+    if (st != SOV_OK) {
+        sov_ckpt_writer_close(w);
+        return st;
+    }
+    *out = w;
+    return SOV_OK;
+}
+
+sov_status sov_ckpt_wait(sov_ckpt_writer *w, char *path, size_t cap) {
+    if (w->running) {
+        pthread_join(w->thread, NULL);
+        w->running = 0;
+    }
+    if (w->status != SOV_OK)
+        return sov_fail(w->status, "%s", w->error);
+    if (path && cap)
+        snprintf(path, cap, "%s", w->committed);
+    return SOV_OK;
+}
+
+static json_t *manifest_base(const sov_ckpt_writer *w, const sov_ckpt_state *s) {
+    json_t *bufs = json_array(), *tensors = json_array();
+    for (int b = 0; b < s->num_buffers; b++)
+        json_array_append_new(bufs, json_pack("{s:s, s:s, s:I}", "name", s->buffers[b].name, "dtype", "f32", "count",
+                                              (json_int_t)s->buffers[b].count));
+    for (int t = 0; t < s->num_tensors; t++) {
+        const sov_tensor *ten = &s->tensors[t];
+        json_t *shape = json_array();
+        for (int d = 0; d < ten->ndim; d++)
+            json_array_append_new(shape, json_integer(ten->shape[d]));
+        json_array_append_new(tensors, json_pack("{s:s, s:s, s:I, s:I, s:o}", "name", ten->name, "buffer",
+                                                 s->buffers[0].name, "offset", (json_int_t)ten->offset, "count",
+                                                 (json_int_t)ten->count, "shape", shape));
+    }
+    return json_pack("{s:s, s:i, s:s, s:I, s:i, s:I, s:I, s:o, s:o, s:O}", "format", "sovtrain-checkpoint",
+                     "format_version", SOV_CKPT_FORMAT_VERSION, "sovtrain_version", SOVTRAIN_VERSION, "step",
+                     (json_int_t)s->step, "world_size", w->world, "created", (json_int_t)time(NULL), "chunk_bytes",
+                     (json_int_t)w->opt.chunk_bytes, "buffers", bufs, "tensors", tensors, "meta",
+                     s->meta ? s->meta : json_null());
+}
+
+/* This rank's share of the concatenated buffers: elements [total*r/N, total*(r+1)/N). */
+static size_t plan_share(sov_ckpt_writer *w, const sov_ckpt_state *s) {
+    size_t total = 0;
+    for (int b = 0; b < s->num_buffers; b++)
+        total += s->buffers[b].count;
+    size_t lo = (size_t)((unsigned __int128)total * (unsigned)w->rank / (unsigned)w->world);
+    size_t hi = (size_t)((unsigned __int128)total * (unsigned)(w->rank + 1) / (unsigned)w->world);
+    w->npieces = 0;
+    size_t base = 0;
+    for (int b = 0; b < s->num_buffers; b++) {
+        size_t a = lo > base ? lo - base : 0, z = hi - base < s->buffers[b].count ? hi - base : s->buffers[b].count;
+        if (hi > base && a < z)
+            w->pieces[w->npieces++] = (piece){.buffer = b, .offset = a, .count = z - a};
+        w->names[b] = s->buffers[b].name;
+        base += s->buffers[b].count;
+    }
+    return hi - lo;
+}
+
+sov_status sov_ckpt_save(sov_ckpt_writer *w, const sov_ckpt_state *s, uint64_t save_id, double *stall_s,
+                         double *waited_s) {
+    double t0 = sov_now();
+    sov_status prev = sov_ckpt_wait(w, NULL, 0);
+    double t1 = sov_now();
+    if (waited_s)
+        *waited_s = t1 - t0;
+    if (prev != SOV_OK) /* reported once; the new save goes ahead */
+        sov_log_error("rank %d: the previous checkpoint failed: %s", w->rank, sov_last_error());
+    if (s->num_buffers < 1 || s->num_buffers > SOV_CKPT_MAX_BUFFERS)
+        return sov_fail(SOV_ERR_INVALID, "checkpoint: %d buffers (1..%d)", s->num_buffers, SOV_CKPT_MAX_BUFFERS);
+    size_t share = plan_share(w, s);
+    if (share > w->staging_cap) {
+        free(w->staging);
+        w->staging_cap = 0;
+        if (!(w->staging = sov_aligned_alloc(share * sizeof(float))))
+            return SOV_ERR_NOMEM;
+        w->staging_cap = share;
+    }
+    size_t at = 0; /* the snapshot: one copy of this rank's share */
+    for (int p = 0; p < w->npieces; p++) {
+        const piece *pc = &w->pieces[p];
+        memcpy(w->staging + at, s->buffers[pc->buffer].data + pc->offset, pc->count * sizeof(float));
+        at += pc->count;
+    }
+    json_decref(w->manifest_base);
+    w->manifest_base = w->rank == 0 ? manifest_base(w, s) : NULL;
+    w->step = s->step;
+    w->save_id = save_id;
+    w->status = SOV_OK;
+    w->committed[0] = '\0';
+    if (stall_s)
+        *stall_s = sov_now() - t1;
+    if (pthread_create(&w->thread, NULL, writer_main, w) != 0)
+        return sov_fail(SOV_ERR_INTERNAL, "rank %d: cannot start the checkpoint writer thread", w->rank);
+    w->running = 1;
+    return SOV_OK;
+}
+
+void sov_ckpt_writer_close(sov_ckpt_writer *w) {
+    if (!w)
+        return;
+    sov_ckpt_wait(w, NULL, 0);
+    for (int i = 0; i < MAX_THREADS; i++) {
+        sov_codec_destroy(w->codecs[i]);
+        free(w->out[i]);
+    }
+    json_decref(w->manifest_base);
+    free(w->staging);
+    free(w);
+}

@@ -1,0 +1,232 @@
+/* train_ckpt.c: checkpoints of `sovtrain train`: periodic and final saves, resume with fallback, and the clean
+ * stop on SIGTERM/SIGINT/SIGUSR1 (preemption): every rank finishes its step, the ranks agree on the step, a
+ * checkpoint is written and committed, and the job exits 0. */
+#include "trainer.h"
+
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+static volatile sig_atomic_t stop_signal;
+
+static void on_signal(int sig) { stop_signal = sig; }
+
+void sov_trainer_install_signals(void) {
+    struct sigaction sa = {.sa_handler = on_signal};
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGUSR1, &sa, NULL); /* Slurm's usual preemption warning */
+}
+
+static int enabled(const trainer *t) {
+    return t->args.ckpt_every > 0 || t->args.ckpt_every_s > 0 || t->args.resume || t->args.ckpt_dir;
+}
+
+/* ---- the state a checkpoint holds ---- */
+
+static json_t *meta(const trainer *t) {
+    const sov_train_args *a = &t->args;
+    const sov_optim_config *o = &t->opt.cfg;
+    return json_pack("{s:{s:s, s:s, s:I, s:i, s:I, s:I}, s:{s:s, s:I, s:f, s:f, s:f, s:f, s:f, s:f, s:f, s:I, s:I, s:f},"
+                     " s:{s:I, s:I}}",
+                     "config", "model", a->model, "hidden", a->hidden, "num_params", (json_int_t)t->model->num_params,
+                     "global_batch", a->batch, "seed", (json_int_t)a->seed, "total_steps", (json_int_t)t->total_steps,
+                     "optimizer", "kind", o->kind == SOV_OPTIM_ADAMW ? "adamw" : "sgd", "t", (json_int_t)t->opt.t,
+                     "lr", (double)o->lr, "momentum", (double)o->momentum, "beta1", (double)o->beta1, "beta2",
+                     (double)o->beta2, "eps", (double)o->eps, "weight_decay", (double)o->weight_decay, "clip_norm",
+                     (double)o->clip_norm, "warmup_steps", (json_int_t)o->warmup_steps, "total_steps",
+                     (json_int_t)o->total_steps, "min_lr_ratio", (double)o->min_lr_ratio,
+                     "data", "step", (json_int_t)0, "samples_seen", (json_int_t)0);
+}
+
+static void fill_state(trainer *t, long step, sov_ckpt_state *s, json_t *m) {
+    json_t *data = json_object_get(m, "data");
+    json_object_set_new(data, "step", json_integer(step));
+    json_object_set_new(data, "samples_seen", json_integer((json_int_t)step * t->args.batch));
+    *s = (sov_ckpt_state){.step = step, .tensors = t->model->tensors, .num_tensors = t->model->num_tensors, .meta = m};
+    s->buffers[s->num_buffers++] = (sov_ckpt_buffer){"params", t->model->params, t->model->num_params};
+    s->buffers[s->num_buffers++] = (sov_ckpt_buffer){t->opt.v ? "adamw.m" : "sgd.momentum", t->opt.m, t->opt.count};
+    if (t->opt.v)
+        s->buffers[s->num_buffers++] = (sov_ckpt_buffer){"adamw.v", t->opt.v, t->opt.count};
+}
+
+/* ---- saving ---- */
+
+static sov_status save(trainer *t, long step) {
+    uint64_t id = 0; /* one id for this save on every rank: rank 0's */
+    if (t->world.rank == 0)
+        id = (uint64_t)time(NULL) << 32 ^ (uint64_t)getpid() << 12 ^ (uint64_t)step ^ (uint64_t)(sov_now() * 1e9);
+    SOV_CHECK(sov_comm_broadcast(t->comm, &id, sizeof id, SOV_U8, 0));
+    json_t *m = meta(t);
+    sov_ckpt_state s;
+    fill_state(t, step, &s, m);
+    double stall = 0, waited = 0;
+    sov_status st = sov_ckpt_save(t->ckpt, &s, id, &stall, &waited);
+    json_decref(m);
+    SOV_CHECK(st);
+    t->last_saved_step = step;
+    t->last_save_time = sov_now();
+    sov_log("checkpoint: step %ld snapshot in %.1f ms (waited %.1f ms for the previous save); writing in the "
+            "background", step, stall * 1e3, waited * 1e3);
+    return sov_metrics_emit(&t->metrics, json_pack("{s:s, s:I, s:f, s:f}", "event", "checkpoint", "step",
+                                                   (json_int_t)step, "stall_ms", stall * 1e3, "wait_ms", waited * 1e3));
+}
+
+/* Waits for the save in flight; rank 0 reports where it was committed. */
+static sov_status wait_saved(trainer *t) {
+    char path[4200];
+    sov_status st = sov_ckpt_wait(t->ckpt, path, sizeof path);
+    if (st == SOV_OK && t->world.rank == 0 && path[0])
+        sov_log("checkpoint: saved %s", path);
+    return st;
+}
+
+sov_status sov_trainer_ckpt_step(trainer *t, long done, int *stop) {
+    /* The ranks agree, every step, on whether a signal arrived anywhere and whether a timed save is due. */
+    double due_by_time = t->ckpt && t->args.ckpt_every_s > 0 && sov_now() - t->last_save_time >= t->args.ckpt_every_s;
+    double flags[2] = {stop_signal ? 1.0 : 0.0, due_by_time ? 1.0 : 0.0};
+    SOV_CHECK(sov_comm_allreduce(t->comm, flags, flags, 2, SOV_F64, SOV_MAX));
+    *stop = flags[0] > 0;
+    int due = (t->args.ckpt_every > 0 && done % t->args.ckpt_every == 0) || flags[1] > 0 || *stop;
+    if (!t->ckpt || !due || t->last_saved_step == done)
+        return SOV_OK;
+    sov_status st = save(t, done);
+    if (st == SOV_OK && *stop) {
+        st = wait_saved(t);
+        if (st == SOV_OK)
+            sov_log("stopping at step %ld on %s: the checkpoint above holds the job's state; resume with --resume "
+                    "latest", done, stop_signal == SIGINT ? "SIGINT" : stop_signal == SIGUSR1 ? "SIGUSR1" : "a signal");
+    }
+    if (st != SOV_OK && !t->args.stop_on_ckpt_error && !*stop) {
+        sov_log_error("rank %d: checkpoint at step %ld failed, training goes on (--on-ckpt-error continue): %s",
+                      t->world.rank, done, sov_last_error());
+        return SOV_OK;
+    }
+    return st;
+}
+
+sov_status sov_trainer_ckpt_finish(trainer *t) {
+    if (!t->ckpt)
+        return SOV_OK;
+    if (t->last_saved_step != t->total_steps)
+        SOV_CHECK(save(t, t->total_steps));
+    return wait_saved(t);
+}
+
+void sov_trainer_ckpt_close(trainer *t) {
+    sov_ckpt_writer_close(t->ckpt);
+    t->ckpt = NULL;
+}
+
+/* ---- resuming ---- */
+
+/* Loads checkpoint `path` into the model and optimizer, after checking it belongs to this job's shape. */
+static sov_status load(trainer *t, const char *path) {
+    sov_ckpt *c;
+    SOV_CHECK(sov_ckpt_open(path, &c));
+    const json_t *m = json_object_get(sov_ckpt_manifest(c), "meta");
+    const char *model = json_string_value(json_object_get(json_object_get(m, "config"), "model"));
+    const char *kind = json_string_value(json_object_get(json_object_get(m, "optimizer"), "kind"));
+    json_t *opt_t = json_object_get(json_object_get(m, "optimizer"), "t");
+    const char *want_kind = t->opt.v ? "adamw" : "sgd";
+    sov_status st = SOV_OK;
+    if (!model || strcmp(model, t->args.model) != 0 || !kind || strcmp(kind, want_kind) != 0 || !json_is_integer(opt_t))
+        st = sov_fail(SOV_ERR_INVALID, "%s holds a %s model with %s state; this job trains %s with %s", path,
+                      model ? model : "?", kind ? kind : "?", t->args.model, want_kind);
+    sov_ckpt_state s;
+    json_t *scratch = meta(t);
+    fill_state(t, 0, &s, scratch);
+    for (int b = 0; b < s.num_buffers && st == SOV_OK; b++)
+        st = sov_ckpt_read_buffer(c, s.buffers[b].name, s.buffers[b].data, s.buffers[b].count);
+    json_decref(scratch);
+    if (st == SOV_OK) {
+        t->start_step = sov_ckpt_step(c);
+        t->opt.t = (long)json_integer_value(opt_t);
+        if (t->start_step > t->total_steps)
+            st = sov_fail(SOV_ERR_INVALID, "%s is at step %ld, beyond this job's %ld steps", path, t->start_step,
+                          t->total_steps);
+    }
+    sov_ckpt_close(c);
+    return st;
+}
+
+/* Candidates, best first: PATH itself when it is a checkpoint, else DIR/latest and DIR/step-N newest first. */
+static int candidates(const char *dir, char (*out)[4200], int cap) {
+    char m[4300], *text = NULL;
+    size_t n;
+    int k = 0;
+    snprintf(m, sizeof m, "%s/manifest.json", dir);
+    if (access(m, F_OK) == 0) {
+        snprintf(out[k++], 4200, "%s", dir);
+        return k;
+    }
+    snprintf(m, sizeof m, "%s/latest", dir);
+    FILE *f = fopen(m, "r");
+    if (f) {
+        char line[256] = "";
+        if (fgets(line, sizeof line, f) && strncmp(line, "step-", 5) == 0 && !strchr(line, '/')) {
+            line[strcspn(line, "\r\n")] = '\0';
+            snprintf(out[k++], 4200, "%s/%s", dir, line);
+        }
+        fclose(f);
+    }
+    (void)text, (void)n;
+    long steps[256];
+    int ns = sov_ckpt_list_steps(dir, steps, 256);
+    for (int i = 0; i < ns && k < cap; i++) {
+        snprintf(out[k], 4200, "%s/step-%ld", dir, steps[i]);
+        if (k == 0 || strcmp(out[k], out[0]) != 0)
+            k++;
+    }
+    return k;
+}
+
+static sov_status resume(trainer *t) {
+    const char *spec = t->args.resume, *dir = strcmp(spec, "latest") == 0 || strcmp(spec, "auto") == 0 ? t->ckpt_dir : spec;
+    static char cands[257][4200];
+    int n = candidates(dir, cands, 257);
+    const char *loaded = NULL;
+    for (int i = 0; i < n && !loaded; i++) {
+        if (load(t, cands[i]) == SOV_OK)
+            loaded = cands[i];
+        else
+            sov_log("resume: skipping %s: %s", cands[i], sov_last_error());
+    }
+    /* Every rank searched the same files; make sure they all chose the same step. */
+    double steps[2] = {loaded ? (double)t->start_step : -1.0, loaded ? -(double)t->start_step : 1.0};
+    SOV_CHECK(sov_comm_allreduce(t->comm, steps, steps, 2, SOV_F64, SOV_MAX));
+    if (steps[0] != -steps[1])
+        return sov_fail(SOV_ERR_IO, "rank %d: ranks resumed from different checkpoints (steps %.0f and %.0f): is %s "
+                        "the same directory on every host?", t->world.rank, -steps[1], steps[0], dir);
+    if (!loaded) {
+        if (strcmp(spec, "auto") == 0) {
+            t->start_step = 0;
+            sov_log("resume: no usable checkpoint under %s: starting fresh", dir);
+            return SOV_OK;
+        }
+        return sov_fail(SOV_ERR_IO, "--resume %s: no usable checkpoint under %s", spec, dir);
+    }
+    sov_log("resume: continuing from %s (step %ld of %ld)", loaded, t->start_step, t->total_steps);
+    return SOV_OK;
+}
+
+sov_status sov_trainer_ckpt_init(trainer *t) {
+    t->last_save_time = sov_now();
+    if (!enabled(t))
+        return SOV_OK;
+    if (t->args.ckpt_dir)
+        snprintf(t->ckpt_dir, sizeof t->ckpt_dir, "%s", t->args.ckpt_dir);
+    else
+        snprintf(t->ckpt_dir, sizeof t->ckpt_dir, "%s/checkpoints", t->args.run_dir);
+    sov_ckpt_options o = {.keep = t->args.keep, .threads = t->args.ckpt_threads, .chunk_bytes = (size_t)4 << 20,
+                          .commit_timeout_s = t->args.comm_timeout};
+    SOV_CHECK(sov_ckpt_writer_open(&t->ckpt, t->ckpt_dir, t->world.rank, t->world.size, &o));
+    if (t->args.resume)
+        SOV_CHECK(resume(t));
+    t->last_saved_step = t->start_step > 0 ? t->start_step : -1;
+    return SOV_OK;
+}

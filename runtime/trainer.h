@@ -1,0 +1,50 @@
+/* trainer.h (internal): the state of one rank of `sovtrain train`, shared by train.c (the loop) and
+ * train_ckpt.c (checkpoints, resume, preemption). */
+#ifndef SOV_TRAINER_H
+#define SOV_TRAINER_H
+
+#include "buckets.h"
+#include "ckpt.h"
+#include "data.h"
+#include "metrics.h"
+#include "optim.h"
+#include "runtime.h"
+#include "train_args.h"
+
+typedef struct trainer {
+    sov_train_args args;
+    sov_world world;
+    sov_comm *comm;
+    sov_dataset train, test;
+    sov_sampler sampler;
+    sov_model *model;
+    sov_optimizer opt;
+    sov_metrics metrics;
+    sov_buckets buckets;
+    int local_batch;
+    long steps_per_epoch, total_steps, eval_every;
+    long start_step;       /* 0, or the step a checkpoint resumed at */
+    float *x;              /* local_batch x input_dim */
+    int32_t *y;            /* local_batch */
+    double test_loss, test_acc;
+    double train_seconds;  /* time in training steps, after the first warm-up steps */
+    long timed_samples;    /* global samples in those steps */
+    /* checkpoints */
+    char ckpt_dir[4096];
+    sov_ckpt_writer *ckpt;
+    long last_saved_step;  /* -1: none this run */
+    double last_save_time;
+} trainer;
+
+/* Opens the checkpoint writer and, with --resume, loads the newest usable checkpoint (every rank the same). */
+sov_status sov_trainer_ckpt_init(trainer *t);
+/* After step `done`: saves when one is due (every N steps, every S seconds, or a signal asked for it). Sets
+ * *stop when a signal asked the job to stop: the checkpoint is then written and committed. */
+sov_status sov_trainer_ckpt_step(trainer *t, long done, int *stop);
+/* At the end of training: the final checkpoint, waited for. */
+sov_status sov_trainer_ckpt_finish(trainer *t);
+void sov_trainer_ckpt_close(trainer *t);
+/* Installs the SIGTERM/SIGINT/SIGUSR1 handlers that ask for a checkpoint and a clean stop. */
+void sov_trainer_install_signals(void);
+
+#endif

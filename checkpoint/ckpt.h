@@ -48,7 +48,8 @@ typedef struct sov_ckpt_writer sov_ckpt_writer;
 sov_status sov_ckpt_writer_open(sov_ckpt_writer **out, const char *dir, int rank, int world_size,
                                 const sov_ckpt_options *options);
 /* Waits for the previous save (its wait in *waited_s), snapshots this rank's share (its time in *stall_s) and
- * starts writing. `save_id` must be the same on every rank for one save and differ between saves (it keeps a
+ * starts writing. When the previous save failed, returns its error and starts nothing (call sov_ckpt_wait first
+ * to handle that failure separately). `save_id` must be the same on every rank for one save and differ between saves (it keeps a
  * crashed attempt's leftovers out of a new checkpoint). */
 sov_status sov_ckpt_save(sov_ckpt_writer *w, const sov_ckpt_state *state, uint64_t save_id, double *stall_s,
                          double *waited_s);

@@ -75,8 +75,11 @@ static int cmd_verify(const char *arg) {
     char path[4200];
     sov_ckpt *c = NULL;
     sov_status st = resolve(arg, path, sizeof path);
-    if (st == SOV_OK)
-        st = sov_ckpt_open(path, &c);
+    if (st != SOV_OK) {
+        fprintf(stderr, "sovtrain ckpt verify: %s\n", sov_last_error());
+        return 1;
+    }
+    st = sov_ckpt_open(path, &c);
     if (st == SOV_OK)
         st = sov_ckpt_verify(c);
     if (st != SOV_OK) {

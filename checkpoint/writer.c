@@ -130,6 +130,7 @@ static sov_status write_share(sov_ckpt_writer *w, const char *partial, json_t **
         st = sov_fail(SOV_ERR_IO, "rank %d: fsync %s: %s", w->rank, path, strerror(errno));
     close(fd);
     if (st != SOV_OK) {
+        unlink(path); /* a full disk gets its space back */
         json_decref(chunks);
         return st;
     }
@@ -149,6 +150,29 @@ static sov_status write_marker(sov_ckpt_writer *w, const char *partial, json_t *
     sov_status st = sov_write_file_atomic(partial, name, text, strlen(text));
     free(text);
     return st;
+}
+
+/* Tells rank 0 that this rank's part of the save failed, so it does not wait for it (best effort). */
+static void write_failure(sov_ckpt_writer *w, const char *partial, const char *message) {
+    char name[64], text[1200];
+    snprintf(name, sizeof name, "rank-%d.failed", w->rank);
+    int n = snprintf(text, sizeof text, "%016llx\n%s\n", (unsigned long long)w->save_id, message);
+    sov_write_file_atomic(partial, name, text, (size_t)n < sizeof text ? (size_t)n : sizeof text - 1);
+}
+
+/* The failure rank r reported for this save, if any, into msg. */
+static int reported_failure(const sov_ckpt_writer *w, const char *partial, int r, char *msg, size_t cap) {
+    char path[4300], *text = NULL, id[17];
+    size_t n;
+    snprintf(path, sizeof path, "%s/rank-%d.failed", partial, r);
+    if (sov_read_file(path, 4096, &text, &n) != SOV_OK)
+        return 0;
+    snprintf(id, sizeof id, "%016llx", (unsigned long long)w->save_id);
+    int ours = n > 17 && strncmp(text, id, 16) == 0;
+    if (ours)
+        snprintf(msg, cap, "%.*s", (int)strcspn(text + 17, "\n"), text + 17);
+    free(text);
+    return ours;
 }
 
 /* ---- rank 0: commit ---- */
@@ -172,6 +196,12 @@ static sov_status gather_markers(sov_ckpt_writer *w, const char *partial, json_t
                 break;
             }
             json_decref(m); /* absent, or a crashed earlier attempt's: keep waiting */
+            char why[1024];
+            if (reported_failure(w, partial, r, why, sizeof why)) {
+                json_decref(*files);
+                return sov_fail(SOV_ERR_IO, "rank 0: rank %d could not write its part of step %ld (%s); the "
+                                "previous checkpoint stays latest", r, w->step, why);
+            }
             if (sov_now() - start > w->opt.commit_timeout_s) {
                 json_decref(*files);
                 return sov_fail(SOV_ERR_IO, "rank 0: rank %d never reported its part of step %ld durable within %.0f s "
@@ -245,6 +275,24 @@ static sov_status commit(sov_ckpt_writer *w, const char *partial, const char *fi
     return SOV_OK;
 }
 
+/* Test hook: with SOVTRAIN_TEST_CKPT_HOLD=FILE, a writer whose data file is durable writes its pid to
+ * FILE.rank<r> and then waits until FILE exists before reporting its part, so a test can kill a rank in the
+ * middle of a save. */
+static void test_hold(int rank) {
+    const char *hold = getenv("SOVTRAIN_TEST_CKPT_HOLD");
+    if (!hold || !*hold)
+        return;
+    char reached[4200];
+    snprintf(reached, sizeof reached, "%s.rank%d", hold, rank);
+    FILE *f = fopen(reached, "w");
+    if (f) {
+        fprintf(f, "%d\n", (int)getpid());
+        fclose(f);
+    }
+    while (access(hold, F_OK) != 0)
+        nanosleep(&(struct timespec){.tv_nsec = 10 * 1000 * 1000}, NULL);
+}
+
 static void *writer_main(void *arg) {
     sov_ckpt_writer *w = arg;
     char partial[4200], final[4200];
@@ -254,8 +302,12 @@ static void *writer_main(void *arg) {
     if (st == SOV_OK)
         st = write_share(w, partial, &marker);
     if (st == SOV_OK)
+        test_hold(w->rank);
+    if (st == SOV_OK)
         st = write_marker(w, partial, marker);
     json_decref(marker);
+    if (st != SOV_OK && w->rank != 0)
+        write_failure(w, partial, sov_last_error());
     if (st == SOV_OK && w->rank == 0)
         st = commit(w, partial, final);
     w->status = st;
@@ -358,8 +410,9 @@ sov_status sov_ckpt_save(sov_ckpt_writer *w, const sov_ckpt_state *s, uint64_t s
     double t1 = sov_now();
     if (waited_s)
         *waited_s = t1 - t0;
-    if (prev != SOV_OK) /* reported once; the new save goes ahead */
-        sov_log_error("rank %d: the previous checkpoint failed: %s", w->rank, sov_last_error());
+    w->status = SOV_OK; /* a failure is reported once, by the wait that found it */
+    if (prev != SOV_OK)
+        return prev;
     if (s->num_buffers < 1 || s->num_buffers > SOV_CKPT_MAX_BUFFERS)
         return sov_fail(SOV_ERR_INVALID, "checkpoint: %d buffers (1..%d)", s->num_buffers, SOV_CKPT_MAX_BUFFERS);
     size_t share = plan_share(w, s);

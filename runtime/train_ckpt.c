@@ -56,7 +56,28 @@ static void fill_state(trainer *t, long step, sov_ckpt_state *s, json_t *m) {
 
 /* ---- saving ---- */
 
+/* Waits for the save in flight; rank 0 reports where it was committed. */
+static sov_status wait_saved(trainer *t) {
+    char path[4200];
+    sov_status st = sov_ckpt_wait(t->ckpt, path, sizeof path);
+    if (st == SOV_OK && t->world.rank == 0 && path[0])
+        sov_log("checkpoint: saved %s", path);
+    return st;
+}
+
+/* A failed save ends the job (--on-ckpt-error stop), or is reported while training goes on. */
+static sov_status handle_failure(trainer *t, sov_status st) {
+    if (st == SOV_OK || t->args.stop_on_ckpt_error)
+        return st;
+    sov_log_error("rank %d: a checkpoint failed and training goes on (--on-ckpt-error continue); the previous "
+                  "checkpoint stays latest: %s", t->world.rank, sov_last_error());
+    return SOV_OK;
+}
+
 static sov_status save(trainer *t, long step) {
+    double w0 = sov_now();
+    SOV_CHECK(handle_failure(t, wait_saved(t)));
+    double waited = sov_now() - w0;
     uint64_t id = 0; /* one id for this save on every rank: rank 0's */
     if (t->world.rank == 0)
         id = (uint64_t)time(NULL) << 32 ^ (uint64_t)getpid() << 12 ^ (uint64_t)step ^ (uint64_t)(sov_now() * 1e9);
@@ -64,8 +85,8 @@ static sov_status save(trainer *t, long step) {
     json_t *m = meta(t);
     sov_ckpt_state s;
     fill_state(t, step, &s, m);
-    double stall = 0, waited = 0;
-    sov_status st = sov_ckpt_save(t->ckpt, &s, id, &stall, &waited);
+    double stall = 0;
+    sov_status st = sov_ckpt_save(t->ckpt, &s, id, &stall, NULL);
     json_decref(m);
     SOV_CHECK(st);
     t->last_saved_step = step;
@@ -74,15 +95,6 @@ static sov_status save(trainer *t, long step) {
             "background", step, stall * 1e3, waited * 1e3);
     return sov_metrics_emit(&t->metrics, json_pack("{s:s, s:I, s:f, s:f}", "event", "checkpoint", "step",
                                                    (json_int_t)step, "stall_ms", stall * 1e3, "wait_ms", waited * 1e3));
-}
-
-/* Waits for the save in flight; rank 0 reports where it was committed. */
-static sov_status wait_saved(trainer *t) {
-    char path[4200];
-    sov_status st = sov_ckpt_wait(t->ckpt, path, sizeof path);
-    if (st == SOV_OK && t->world.rank == 0 && path[0])
-        sov_log("checkpoint: saved %s", path);
-    return st;
 }
 
 sov_status sov_trainer_ckpt_step(trainer *t, long done, int *stop) {
@@ -94,19 +106,13 @@ sov_status sov_trainer_ckpt_step(trainer *t, long done, int *stop) {
     int due = (t->args.ckpt_every > 0 && done % t->args.ckpt_every == 0) || flags[1] > 0 || *stop;
     if (!t->ckpt || !due || t->last_saved_step == done)
         return SOV_OK;
-    sov_status st = save(t, done);
-    if (st == SOV_OK && *stop) {
-        st = wait_saved(t);
-        if (st == SOV_OK)
-            sov_log("stopping at step %ld on %s: the checkpoint above holds the job's state; resume with --resume "
-                    "latest", done, stop_signal == SIGINT ? "SIGINT" : stop_signal == SIGUSR1 ? "SIGUSR1" : "a signal");
+    SOV_CHECK(save(t, done));
+    if (*stop) { /* preemption: the state must be on disk before we go */
+        SOV_CHECK(wait_saved(t));
+        sov_log("stopping at step %ld on %s: the checkpoint above holds the job's state; resume with --resume "
+                "latest", done, stop_signal == SIGINT ? "SIGINT" : stop_signal == SIGUSR1 ? "SIGUSR1" : "a signal");
     }
-    if (st != SOV_OK && !t->args.stop_on_ckpt_error && !*stop) {
-        sov_log_error("rank %d: checkpoint at step %ld failed, training goes on (--on-ckpt-error continue): %s",
-                      t->world.rank, done, sov_last_error());
-        return SOV_OK;
-    }
-    return st;
+    return SOV_OK;
 }
 
 sov_status sov_trainer_ckpt_finish(trainer *t) {
@@ -114,7 +120,7 @@ sov_status sov_trainer_ckpt_finish(trainer *t) {
         return SOV_OK;
     if (t->last_saved_step != t->total_steps)
         SOV_CHECK(save(t, t->total_steps));
-    return wait_saved(t);
+    return wait_saved(t); /* the final state must be saved: a failure here fails the job under either policy */
 }
 
 void sov_trainer_ckpt_close(trainer *t) {

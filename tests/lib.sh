@@ -3,7 +3,12 @@ set -u
 SOV=$(realpath "$1")
 TESTS=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 tmp=$(mktemp -d /tmp/sovtrain-test-XXXXXX)
-trap 'rm -rf "$tmp"' EXIT
+cleanup() {
+    # a test may have mounted a small tmpfs under $tmp (full-disk checks): unmount before removing
+    grep -o " $tmp/[^ ]*" /proc/mounts 2>/dev/null | while read -r m; do umount "$m" 2>/dev/null; done
+    rm -rf "$tmp"
+}
+trap cleanup EXIT
 failures=0
 
 fail() {

@@ -1,0 +1,121 @@
+/* fuzz_manifest.c: libFuzzer target for the checkpoint reader (checkpoint/reader.c) through a damaged manifest.
+ *
+ * A private directory (made once) holds two fixed data files: rank-0.bin, two valid chunks (FIX_A_ELEMS f32
+ * elements, then FIX_B_ELEMS elements' worth of 2-byte elements), and rank-1.bin, garbage. Each input becomes
+ * that directory's manifest.json; the checkpoint is opened and, when it opens, verified, every buffer it names
+ * read (when small enough to allocate), the parameters exported, and closed. Since a mutated manifest nearly
+ * always fails its "manifest_xxh3" seal, an input whose seal does not match is run a second time resealed, so
+ * that the fuzzer reaches the structure checks behind the seal. No input may crash, leak or hit UB.
+ * Build and run: tests/fuzz/run.sh. */
+#include "ckpt.h"
+#include "codec.h"
+#include "fsio.h"
+
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define FIX_A_ELEMS 256 /* chunk A: f32 */
+#define FIX_B_ELEMS 64  /* chunk B: 2 * FIX_B_ELEMS bf16-like elements */
+#define FIX_GARBAGE 300 /* bytes of rank-1.bin */
+#define MAX_READ_ELEMS ((size_t)1 << 22)
+
+static char dir[256];
+static size_t fix_a_bytes, fix_b_bytes; /* encoded sizes of chunks A and B (rank-0.bin is A then B) */
+
+static void write_file(const char *name, const void *data, size_t n) {
+    char path[512];
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd < 0 || sov_write_all(fd, data, n, path) != SOV_OK) {
+        fprintf(stderr, "fuzz_manifest: cannot write %s\n", path);
+        abort();
+    }
+    close(fd);
+}
+
+static void remove_fixture(void) { sov_remove_dir(dir); }
+
+/* Makes the directory and its data files. */
+static void build_fixture(void) {
+    const char *tmp = getenv("TMPDIR");
+    snprintf(dir, sizeof dir, "%s/fuzz_manifest.XXXXXX", tmp && *tmp ? tmp : "/tmp");
+    if (!mkdtemp(dir)) {
+        perror("fuzz_manifest: mkdtemp");
+        abort();
+    }
+    static float a[FIX_A_ELEMS];
+    static uint16_t b[2 * FIX_B_ELEMS];
+    for (int i = 0; i < FIX_A_ELEMS; i++)
+        a[i] = (float)i * 0.25f - 8.0f;
+    for (int i = 0; i < 2 * FIX_B_ELEMS; i++)
+        b[i] = (uint16_t)(0x3f80 + (i % 7) * 3 - (i & 1 ? 0x8000 : 0)); /* bf16 around +-1 */
+    static uint8_t r0[2 * SOV_CHUNK_HEADER_BYTES + sizeof a + sizeof b];
+    sov_codec *c;
+    if (sov_codec_create(&c, 4096) != SOV_OK || sov_chunk_encode(c, a, sizeof a, 4, r0, &fix_a_bytes) != SOV_OK ||
+        sov_chunk_encode(c, b, sizeof b, 2, r0 + fix_a_bytes, &fix_b_bytes) != SOV_OK) {
+        fprintf(stderr, "fuzz_manifest: %s\n", sov_last_error());
+        abort();
+    }
+    sov_codec_destroy(c);
+    write_file("rank-0.bin", r0, fix_a_bytes + fix_b_bytes);
+    uint8_t g[FIX_GARBAGE];
+    uint32_t x = 12345;
+    for (int i = 0; i < FIX_GARBAGE; i++)
+        g[i] = (uint8_t)((x = x * 1103515245u + 12345u) >> 24);
+    memcpy(g + 100, r0, SOV_CHUNK_HEADER_BYTES); /* a valid header over a garbage payload at offset 100 */
+    write_file("rank-1.bin", g, sizeof g);
+}
+
+int LLVMFuzzerInitialize(int *argc, char ***argv) {
+    (void)argc, (void)argv;
+    build_fixture();
+    atexit(remove_fixture);
+    return 0;
+}
+
+static void exercise(void) {
+    sov_ckpt *c;
+    if (sov_ckpt_open(dir, &c) != SOV_OK)
+        return;
+    (void)sov_ckpt_verify(c);
+    size_t i;
+    json_t *b;
+    json_array_foreach(json_object_get(sov_ckpt_manifest(c), "buffers"), i, b) {
+        const char *name = json_string_value(json_object_get(b, "name"));
+        size_t count = sov_ckpt_buffer_count(c, name);
+        if (count > MAX_READ_ELEMS)
+            continue;
+        float *dst = malloc((count ? count : 1) * sizeof *dst);
+        if (!dst)
+            abort();
+        (void)sov_ckpt_read_buffer(c, name, dst, count);
+        free(dst);
+    }
+    size_t params = sov_ckpt_buffer_count(c, "params");
+    if (params > 0 && params <= MAX_READ_ELEMS) {
+        char out[512];
+        snprintf(out, sizeof out, "%s/export.safetensors", dir);
+        (void)sov_ckpt_export_safetensors(c, out);
+        unlink(out);
+    }
+    sov_ckpt_close(c);
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
+    write_file("manifest.json", data, size);
+    exercise();
+    char *text = malloc(size + 1); /* resealed, when the seal is there but wrong */
+    if (!text)
+        abort();
+    memcpy(text, data, size);
+    text[size] = '\0';
+    if (sov_manifest_seal(text, size) == SOV_OK && memcmp(text, data, size) != 0) {
+        write_file("manifest.json", text, size);
+        exercise();
+    }
+    free(text);
+    return 0;
+}

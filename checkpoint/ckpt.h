@@ -6,7 +6,9 @@
  * compresses that share and writes DIR/step-<N>.partial/rank-<r>.bin, fsyncs it, and reports it durable with
  * rank-<r>.json. Rank 0's writer then writes manifest.json, renames the directory to DIR/step-<N>, fsyncs the
  * parent, replaces DIR/latest atomically and removes checkpoints beyond the newest `keep`. A crash at any point
- * leaves the previous checkpoint the latest one. The directory must be visible to every rank.
+ * leaves the previous checkpoint the latest one. The directory must be visible to every rank. Between two saves
+ * the ranks must synchronise after rank 0's sov_ckpt_wait (sovtrain train broadcasts the next save_id from rank
+ * 0), because rank 0's commit removes leftover partial directories.
  *
  * Loading. Any rank of any world size opens a checkpoint, and reads any buffer whole; every chunk is verified
  * against its checksums on the way. sov_ckpt_find picks the newest checkpoint that verifies. */

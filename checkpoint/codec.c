@@ -8,11 +8,13 @@
 #include <zstd.h>
 
 #define RAW_ENTROPY_BITS 7.9 /* above this a plane is near-random: compressing it costs time and gains < 1.3 % */
+#define SAMPLE_BYTES (64 << 10) /* decisions are taken on a sample of the plane: 16 blocks of 4 KiB */
 
 struct sov_codec {
     size_t max_raw;
     uint8_t *planes;     /* max_raw: the transformed planes */
     uint8_t *trial[2];   /* zstd outputs of the two parameter sets */
+    uint8_t *sample;     /* SAMPLE_BYTES gathered from a plane */
     size_t trial_cap;
     ZSTD_CCtx *literal;  /* literals only: Huffman coding of the bytes, no matches */
     ZSTD_CCtx *level1;
@@ -28,10 +30,11 @@ sov_status sov_codec_create(sov_codec **out, size_t max_raw) {
     c->planes = sov_malloc(max_raw);
     c->trial[0] = sov_malloc(c->trial_cap);
     c->trial[1] = sov_malloc(c->trial_cap);
+    c->sample = sov_malloc(SAMPLE_BYTES);
     c->literal = ZSTD_createCCtx();
     c->level1 = ZSTD_createCCtx();
     c->dctx = ZSTD_createDCtx();
-    if (!c->planes || !c->trial[0] || !c->trial[1] || !c->literal || !c->level1 || !c->dctx) {
+    if (!c->planes || !c->trial[0] || !c->trial[1] || !c->sample || !c->literal || !c->level1 || !c->dctx) {
         sov_codec_destroy(c);
         return sov_fail(SOV_ERR_NOMEM, "checkpoint codec: cannot allocate %zu bytes of scratch", 3 * max_raw);
     }
@@ -53,6 +56,7 @@ void sov_codec_destroy(sov_codec *c) {
     free(c->planes);
     free(c->trial[0]);
     free(c->trial[1]);
+    free(c->sample);
     ZSTD_freeCCtx(c->literal);
     ZSTD_freeCCtx(c->level1);
     ZSTD_freeDCtx(c->dctx);
@@ -190,26 +194,45 @@ sov_status sov_chunk_parse_header(const void *bytes, sov_chunk_header *h, const 
 
 /* ---- encode ---- */
 
-/* Stores one plane at out: raw, or the smaller zstd result. Returns the stored size; sets *coding. */
+/* A sample of the plane: 16 blocks of 4 KiB spread evenly (the whole plane when it is small). */
+static const uint8_t *sample_of(sov_codec *c, const uint8_t *plane, size_t n, size_t *len) {
+    if (n <= SAMPLE_BYTES) {
+        *len = n;
+        return plane;
+    }
+    size_t block = SAMPLE_BYTES / 16, stride = n / 16;
+    for (int i = 0; i < 16; i++)
+        memcpy(c->sample + i * block, plane + (size_t)i * stride, block);
+    *len = SAMPLE_BYTES;
+    return c->sample;
+}
+
+/* Which zstd settings suit the plane, judged on a sample: 0 literals only (Huffman), 1 level 1 (matches, for runs
+ * of zeros and repeated values as in optimizer moments), -1 none (near-random: store raw). */
+static int choose_coder(sov_codec *c, const uint8_t *plane, size_t n) {
+    size_t len;
+    const uint8_t *smp = sample_of(c, plane, n, &len);
+    if (sov_entropy_bits(smp, len) >= RAW_ENTROPY_BITS)
+        return -1;
+    size_t lit = ZSTD_compress2(c->literal, c->trial[0], c->trial_cap, smp, len);
+    size_t lz = ZSTD_compress2(c->level1, c->trial[1], c->trial_cap, smp, len);
+    if (ZSTD_isError(lit) || ZSTD_isError(lz))
+        return 0;
+    return lz < lit ? 1 : 0;
+}
+
+/* Stores one plane at out (room for n bytes): zstd-compressed when that is smaller, else raw. Returns the stored
+ * size; sets *coding. Compressing straight into out with capacity n also rules out a result that does not shrink. */
 static size_t store_plane(sov_codec *c, const uint8_t *plane, size_t n, uint8_t *out, uint8_t *coding) {
-    *coding = 0;
-    size_t best = n;
-    if (n >= 64 && sov_entropy_bits(plane, n) < RAW_ENTROPY_BITS) {
-        ZSTD_CCtx *ctx[2] = {c->literal, c->level1};
-        int which = -1;
-        for (int t = 0; t < 2; t++) {
-            size_t r = ZSTD_compress2(ctx[t], c->trial[t], c->trial_cap, plane, n);
-            if (!ZSTD_isError(r) && r < best) {
-                best = r;
-                which = t;
-            }
-        }
-        if (which >= 0) {
-            memcpy(out, c->trial[which], best);
+    int which = n >= 64 ? choose_coder(c, plane, n) : -1;
+    if (which >= 0) {
+        size_t r = ZSTD_compress2(which ? c->level1 : c->literal, out, n - 1, plane, n);
+        if (!ZSTD_isError(r)) {
             *coding = 1;
-            return best;
+            return r;
         }
     }
+    *coding = 0;
     memcpy(out, plane, n);
     return n;
 }

@@ -109,9 +109,12 @@ sov_status sov_remove_dir(const char *path) {
     return rmdir(path) == 0 || errno == ENOENT ? SOV_OK : sov_fail(SOV_ERR_IO, "removing %s: %s", path, strerror(errno));
 }
 
-/* The 16 hex digits of the seal inside text, or NULL. */
+/* The 16 hex digits of the seal inside text, or NULL. The seal is the manifest's last key, so the last
+ * occurrence counts (a key of the same name inside "meta" cannot take its place). */
 static char *seal_digits(const char *text, size_t n) {
-    const char *key = strstr(text, SOV_MANIFEST_SEAL_KEY);
+    const char *key = NULL;
+    for (const char *p = strstr(text, SOV_MANIFEST_SEAL_KEY); p; p = strstr(p + 1, SOV_MANIFEST_SEAL_KEY))
+        key = p;
     if (!key)
         return NULL;
     const char *p = key + strlen(SOV_MANIFEST_SEAL_KEY);

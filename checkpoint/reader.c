@@ -41,27 +41,41 @@ static sov_status validate(sov_ckpt *c) {
     json_t *step = json_object_get(m, "step"), *chunk = json_object_get(m, "chunk_bytes");
     if (!json_is_integer(step) || json_integer_value(step) < 0)
         return bad(c, "\"step\" is missing or negative");
-    if (!json_is_integer(chunk) || json_integer_value(chunk) < 4 || (uint64_t)json_integer_value(chunk) > SOV_CHUNK_MAX_RAW)
-        return bad(c, "\"chunk_bytes\" is missing or out of range");
+    if (!json_is_integer(chunk) || json_integer_value(chunk) < 4 || json_integer_value(chunk) > (256 << 20) ||
+        json_integer_value(chunk) % 4)
+        return bad(c, "\"chunk_bytes\" is missing, out of range (4 B..256 MiB) or not a multiple of 4");
     c->step = (long)json_integer_value(step);
     c->chunk_bytes = (size_t)json_integer_value(chunk);
     json_t *buffers = json_object_get(m, "buffers"), *files = json_object_get(m, "files");
     if (!json_is_array(buffers) || !json_is_array(files) || json_array_size(files) < 1)
         return bad(c, "\"buffers\" or \"files\" is missing");
-    size_t i;
-    json_t *b, *f;
+    size_t i, j;
+    json_t *b, *f, *ch;
     json_array_foreach(buffers, i, b) {
         json_t *cnt = json_object_get(b, "count");
-        const char *dtype = json_string_value(json_object_get(b, "dtype"));
-        if (!json_string_value(json_object_get(b, "name")) || !json_is_integer(cnt) || json_integer_value(cnt) < 0 ||
+        const char *dtype = json_string_value(json_object_get(b, "dtype")), *name = json_string_value(json_object_get(b, "name"));
+        if (!name || !json_is_integer(cnt) || json_integer_value(cnt) < 0 ||
             json_integer_value(cnt) > ((json_int_t)1 << 40) || !dtype || strcmp(dtype, "f32") != 0)
             return bad(c, "a buffer entry lacks a name, a valid count or dtype f32");
+        for (j = 0; j < i; j++)
+            if (strcmp(json_string_value(json_object_get(json_array_get(buffers, j), "name")), name) == 0)
+                return bad(c, "two buffers have the same name");
     }
     json_array_foreach(files, i, f) {
         const char *name = json_string_value(json_object_get(f, "file"));
         if (!name || strchr(name, '/') || strcmp(name, "..") == 0 || !json_is_array(json_object_get(f, "chunks")))
             return bad(c, "a file entry lacks a plain file name or its chunk list");
+        json_array_foreach(json_object_get(f, "chunks"), j, ch) {
+            const char *buf = json_string_value(json_object_get(ch, "buffer"));
+            if (!buf || sov_ckpt_buffer_count(c, buf) == 0)
+                return bad(c, "a chunk names a buffer the manifest does not list");
+        }
     }
+    const char *base = strrchr(c->path, '/');
+    long dir_step;
+    base = base ? base + 1 : c->path;
+    if (sscanf(base, "step-%ld", &dir_step) == 1 && dir_step != c->step)
+        return bad(c, "\"step\" differs from the step in the directory's name");
     return SOV_OK;
 }
 
@@ -161,15 +175,12 @@ static sov_status collect_chunks(const sov_ckpt *c, const char *name, size_t cou
                                     .bytes = (uint64_t)json_integer_value(by)};
         }
     }
-    if (name) { /* the chunks must tile [0, count) exactly */
+    if (name) { /* the chunks must tile [0, count) exactly: each starts where the previous one ended */
         qsort(refs, n, sizeof *refs, by_offset);
-        size_t next = 0;
-        for (size_t i = 0; i < n && next <= count; i++) {
-            if (refs[i].elem_offset != next)
-                break;
+        size_t next = 0, i = 0;
+        for (; i < n && refs[i].elem_offset == next && refs[i].elems <= count - next; i++)
             next += refs[i].elems;
-        }
-        if (next != count || (n && refs[n - 1].elem_offset + refs[n - 1].elems != count)) {
+        if (i != n || next != count) {
             free(refs);
             return sov_fail(SOV_ERR_FORMAT, "%s/manifest.json: the chunks of buffer \"%s\" do not cover its %zu "
                             "elements exactly once", c->path, name, count);
@@ -282,7 +293,9 @@ int sov_ckpt_list_steps(const char *dir, long *steps, int cap) {
         if (strncmp(e->d_name, "step-", 5) != 0)
             continue;
         long s = strtol(e->d_name + 5, &end, 10);
-        if (end != e->d_name + 5 && *end == '\0' && s >= 0)
+        char canonical[64];
+        snprintf(canonical, sizeof canonical, "step-%ld", s);
+        if (end != e->d_name + 5 && *end == '\0' && s >= 0 && strcmp(canonical, e->d_name) == 0)
             steps[n++] = s;
     }
     closedir(d);

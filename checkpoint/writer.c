@@ -26,7 +26,7 @@ struct sov_ckpt_writer {
     int rank, world;
     sov_ckpt_options opt;
     sov_codec *codecs[MAX_THREADS];
-    uint8_t *out[MAX_THREADS]; /* encoded chunks */
+    uint8_t *out[2 * MAX_THREADS]; /* encoded chunks: the pipeline's slots */
     /* the save in flight */
     pthread_t thread;
     int running;
@@ -50,82 +50,156 @@ static void step_paths(const sov_ckpt_writer *w, char *partial, char *final, siz
 
 /* ---- encoding and writing this rank's share ---- */
 
-typedef struct encode_job {
-    sov_codec *codec;
+/* One chunk of this rank's share. */
+typedef struct chunk_job {
     const float *src;
     size_t bytes;
-    uint8_t *out;
-    size_t out_bytes;
-    sov_status status;
-    char error[512];
-} encode_job;
+    const char *buffer;
+    size_t elem_offset;
+} chunk_job;
 
-static void *encode_main(void *arg) {
-    encode_job *j = arg;
-    j->status = sov_chunk_encode(j->codec, j->src, j->bytes, 4, j->out, &j->out_bytes);
-    if (j->status != SOV_OK)
-        snprintf(j->error, sizeof j->error, "%s", sov_last_error());
+/* Encoder threads compress chunks, in order, into a ring of output slots while this thread writes the finished
+ * ones to the file: compression runs while the disk is busy. */
+typedef struct pipeline {
+    sov_ckpt_writer *w;
+    const chunk_job *jobs;
+    size_t njobs, next; /* next chunk to hand to an encoder */
+    int nslots;
+    struct slot {
+        int ready;      /* encoded and not yet written */
+        size_t job;     /* which chunk it holds */
+        size_t bytes;
+        sov_status status;
+        char error[512];
+    } slots[2 * MAX_THREADS];
+    pthread_mutex_t lock;
+    pthread_cond_t changed;
+    int abort;
+} pipeline;
+
+typedef struct encoder_arg {
+    pipeline *p;
+    int thread;
+} encoder_arg;
+
+static void *encoder_main(void *arg) {
+    encoder_arg *ea = arg;
+    pipeline *p = ea->p;
+    sov_codec *codec = p->w->codecs[ea->thread];
+    pthread_mutex_lock(&p->lock);
+    for (;;) {
+        size_t job = p->next;
+        if (job >= p->njobs || p->abort)
+            break;
+        struct slot *sl = &p->slots[job % (size_t)p->nslots];
+        if (sl->ready || (job >= (size_t)p->nslots && sl->job != job - (size_t)p->nslots)) {
+            pthread_cond_wait(&p->changed, &p->lock); /* the slot still holds an unwritten chunk */
+            continue;
+        }
+        p->next++;
+        pthread_mutex_unlock(&p->lock);
+        size_t bytes = 0;
+        uint8_t *out = p->w->out[job % (size_t)p->nslots];
+        sov_status st = sov_chunk_encode(codec, p->jobs[job].src, p->jobs[job].bytes, 4, out, &bytes);
+        pthread_mutex_lock(&p->lock);
+        sl->job = job;
+        sl->bytes = bytes;
+        sl->status = st;
+        if (st != SOV_OK)
+            snprintf(sl->error, sizeof sl->error, "%s", sov_last_error());
+        sl->ready = 1;
+        pthread_cond_broadcast(&p->changed);
+    }
+    pthread_mutex_unlock(&p->lock);
     return NULL;
 }
 
-/* Encodes `n` chunks in parallel (one per thread) and appends them to the file, recording each in `chunks`. */
-static sov_status encode_batch(encode_job *jobs, int n, int fd, const char *path,
-                               uint64_t *file_pos, json_t *chunks, const char **buffer_names, const size_t *offsets) {
-    pthread_t tids[MAX_THREADS];
-    int started[MAX_THREADS] = {0};
-    for (int i = 1; i < n; i++)
-        started[i] = pthread_create(&tids[i], NULL, encode_main, &jobs[i]) == 0;
-    encode_main(&jobs[0]);
-    for (int i = 1; i < n; i++) {
-        if (started[i])
-            pthread_join(tids[i], NULL);
-        else
-            encode_main(&jobs[i]);
+/* Writes the chunks in order as the encoders finish them, recording each in `chunks`. */
+static sov_status write_chunks(pipeline *p, int fd, const char *path, json_t *chunks, uint64_t *pos) {
+    sov_status st = SOV_OK;
+    for (size_t job = 0; job < p->njobs && st == SOV_OK; job++) {
+        struct slot *sl = &p->slots[job % (size_t)p->nslots];
+        pthread_mutex_lock(&p->lock);
+        while (!(sl->ready && sl->job == job))
+            pthread_cond_wait(&p->changed, &p->lock);
+        pthread_mutex_unlock(&p->lock);
+        st = sl->status != SOV_OK ? sov_fail(sl->status, "%s", sl->error)
+                                  : sov_write_all(fd, p->w->out[job % (size_t)p->nslots], sl->bytes, path);
+        if (st == SOV_OK) {
+            json_array_append_new(chunks, json_pack("{s:s, s:I, s:I, s:I, s:I}", "buffer", p->jobs[job].buffer,
+                                                    "elem_offset", (json_int_t)p->jobs[job].elem_offset, "elems",
+                                                    (json_int_t)(p->jobs[job].bytes / 4), "file_offset",
+                                                    (json_int_t)*pos, "bytes", (json_int_t)sl->bytes));
+            *pos += sl->bytes;
+        }
+        pthread_mutex_lock(&p->lock);
+        sl->ready = 0;
+        if (st != SOV_OK)
+            p->abort = 1;
+        pthread_cond_broadcast(&p->changed);
+        pthread_mutex_unlock(&p->lock);
     }
-    for (int i = 0; i < n; i++) {
-        if (jobs[i].status != SOV_OK)
-            return sov_fail(jobs[i].status, "%s", jobs[i].error);
-        SOV_CHECK(sov_write_all(fd, jobs[i].out, jobs[i].out_bytes, path));
-        json_array_append_new(chunks, json_pack("{s:s, s:I, s:I, s:I, s:I}", "buffer", buffer_names[i],
-                                                "elem_offset", (json_int_t)offsets[i], "elems",
-                                                (json_int_t)(jobs[i].bytes / 4), "file_offset", (json_int_t)*file_pos,
-                                                "bytes", (json_int_t)jobs[i].out_bytes));
-        *file_pos += jobs[i].out_bytes;
-    }
-    return SOV_OK;
+    return st;
+}
+
+/* This rank's share cut into chunks of at most chunk_bytes, piece by piece. */
+static chunk_job *plan_chunks(const sov_ckpt_writer *w, size_t *n) {
+    size_t chunk_elems = w->opt.chunk_bytes / 4, count = 0, staged = 0;
+    for (int p = 0; p < w->npieces; p++)
+        count += (w->pieces[p].count + chunk_elems - 1) / chunk_elems;
+    chunk_job *jobs = sov_calloc(count ? count : 1, sizeof *jobs);
+    if (!jobs)
+        return NULL;
+    *n = 0;
+    for (int p = 0; p < w->npieces; p++)
+        for (size_t off = 0; off < w->pieces[p].count; off += chunk_elems) {
+            size_t m = w->pieces[p].count - off < chunk_elems ? w->pieces[p].count - off : chunk_elems;
+            jobs[(*n)++] = (chunk_job){.src = w->staging + staged, .bytes = m * 4,
+                                       .buffer = w->names[w->pieces[p].buffer], .elem_offset = w->pieces[p].offset + off};
+            staged += m;
+        }
+    return jobs;
 }
 
 static sov_status write_share(sov_ckpt_writer *w, const char *partial, json_t **marker) {
     char name[64], path[4300];
     snprintf(name, sizeof name, "rank-%d.bin", w->rank);
     snprintf(path, sizeof path, "%s/%s", partial, name);
+    size_t njobs = 0;
+    chunk_job *jobs = plan_chunks(w, &njobs);
+    if (!jobs)
+        return SOV_ERR_NOMEM;
     int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (fd < 0)
+    if (fd < 0) {
+        free(jobs);
         return sov_fail(SOV_ERR_IO, "rank %d: creating %s: %s", w->rank, path, strerror(errno));
+    }
+    pipeline p = {.w = w, .jobs = jobs, .njobs = njobs, .nslots = 2 * w->opt.threads};
+    pthread_mutex_init(&p.lock, NULL);
+    pthread_cond_init(&p.changed, NULL);
+    pthread_t tids[MAX_THREADS];
+    encoder_arg args[MAX_THREADS];
+    int started = 0;
+    for (int i = 0; i < w->opt.threads; i++) {
+        args[i] = (encoder_arg){.p = &p, .thread = i};
+        if (pthread_create(&tids[i], NULL, encoder_main, &args[i]) == 0)
+            started++;
+        else
+            break;
+    }
     json_t *chunks = json_array();
     uint64_t pos = 0;
-    size_t chunk_elems = w->opt.chunk_bytes / 4, staged = 0;
-    encode_job jobs[MAX_THREADS];
-    const char *names[MAX_THREADS];
-    size_t offsets[MAX_THREADS];
-    int n = 0;
-    sov_status st = SOV_OK;
-    for (int p = 0; p < w->npieces && st == SOV_OK; p++) {
-        const piece *pc = &w->pieces[p];
-        for (size_t off = 0; off < pc->count && st == SOV_OK; off += chunk_elems) {
-            size_t m = pc->count - off < chunk_elems ? pc->count - off : chunk_elems;
-            jobs[n] = (encode_job){.codec = w->codecs[n], .src = w->staging + staged, .bytes = m * 4, .out = w->out[n]};
-            names[n] = w->names[pc->buffer];
-            offsets[n] = pc->offset + off;
-            staged += m;
-            if (++n == w->opt.threads) {
-                st = encode_batch(jobs, n, fd, path, &pos, chunks, names, offsets);
-                n = 0;
-            }
-        }
-    }
-    if (st == SOV_OK && n > 0)
-        st = encode_batch(jobs, n, fd, path, &pos, chunks, names, offsets);
+    sov_status st = started ? write_chunks(&p, fd, path, chunks, &pos)
+                            : sov_fail(SOV_ERR_INTERNAL, "rank %d: cannot start checkpoint encoder threads", w->rank);
+    pthread_mutex_lock(&p.lock);
+    p.abort = 1;
+    pthread_cond_broadcast(&p.changed);
+    pthread_mutex_unlock(&p.lock);
+    for (int i = 0; i < started; i++)
+        pthread_join(tids[i], NULL);
+    pthread_mutex_destroy(&p.lock);
+    pthread_cond_destroy(&p.changed);
+    free(jobs);
     if (st == SOV_OK && fsync(fd) != 0)
         st = sov_fail(SOV_ERR_IO, "rank %d: fsync %s: %s", w->rank, path, strerror(errno));
     close(fd);
@@ -230,12 +304,19 @@ static sov_status write_manifest(sov_ckpt_writer *w, const char *partial, json_t
     return st;
 }
 
-/* Removes complete checkpoints beyond the newest `keep` and every leftover partial directory. */
+/* Keeps the checkpoint just committed and the keep-1 newest before it; removes older ones and every leftover
+ * partial directory (the other ranks are past this save: the trainer synchronises before each save). Checkpoints
+ * of higher steps belong to a timeline a resume abandoned (they were skipped as damaged, or the job was restarted
+ * from an older one) and are left alone: nothing is deleted that a resume did not choose to replace. */
 static void prune(sov_ckpt_writer *w) {
     long steps[4096];
-    int n = sov_ckpt_list_steps(w->dir, steps, 4096);
+    int n = sov_ckpt_list_steps(w->dir, steps, 4096), kept = 0;
     char path[4300];
-    for (int i = w->opt.keep; i < n; i++) {
+    for (int i = 0; i < n; i++) {
+        if (steps[i] > w->step)
+            continue;
+        if (++kept <= w->opt.keep)
+            continue;
         snprintf(path, sizeof path, "%s/step-%ld", w->dir, steps[i]);
         sov_remove_dir(path);
     }
@@ -252,21 +333,43 @@ static void prune(sov_ckpt_writer *w) {
         closedir(d);
 }
 
+/* Removes what is not this save's: markers, and files a crashed earlier attempt (maybe of a larger job) left. */
+static void remove_strays(sov_ckpt_writer *w, const char *partial) {
+    DIR *d = opendir(partial);
+    struct dirent *e;
+    while (d && (e = readdir(d))) {
+        int rank = -1, len = 0;
+        if (sscanf(e->d_name, "rank-%d.bin%n", &rank, &len) == 1 && e->d_name[len] == '\0' && rank >= 0 &&
+            rank < w->world)
+            continue;
+        if (e->d_name[0] == '.')
+            continue;
+        char path[4600];
+        snprintf(path, sizeof path, "%s/%s", partial, e->d_name);
+        unlink(path);
+    }
+    if (d)
+        closedir(d);
+}
+
 static sov_status commit(sov_ckpt_writer *w, const char *partial, const char *final) {
     json_t *files;
     SOV_CHECK(gather_markers(w, partial, &files));
+    remove_strays(w, partial);
     SOV_CHECK(write_manifest(w, partial, files));
-    for (int r = 0; r < w->world; r++) {
-        char path[4300];
-        snprintf(path, sizeof path, "%s/rank-%d.json", partial, r);
-        unlink(path);
-    }
     SOV_CHECK(sov_fsync_path(partial));
     struct stat sb;
-    if (stat(final, &sb) == 0) /* the same step saved before (a resumed job): the new one replaces it */
-        SOV_CHECK(sov_remove_dir(final));
+    char old[4300] = "";
+    if (stat(final, &sb) == 0) { /* the same step saved before (a resumed job): move it aside until replaced */
+        snprintf(old, sizeof old, "%s.replaced", final);
+        sov_remove_dir(old);
+        if (rename(final, old) != 0)
+            return sov_fail(SOV_ERR_IO, "rank 0: moving %s aside: %s", final, strerror(errno));
+    }
     if (rename(partial, final) != 0)
         return sov_fail(SOV_ERR_IO, "rank 0: renaming %s to %s: %s", partial, final, strerror(errno));
+    if (old[0])
+        sov_remove_dir(old);
     SOV_CHECK(sov_fsync_path(w->dir));
     char latest[64];
     int n = snprintf(latest, sizeof latest, "step-%ld\n", w->step);
@@ -338,11 +441,11 @@ sov_status sov_ckpt_writer_open(sov_ckpt_writer **out, const char *dir, int rank
     if (w->opt.commit_timeout_s <= 0)
         w->opt.commit_timeout_s = 600;
     sov_status st = sov_mkdir_p(dir);
-    for (int i = 0; st == SOV_OK && i < w->opt.threads; i++) {
+    for (int i = 0; st == SOV_OK && i < w->opt.threads; i++)
         st = sov_codec_create(&w->codecs[i], w->opt.chunk_bytes);
-        if (st == SOV_OK && !(w->out[i] = sov_malloc(sov_chunk_bound(w->opt.chunk_bytes))))
+    for (int i = 0; st == SOV_OK && i < 2 * w->opt.threads; i++)
+        if (!(w->out[i] = sov_malloc(sov_chunk_bound(w->opt.chunk_bytes))))
             st = SOV_ERR_NOMEM;
-    }
     if (st != SOV_OK) {
         sov_ckpt_writer_close(w);
         return st;
@@ -447,10 +550,10 @@ void sov_ckpt_writer_close(sov_ckpt_writer *w) {
     if (!w)
         return;
     sov_ckpt_wait(w, NULL, 0);
-    for (int i = 0; i < MAX_THREADS; i++) {
+    for (int i = 0; i < MAX_THREADS; i++)
         sov_codec_destroy(w->codecs[i]);
+    for (int i = 0; i < 2 * MAX_THREADS; i++)
         free(w->out[i]);
-    }
     json_decref(w->manifest_base);
     free(w->staging);
     free(w);

@@ -35,11 +35,13 @@ test-sanitize: setup
 	@cmake --build $(SAN_BUILD) -j $(JOBS)
 	cd $(SAN_BUILD) && ctest --output-on-failure -LE 'gpu|slow'
 
-# Benchmarks, each with its peer measured in the same run: allreduce (vs MPI_Allreduce), training (vs PyTorch DDP).
+# Benchmarks, each with its peer measured in the same run: allreduce (vs MPI_Allreduce), training (vs PyTorch
+# DDP), checkpoints (vs torch.save/torch.load, the entropy bound, zstd -1, the disk).
 bench: build
 	@bash scripts/setup.sh --bench
 	$(BUILD)/sovtrain launch -np 2 -- $(BUILD)/bench/allreduce_perf
 	python3 bench/train.py --sovtrain $(BUILD)/sovtrain
+	python3 bench/ckpt.py --build $(BUILD)
 
 clean:
 	rm -rf $(BUILD) $(SAN_BUILD)

@@ -88,6 +88,10 @@ int sov_ckpt_list_steps(const char *dir, long *steps, int cap);
 /* Writes the tensors of buffer "params" to a safetensors file (F32, little-endian): the open exit path. */
 sov_status sov_ckpt_export_safetensors(sov_ckpt *c, const char *out_path);
 
+/* Fills the model's tensors (names, shapes) in params from a safetensors file of F32 tensors with exactly those
+ * names and shapes: a model seeded from an exported checkpoint or another framework. */
+sov_status sov_safetensors_load(const char *path, const sov_tensor *tensors, int num_tensors, float *params);
+
 /* `sovtrain ckpt ARGS...` (argv[0] is "ckpt"). Returns the process exit code. */
 int sov_ckpt_main(int argc, char **argv);
 

@@ -62,6 +62,10 @@ static sov_status build_model(trainer *t) {
     sov_buckets_init(&t->buckets, t->comm, t->model->grads, t->model->num_params,
                      (size_t)(t->args.bucket_cap_mb * 1048576.0));
     t->model->ops->init(t->model, t->args.seed);
+    if (t->args.init_from) {
+        SOV_CHECK(sov_safetensors_load(t->args.init_from, t->model->tensors, t->model->num_tensors, t->model->params));
+        sov_log("parameters from %s", t->args.init_from);
+    }
     /* Same seed gives the same weights everywhere; broadcasting rank 0's makes replicas identical regardless. */
     SOV_CHECK(sov_comm_broadcast(t->comm, t->model->params, t->model->num_params, SOV_F32, 0));
     SOV_CHECK(sov_optim_init(&t->opt, &t->args.optim, t->model->num_params));

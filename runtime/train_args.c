@@ -19,6 +19,7 @@ void sov_train_usage(FILE *out) {
             "  --hidden W1,W2,...    MLP hidden layer widths (default 1024,1024)\n"
             "  --data DIR            Fashion-MNIST IDX files (default /usr/share/datasets/fashion-mnist)\n"
             "  --seed N              seed for initialisation and data order (default 1)\n"
+            "  --init-from FILE      start from the parameters in a safetensors file (e.g. `sovtrain ckpt export`)\n"
             "training:\n"
             "  --batch N             GLOBAL batch size, split evenly over the ranks (default 128)\n"
             "  --epochs N            passes over the training set (default 10)\n"
@@ -81,7 +82,7 @@ enum {
     OPT_MODEL = 256, OPT_HIDDEN, OPT_DATA, OPT_SEED, OPT_BATCH, OPT_EPOCHS, OPT_STEPS, OPT_OPTIMIZER, OPT_LR,
     OPT_WARMUP, OPT_MINLR, OPT_WD, OPT_MOMENTUM, OPT_BETA1, OPT_BETA2, OPT_CLIP, OPT_COMM, OPT_THREADS,
     OPT_RUNDIR, OPT_EVAL, OPT_LOG, OPT_DUMP, OPT_COMM_TIMEOUT, OPT_BUCKET, OPT_CKPT_DIR, OPT_CKPT_EVERY, OPT_CKPT_EVERY_S, OPT_KEEP, OPT_CKPT_THREADS,
-    OPT_RESUME, OPT_ON_CKPT_ERROR
+    OPT_RESUME, OPT_ON_CKPT_ERROR, OPT_INIT_FROM
 };
 
 static const struct option long_opts[] = {
@@ -100,7 +101,7 @@ static const struct option long_opts[] = {
     {"ckpt-dir", required_argument, 0, OPT_CKPT_DIR}, {"ckpt-every", required_argument, 0, OPT_CKPT_EVERY},
     {"ckpt-every-s", required_argument, 0, OPT_CKPT_EVERY_S}, {"keep", required_argument, 0, OPT_KEEP},
     {"ckpt-threads", required_argument, 0, OPT_CKPT_THREADS}, {"resume", required_argument, 0, OPT_RESUME},
-    {"on-ckpt-error", required_argument, 0, OPT_ON_CKPT_ERROR},
+    {"on-ckpt-error", required_argument, 0, OPT_ON_CKPT_ERROR}, {"init-from", required_argument, 0, OPT_INIT_FROM},
     {"help", no_argument, 0, 'h'}, {0, 0, 0, 0},
 };
 
@@ -130,6 +131,7 @@ static sov_status apply(int opt, const char *v, sov_train_args *a) {
     case OPT_COMM: return sov_comm_backend_parse(v, &a->comm);
     case OPT_CKPT_DIR: a->ckpt_dir = v; return SOV_OK;
     case OPT_RESUME: a->resume = v; return SOV_OK;
+    case OPT_INIT_FROM: a->init_from = v; return SOV_OK;
     case OPT_CKPT_EVERY: return sov_parse_long("--ckpt-every", v, 0, 1L << 40, &a->ckpt_every);
     case OPT_KEEP: SOV_CHECK(sov_parse_long("--keep", v, 1, 1000000, &n)); a->keep = (int)n; return SOV_OK;
     case OPT_CKPT_THREADS: SOV_CHECK(sov_parse_long("--ckpt-threads", v, 1, 16, &n)); a->ckpt_threads = (int)n; return SOV_OK;

@@ -29,6 +29,7 @@ typedef struct sov_train_args {
     int keep;
     int ckpt_threads;
     const char *resume;   /* NULL, "auto", "latest" or a path */
+    const char *init_from; /* safetensors file seeding the parameters */
     int stop_on_ckpt_error;
     sov_optim_config optim;
     int help;

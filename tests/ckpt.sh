@@ -142,6 +142,16 @@ else
     echo "note: cannot mount a tmpfs here (not root?): full-disk checks skipped"
 fi
 
+# --- the way back in: --init-from the exported file seeds exactly those parameters (lr 0: one step changes nothing)
+"$SOV" train "${C[@]}" --steps 1 --lr 0 --weight-decay 0 --init-from "$tmp/model.safetensors" --run-dir "$tmp/init" \
+    --dump-params "$tmp/pinit" >"$tmp/init.log" 2>&1 || fail "--init-from failed: $(cat "$tmp/init.log")"
+cmp -s "$tmp/pa" "$tmp/pinit" || fail "--init-from did not load the exported parameters"
+expect_error 1 "tensor shape differs from the model's: layers.1.weight" "$SOV" train --hidden 32 --steps 1 --run-dir "$tmp/init2" \
+    --init-from "$tmp/model.safetensors"
+head -c 100 "$tmp/model.safetensors" >"$tmp/cut.safetensors"
+expect_error 1 "header length exceeds the file" "$SOV" train "${C[@]}" --init-from "$tmp/cut.safetensors" --run-dir "$tmp/i3"
+echo "ok: --init-from round trip"
+
 # --- bad input to the tools
 expect_error 1 "no checkpoint under $tmp/nothing" "$SOV" ckpt verify "$tmp/nothing"
 expect_error 2 "unknown subcommand" "$SOV" ckpt frobnicate x

@@ -1,0 +1,65 @@
+#!/usr/bin/env python3
+"""bench/ckpt: checkpoint performance, everything from one run.
+
+Trains the MLP briefly (AdamW) to get a real state, then runs bench/ckpt_perf on (a) that state, (b) a synthetic
+f32 state (Gaussian, sigma 0.02) and (c) its bf16 cast, and the torch.save / torch.load peer
+(bench/peers/torch_ckpt.py, Debian's python3-torch) on the same bytes. Prints one table with the targets'
+ratios: compression vs the entropy bound and vs zstd -1, save vs torch.save and vs disk bandwidth x ratio,
+stall vs one memcpy, restore vs torch.load; and JSON lines {"bench":"ckpt",...}."""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def run(cmd, **kw):
+    out = subprocess.run(cmd, capture_output=True, text=True, **kw)
+    if out.returncode not in (0, 77):
+        sys.exit(f"bench/ckpt: {' '.join(cmd)} failed ({out.returncode}):\n{out.stdout}{out.stderr}")
+    return out
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--build", default="build", help="the build directory (default build)")
+    p.add_argument("--dir", default=None, help="where checkpoints are written (default: a temporary directory "
+                                               "under the current one, i.e. on this disk)")
+    p.add_argument("--mib", type=int, default=512, help="size of the synthetic f32 state (default 512)")
+    p.add_argument("--threads", type=int, default=2)
+    args = p.parse_args()
+    build = os.path.abspath(args.build)
+    with tempfile.TemporaryDirectory(prefix="sovtrain-ckpt-bench-", dir=args.dir or os.getcwd()) as tmp:
+        run([f"{build}/sovtrain", "train", "--hidden", "1024,1024", "--steps", "200", "--threads", "2",
+             "--eval-every", "100000", "--log-every", "200", "--run-dir", f"{tmp}/run", "--ckpt-every", "200"])
+        dump = f"{tmp}/raw"
+        os.makedirs(dump)
+        perf = run([f"{build}/bench/ckpt_perf", "--from", f"{tmp}/run/checkpoints/step-200", "--dir", tmp,
+                    "--mib", str(args.mib), "--threads", str(args.threads), "--torch-dump", dump])
+        print(perf.stdout, end="")
+        ours = {j["case"]: j for j in map(json.loads, perf.stderr.strip().splitlines())}
+        raws = sorted(os.path.join(dump, f) for f in os.listdir(dump))
+        peer = run(["/usr/bin/python3", os.path.join(HERE, "peers", "torch_ckpt.py")] + raws)
+        torch = {} if peer.returncode == 77 else {j["case"]: j for j in map(json.loads, peer.stdout.strip().splitlines())}
+    print("# targets: ratio >= 97% of bound and > zstd -1; save >= 2x torch.save and >= 80% of disk x ratio;")
+    print("#          stall <= 1.5x memcpy; restore >= torch.load")
+    print(f"# {'case':<11} {'ratio/bound':>11} {'ratio/zstd1':>11} {'save/torch':>10} {'save/disk*r':>11} "
+          f"{'stall/memcpy':>12} {'restore/torch':>13}")
+    for case, o in ours.items():
+        t = torch.get(case, {})
+        save_t = o["save_gbs"] / t["torch_save_gbs"] if t else float("nan")
+        rest_t = o["restore_gbs"] / t["torch_load_gbs"] if t else float("nan")
+        stall = o["stall_ms"] / o["memcpy_ms"] if o["stall_ms"] >= 0 else float("nan")
+        print(f"  {case:<11} {o['ratio'] / o['entropy_bound']:>11.3f} {o['ratio'] / o['zstd1_ratio']:>11.3f} "
+              f"{save_t:>10.2f} {o['save_gbs'] / (o['disk_gbs'] * o['ratio']):>11.2f} {stall:>12.2f} {rest_t:>13.2f}")
+        o.update({k: t[k] for k in ("torch_save_gbs", "torch_load_gbs") if k in t})
+        print(json.dumps(o), file=sys.stderr)
+    if not torch:
+        print("# torch peer skipped: python3-torch is not installed (make bench installs it)")
+
+
+if __name__ == "__main__":
+    main()

@@ -311,7 +311,7 @@ static sov_status write_manifest(sov_ckpt_writer *w, const char *partial, json_t
 static void prune(sov_ckpt_writer *w) {
     long steps[4096];
     int n = sov_ckpt_list_steps(w->dir, steps, 4096), kept = 0;
-    char path[4300];
+    char path[4400];
     for (int i = 0; i < n; i++) {
         if (steps[i] > w->step)
             continue;

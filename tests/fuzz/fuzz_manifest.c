@@ -1,11 +1,13 @@
 /* fuzz_manifest.c: libFuzzer target for the checkpoint reader (checkpoint/reader.c) through a damaged manifest.
  *
  * A private directory (made once) holds two fixed data files: rank-0.bin, two valid chunks (FIX_A_ELEMS f32
- * elements, then FIX_B_ELEMS elements' worth of 2-byte elements), and rank-1.bin, garbage. Each input becomes
- * that directory's manifest.json; the checkpoint is opened and, when it opens, verified, every buffer it names
- * read (when small enough to allocate), the parameters exported, and closed. Since a mutated manifest nearly
- * always fails its "manifest_xxh3" seal, an input whose seal does not match is run a second time resealed, so
- * that the fuzzer reaches the structure checks behind the seal. No input may crash, leak or hit UB.
+ * elements, then FIX_B_ELEMS elements' worth of 2-byte elements), and rank-1.bin, garbage with a chunk header at
+ * byte 100. The chunks hold pseudo-random bytes, which the encoder stores raw, so their sizes (header + raw
+ * bytes: 1136 and 368) do not depend on its compression heuristics; the seeds in corpus/manifest rely on them.
+ * Each input becomes that directory's manifest.json; the checkpoint is opened and, when it opens, verified, every
+ * buffer it names read (when small enough to allocate), the parameters exported, and closed. Since a mutated
+ * manifest nearly always fails its "manifest_xxh3" seal, an input whose seal does not match is run a second time
+ * resealed, so that the fuzzer reaches the structure checks behind the seal. No input may crash, leak or hit UB.
  * Build and run: tests/fuzz/run.sh. */
 #include "ckpt.h"
 #include "codec.h"
@@ -19,7 +21,7 @@
 
 #define FIX_A_ELEMS 256 /* chunk A: f32 */
 #define FIX_B_ELEMS 64  /* chunk B: 2 * FIX_B_ELEMS bf16-like elements */
-#define FIX_GARBAGE 600 /* bytes of rank-1.bin */
+#define FIX_GARBAGE 1400 /* bytes of rank-1.bin */
 #define MAX_READ_ELEMS ((size_t)1 << 22)
 
 static char dir[256];
@@ -46,12 +48,15 @@ static void build_fixture(void) {
         perror("fuzz_manifest: mkdtemp");
         abort();
     }
-    static float a[FIX_A_ELEMS];
+    static uint32_t a[FIX_A_ELEMS];
     static uint16_t b[2 * FIX_B_ELEMS];
-    for (int i = 0; i < FIX_A_ELEMS; i++)
-        a[i] = (float)i * 0.25f - 8.0f;
+    uint32_t x = 12345;
+    for (int i = 0; i < FIX_A_ELEMS; i++) {
+        x = x * 1103515245u + 12345u;
+        a[i] = x ^ x >> 16;
+    }
     for (int i = 0; i < 2 * FIX_B_ELEMS; i++)
-        b[i] = (uint16_t)(0x3f80 + (i % 7) * 3 - (i & 1 ? 0x8000 : 0)); /* bf16 around +-1 */
+        b[i] = (uint16_t)((x = x * 1103515245u + 12345u) >> 16);
     static uint8_t r0[2 * SOV_CHUNK_HEADER_BYTES + sizeof a + sizeof b];
     sov_codec *c;
     if (sov_codec_create(&c, 4096) != SOV_OK || sov_chunk_encode(c, a, sizeof a, 4, r0, &fix_a_bytes) != SOV_OK ||
@@ -60,9 +65,11 @@ static void build_fixture(void) {
         abort();
     }
     sov_codec_destroy(c);
+    if (fix_a_bytes != SOV_CHUNK_HEADER_BYTES + sizeof a || fix_b_bytes != SOV_CHUNK_HEADER_BYTES + sizeof b)
+        fprintf(stderr, "fuzz_manifest: warning: the fixture's chunks were compressed (%zu and %zu bytes); the seeds "
+                "in corpus/manifest expect them raw\n", fix_a_bytes, fix_b_bytes);
     write_file("rank-0.bin", r0, fix_a_bytes + fix_b_bytes);
     uint8_t g[FIX_GARBAGE];
-    uint32_t x = 12345;
     for (int i = 0; i < FIX_GARBAGE; i++)
         g[i] = (uint8_t)((x = x * 1103515245u + 12345u) >> 24);
     memcpy(g + 100, r0, SOV_CHUNK_HEADER_BYTES); /* a valid header over a garbage payload at offset 100 */

@@ -180,6 +180,7 @@ sov_status sov_chunk_parse_header(const void *bytes, sov_chunk_header *h, const 
             sum += h->plane_bytes[k];
     }
     int shape_ok = (h->elem_size == 1 || h->elem_size == 2 || h->elem_size == 4) && h->transform <= 1 &&
+                   (h->transform == 0 || h->elem_size > 1) && /* the planes transform needs 2- or 4-byte elements */
                    h->planes == (h->transform ? h->elem_size : 1) && h->raw_bytes <= SOV_CHUNK_MAX_RAW &&
                    h->raw_bytes % h->elem_size == 0 && sum == h->stored_bytes;
     for (int k = 0; k < h->planes && shape_ok; k++)

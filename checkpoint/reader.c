@@ -153,7 +153,7 @@ static sov_status collect_chunks(const sov_ckpt *c, const char *name, size_t cou
             if (!buf || !json_is_integer(eo) || !json_is_integer(el) || !json_is_integer(fo) || !json_is_integer(by) ||
                 json_integer_value(eo) < 0 || json_integer_value(el) < 1 || json_integer_value(fo) < 0 ||
                 json_integer_value(by) < SOV_CHUNK_HEADER_BYTES ||
-                (uint64_t)json_integer_value(el) * 4 > c->chunk_bytes ||
+                (uint64_t)json_integer_value(el) > c->chunk_bytes / 4 ||
                 (uint64_t)json_integer_value(by) > sov_chunk_bound(c->chunk_bytes)) {
                 free(refs);
                 return sov_fail(SOV_ERR_FORMAT, "%s/manifest.json: chunk %zu of file %zu is malformed or oversized",
@@ -176,7 +176,8 @@ static sov_status collect_chunks(const sov_ckpt *c, const char *name, size_t cou
         }
     }
     if (name) { /* the chunks must tile [0, count) exactly: each starts where the previous one ended */
-        qsort(refs, n, sizeof *refs, by_offset);
+        if (n)
+            qsort(refs, n, sizeof *refs, by_offset);
         size_t next = 0, i = 0;
         for (; i < n && refs[i].elem_offset == next && refs[i].elems <= count - next; i++)
             next += refs[i].elems;

@@ -3,6 +3,7 @@
  * safetensors: 8-byte little-endian header length, a JSON header mapping each tensor name to its dtype, shape and
  * [begin, end) byte offsets in the data that follows, padded with spaces to a multiple of 8, then the data. */
 #include "ckpt.h"
+#include "codec.h"
 #include "fsio.h"
 
 #include <errno.h>
@@ -20,7 +21,8 @@ static json_t *header_json(const sov_ckpt *c, size_t params, sov_status *st) {
         const char *name = json_string_value(json_object_get(t, "name"));
         json_int_t off = json_integer_value(json_object_get(t, "offset")), cnt = json_integer_value(json_object_get(t, "count"));
         json_t *shape = json_object_get(t, "shape");
-        if (!name || off < 0 || cnt < 1 || (size_t)(off + cnt) > params || !json_is_array(shape)) {
+        if (!name || off < 0 || cnt < 1 || (uint64_t)off > params || (uint64_t)cnt > params - (uint64_t)off ||
+            !json_is_array(shape) || json_object_get(h, name)) { /* in range, and no name twice */
             *st = sov_fail(SOV_ERR_FORMAT, "%s/manifest.json: tensor entry %zu is malformed", sov_ckpt_path(c), i);
             json_decref(h);
             return NULL;
@@ -37,9 +39,17 @@ static json_t *header_json(const sov_ckpt *c, size_t params, sov_status *st) {
 }
 
 sov_status sov_ckpt_export_safetensors(sov_ckpt *c, const char *out_path) {
-    size_t n = sov_ckpt_buffer_count(c, "params");
+    size_t n = sov_ckpt_buffer_count(c, "params"), stored = 0, i;
     if (n == 0)
         return sov_fail(SOV_ERR_FORMAT, "%s: no \"params\" buffer to export", sov_ckpt_path(c));
+    json_t *f;
+    json_array_foreach(json_object_get(sov_ckpt_manifest(c), "files"), i, f)
+        stored += (size_t)json_integer_value(json_object_get(f, "bytes"));
+    /* every chunk of at most chunk_bytes costs a header: a count the files cannot hold is refused before allocating */
+    size_t chunk = (size_t)json_integer_value(json_object_get(sov_ckpt_manifest(c), "chunk_bytes"));
+    if (chunk < 4 || n / (chunk / 4) * SOV_CHUNK_HEADER_BYTES > stored)
+        return sov_fail(SOV_ERR_FORMAT, "%s: \"params\" claims %zu elements but the files hold %zu bytes",
+                        sov_ckpt_path(c), n, stored);
     float *params = sov_malloc(n * sizeof(float));
     if (!params)
         return SOV_ERR_NOMEM;

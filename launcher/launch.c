@@ -2,13 +2,16 @@
  *
  * mpirun runs with --tag-output, which prefixes each line of rank N with "[jobid,N]<stdout>:" (or <stderr>);
  * we rewrite that prefix to "[rank N] " and tell the ranks (SOVTRAIN_TAGGED_OUTPUT=1) not to tag again. */
+#include "job.h"
 #include "launch.h"
 
 #include <ctype.h>
 #include <errno.h>
 #include <glob.h>
-#include <poll.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <signal.h>
+#include <sys/socket.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -29,6 +32,8 @@ typedef struct launch_opts {
     int n_exports;
     const char *mca[64][2];
     int n_mca;
+    int max_restarts;
+    double grace_s;
     char **cmd; /* the command each rank runs, NULL-terminated */
 } launch_opts;
 
@@ -43,11 +48,19 @@ static void usage(FILE *out) {
             "  -x NAME[=VALUE]    export an environment variable to the ranks (repeatable)\n"
             "  --mca KEY VALUE    pass an MCA parameter to mpirun (repeatable)\n"
             "  --mpirun PATH      mpirun to use (default: $SOVTRAIN_MPIRUN or mpirun on PATH)\n"
+            "  --max-restarts R   when a rank dies or the job fails, stop it and start it again up to R times,\n"
+            "                     resuming from the latest checkpoint (default 3; backoff 1, 2, 4... s); a job\n"
+            "                     that exits 2 (usage error) or 127 (no such command) is not restarted\n"
+            "  --grace S          on SIGTERM/SIGINT the ranks get SIGUSR1 (sovtrain train checkpoints and exits);\n"
+            "                     after S seconds what is left is terminated (default 60)\n"
             "  --no-tag           relay output without rank tags\n"
             "  --dry-run          print the mpirun command and exit\n"
             "  -h, --help         this text\n"
             "\n"
-            "CMD \"sovtrain\" means this sovtrain binary. The exit status is the job's: 0 when every rank exited 0.\n"
+            "CMD \"sovtrain\" means this sovtrain binary. Every rank gets torchrun's variables (RANK, WORLD_SIZE,\n"
+            "LOCAL_RANK, LOCAL_WORLD_SIZE, NODE_RANK, MASTER_ADDR, MASTER_PORT) and SOVTRAIN_RESTART_COUNT, and one GPU\n"
+            "(CUDA_VISIBLE_DEVICES) per local rank where there are GPUs. The exit status is the job's: 0 when every\n"
+            "rank exited 0 in the last attempt.\n"
             "example: sovtrain launch -np 2 -- sovtrain train --epochs 5 --run-dir runs/demo\n");
 }
 
@@ -108,7 +121,7 @@ sov_status sov_hostfile_check(const char *path, int *total_slots) {
 }
 
 static sov_status parse_opts(int argc, char **argv, launch_opts *o, int *help) {
-    *o = (launch_opts){.np = 1, .tag = 1, .mpirun = getenv("SOVTRAIN_MPIRUN")};
+    *o = (launch_opts){.np = 1, .tag = 1, .mpirun = getenv("SOVTRAIN_MPIRUN"), .max_restarts = 3, .grace_s = 60};
     if (!o->mpirun || !*o->mpirun)
         o->mpirun = "mpirun";
     int i = 1;
@@ -131,6 +144,12 @@ static sov_status parse_opts(int argc, char **argv, launch_opts *o, int *help) {
             o->hosts = argv[++i];
         } else if (strcmp(a, "--hostfile") == 0 && has_value) {
             o->hostfile = argv[++i];
+        } else if (strcmp(a, "--max-restarts") == 0 && has_value) {
+            SOV_CHECK(parse_int(a, argv[++i], 0, 1000, &o->max_restarts));
+        } else if (strcmp(a, "--grace") == 0 && has_value) {
+            int g;
+            SOV_CHECK(parse_int(a, argv[++i], 0, 86400, &g));
+            o->grace_s = g;
         } else if (strcmp(a, "--mpirun") == 0 && has_value) {
             o->mpirun = argv[++i];
         } else if (strcmp(a, "-x") == 0 && has_value) {
@@ -223,6 +242,14 @@ static sov_status build_argv(const launch_opts *o, const char **out, char *self,
         PUSH("-x");
         PUSH(o->exports[i]);
     }
+    PUSH("-x");
+    PUSH("MASTER_ADDR");
+    PUSH("-x");
+    PUSH("MASTER_PORT");
+    /* every rank starts through `sovtrain _rank`, which sets its torchrun-style variables, then runs CMD */
+    static char wrapper[4096];
+    PUSH(resolve_cmd("sovtrain", wrapper, sizeof wrapper));
+    PUSH("_rank");
     PUSH(resolve_cmd(o->cmd[0], self, self_cap));
     for (char **c = o->cmd + 1; *c; c++)
         PUSH(*c);
@@ -250,123 +277,6 @@ static void print_command(FILE *f, const char *const *argv) {
     fputc('\n', f);
 }
 
-/* ---- running mpirun and relaying its output ---- */
-
-static volatile sig_atomic_t child_pid;
-
-static void forward_signal(int sig) {
-    if (child_pid > 0)
-        kill((pid_t)child_pid, sig);
-}
-
-typedef struct stream {
-    int fd;
-    FILE *out;
-    char buf[65536];
-    size_t len;
-} stream;
-
-/* Writes one line, rewriting Open MPI's "[job,rank]<stdout>:" tag to "[rank N] ". */
-static void relay_line(FILE *out, const char *line, size_t len) {
-    unsigned job, rank;
-    char kind[8];
-    int consumed = 0;
-    if (len > 0 && line[0] == '[' &&
-        sscanf(line, "[%u,%u]<%7[a-z]>:%n", &job, &rank, kind, &consumed) == 3 && consumed > 0) {
-        fprintf(out, "[rank %u] %.*s", rank, (int)(len - (size_t)consumed), line + consumed);
-    } else {
-        fwrite(line, 1, len, out);
-    }
-    fflush(out);
-}
-
-/* Reads what is available; relays complete lines. Returns 0 at EOF. */
-static int pump(stream *s) {
-    ssize_t r = read(s->fd, s->buf + s->len, sizeof s->buf - 1 - s->len);
-    if (r < 0 && errno == EINTR)
-        return 1;
-    if (r <= 0) {
-        if (s->len)
-            relay_line(s->out, s->buf, s->len);
-        s->len = 0;
-        return 0;
-    }
-    s->len += (size_t)r;
-    size_t start = 0;
-    for (size_t i = 0; i < s->len; i++)
-        if (s->buf[i] == '\n') {
-            relay_line(s->out, s->buf + start, i + 1 - start);
-            start = i + 1;
-        }
-    if (start == 0 && s->len == sizeof s->buf - 1) { /* a line longer than the buffer: pass it on as is */
-        relay_line(s->out, s->buf, s->len);
-        s->len = 0;
-    } else {
-        memmove(s->buf, s->buf + start, s->len - start);
-        s->len -= start;
-    }
-    return 1;
-}
-
-static int exit_code_of(int status) {
-    if (WIFEXITED(status))
-        return WEXITSTATUS(status);
-    if (WIFSIGNALED(status))
-        return 128 + WTERMSIG(status);
-    return 1;
-}
-
-static int run_job(const char *const *argv) {
-    int out_pipe[2], err_pipe[2];
-    if (pipe(out_pipe) != 0 || pipe(err_pipe) != 0) {
-        fprintf(stderr, "sovtrain launch: pipe: %s\n", strerror(errno));
-        return 1;
-    }
-    pid_t pid = fork();
-    if (pid < 0) {
-        fprintf(stderr, "sovtrain launch: fork: %s\n", strerror(errno));
-        return 1;
-    }
-    if (pid == 0) {
-        dup2(out_pipe[1], STDOUT_FILENO);
-        dup2(err_pipe[1], STDERR_FILENO);
-        close(out_pipe[0]), close(out_pipe[1]), close(err_pipe[0]), close(err_pipe[1]);
-        execvp(argv[0], (char *const *)argv);
-        fprintf(stderr, "sovtrain launch: cannot run %s: %s (install openmpi-bin, or set --mpirun)\n", argv[0],
-                strerror(errno));
-        _exit(127);
-    }
-    child_pid = pid;
-    struct sigaction sa = {.sa_handler = forward_signal};
-    sigemptyset(&sa.sa_mask);
-    sigaction(SIGINT, &sa, NULL);
-    sigaction(SIGTERM, &sa, NULL);
-    close(out_pipe[1]);
-    close(err_pipe[1]);
-    static stream streams[2];
-    streams[0] = (stream){.fd = out_pipe[0], .out = stdout};
-    streams[1] = (stream){.fd = err_pipe[0], .out = stderr};
-    int open_streams = 2;
-    struct pollfd fds[2] = {{.fd = out_pipe[0], .events = POLLIN}, {.fd = err_pipe[0], .events = POLLIN}};
-    while (open_streams > 0) {
-        if (poll(fds, 2, -1) < 0) {
-            if (errno == EINTR)
-                continue;
-            break;
-        }
-        for (int i = 0; i < 2; i++)
-            if (fds[i].fd >= 0 && (fds[i].revents & (POLLIN | POLLHUP | POLLERR)) && !pump(&streams[i])) {
-                close(fds[i].fd);
-                fds[i].fd = -1;
-                open_streams--;
-            }
-    }
-    int status = 0;
-    while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
-        ;
-    return exit_code_of(status);
-}
-
 /* A job id for the ranks (SOVTRAIN_JOB_ID): their shared-memory segments carry it in their names, so the
  * launcher can remove what a crashed job left in /dev/shm. */
 static const char *set_job_id(void) {
@@ -392,6 +302,113 @@ static void remove_shm_leftovers(const char *job_id) {
     globfree(&g);
 }
 
+/* MASTER_ADDR: the first host (rank 0 runs there), MASTER_PORT: a port free on this host right now. */
+static void set_master(const launch_opts *o) {
+    char addr[256] = "127.0.0.1";
+    if (o->hosts) {
+        snprintf(addr, sizeof addr, "%.*s", (int)strcspn(o->hosts, ":,"), o->hosts);
+    } else if (o->hostfile) {
+        FILE *f = fopen(o->hostfile, "r");
+        char line[512];
+        while (f && fgets(line, sizeof line, f)) {
+            char *tok = strtok(line, " \t\r\n");
+            if (tok && tok[0] != '#') {
+                snprintf(addr, sizeof addr, "%s", tok);
+                break;
+            }
+        }
+        if (f)
+            fclose(f);
+    }
+    if (strcmp(addr, "localhost") == 0)
+        snprintf(addr, sizeof addr, "127.0.0.1");
+    int port = 29500;
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in sin = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_ANY)};
+    socklen_t len = sizeof sin;
+    if (fd >= 0 && bind(fd, (struct sockaddr *)&sin, sizeof sin) == 0 && getsockname(fd, (struct sockaddr *)&sin, &len) == 0)
+        port = ntohs(sin.sin_port);
+    if (fd >= 0)
+        close(fd);
+    char pbuf[16];
+    snprintf(pbuf, sizeof pbuf, "%d", port);
+    if (!getenv("MASTER_ADDR"))
+        setenv("MASTER_ADDR", addr, 1);
+    if (!getenv("MASTER_PORT"))
+        setenv("MASTER_PORT", pbuf, 1);
+}
+
+/* The checkpoint the job last committed, as rank 0 of `sovtrain train` reported it. */
+static void last_checkpoint(const char *status_dir, char *out, size_t cap) {
+    char path[4200];
+    snprintf(path, sizeof path, "%s/last_checkpoint", status_dir);
+    FILE *f = fopen(path, "r");
+    out[0] = '\0';
+    if (f) {
+        if (fgets(out, (int)cap, f))
+            out[strcspn(out, "\n")] = '\0';
+        fclose(f);
+    }
+}
+
+static void summary(int attempts, int restarts, int max_restarts, const char *failures, const char *status_dir,
+                    int rc) {
+    char ckpt[4096];
+    last_checkpoint(status_dir, ckpt, sizeof ckpt);
+    fprintf(stderr, "sovtrain launch: summary: exit %d after %d attempt%s, %d restart%s used of %d%s%s\n", rc,
+            attempts, attempts == 1 ? "" : "s", restarts, restarts == 1 ? "" : "s", max_restarts,
+            ckpt[0] ? "; last checkpoint " : "", ckpt);
+    if (failures[0])
+        fprintf(stderr, "%s", failures);
+}
+
+static void remove_status_dir(const char *dir) {
+    char path[4200];
+    snprintf(path, sizeof path, "%s/last_checkpoint", dir);
+    unlink(path);
+    rmdir(dir);
+}
+
+/* Runs the job, restarting it after a failure (with SOVTRAIN_RESUME=auto, so `sovtrain train` resumes from its
+ * latest checkpoint) until it succeeds, is stopped by a signal, or the restarts run out. */
+static int run_attempts(const launch_opts *o, const char *const *argv, const char *job_id, const char *status_dir) {
+    char failures[8192] = "", why[512], count[16];
+    size_t used = 0;
+    int restarts = 0, rc = 0;
+    for (;;) {
+        snprintf(count, sizeof count, "%d", restarts);
+        setenv("SOVTRAIN_RESTART_COUNT", count, 1);
+        job_result r;
+        job_run(argv, o->grace_s, &r);
+        remove_shm_leftovers(job_id);
+        rc = r.exit_code;
+        if (rc == 0 || r.stop_signal)
+            break;
+        job_describe(&r, why, sizeof why);
+        used += (size_t)snprintf(failures + used, sizeof failures - used, "  attempt %d failed: %s\n", restarts + 1, why);
+        if (used >= sizeof failures)
+            used = sizeof failures - 1;
+        if (restarts >= o->max_restarts)
+            break;
+        if (rc == 2 || rc == 127) { /* a usage error or a missing command: starting again cannot help */
+            fprintf(stderr, "sovtrain launch: %s (exit %d: a usage error or a missing command): not restarting\n",
+                    why, rc);
+            break;
+        }
+        int backoff = restarts < 5 ? 1 << restarts : 30;
+        restarts++;
+        fprintf(stderr, "sovtrain launch: %s; restarting the job in %d s from its latest checkpoint (restart %d of %d)\n",
+                why, backoff, restarts, o->max_restarts);
+        setenv("SOVTRAIN_RESUME", "auto", 1);
+        sleep((unsigned)backoff); /* a backoff, not synchronisation: give a flapping host time to settle */
+    }
+    if (restarts > 0 || rc != 0)
+        summary(restarts + 1, restarts, o->max_restarts, failures, status_dir, rc);
+    if (status_dir[0] && strcmp(status_dir, "/tmp/sovtrain-launch-XXXXXX") != 0)
+        remove_status_dir(status_dir);
+    return rc;
+}
+
 int sov_launch_main(int argc, char **argv) {
     launch_opts o;
     int help = 0;
@@ -404,6 +421,11 @@ int sov_launch_main(int argc, char **argv) {
         return 0;
     }
     const char *job_id = set_job_id();
+    set_master(&o);
+    char status_dir[] = "/tmp/sovtrain-launch-XXXXXX";
+    if (!o.dry_run && mkdtemp(status_dir))
+        setenv("SOVTRAIN_STATUS_DIR", status_dir, 1);
+    setenv("SOVTRAIN_RESTART_COUNT", "0", 1);
     const char *job_argv[MAX_ARGS];
     static char self[4096], xbuf[128][256];
     if (build_argv(&o, job_argv, self, sizeof self, xbuf, 128) != SOV_OK) {
@@ -414,7 +436,5 @@ int sov_launch_main(int argc, char **argv) {
         print_command(stdout, job_argv);
         return 0;
     }
-    int rc = run_job(job_argv);
-    remove_shm_leftovers(job_id);
-    return rc;
+    return run_attempts(&o, job_argv, job_id, status_dir);
 }

@@ -12,4 +12,7 @@ int sov_launch_main(int argc, char **argv);
  * without slots= counts as 1). Errors name the file and line. */
 sov_status sov_hostfile_check(const char *path, int *total_slots);
 
+/* `sovtrain _rank CMD ARGS...`: what each rank runs first (sets torchrun's variables, then execs CMD). */
+int sov_rank_main(int argc, char **argv);
+
 #endif

@@ -46,6 +46,8 @@ int main(int argc, char **argv) {
     const char *cmd = argv[1];
     if (strcmp(cmd, "train") == 0)
         return sov_train_main(argc - 1, argv + 1);
+    if (strcmp(cmd, "_rank") == 0)
+        return sov_rank_main(argc - 1, argv + 1);
     if (strcmp(cmd, "ckpt") == 0)
         return sov_ckpt_main(argc - 1, argv + 1);
     if (strcmp(cmd, "launch") == 0)

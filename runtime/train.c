@@ -299,8 +299,9 @@ int sov_train_main(int argc, char **argv) {
     sov_status st = run(&t);
     if (st != SOV_OK) {
         sov_log_error("rank %d: %s", t.world.rank, sov_last_error());
-        sov_comm_abort(t.comm, 1); /* returns only for a one-rank job */
+        /* exit 2 for a bad configuration, which a restart would only repeat; 1 for anything else */
+        sov_comm_abort(t.comm, st == SOV_ERR_INVALID ? 2 : 1); /* returns only for a one-rank job */
     }
     teardown(&t);
-    return st == SOV_OK ? 0 : 1;
+    return st == SOV_OK ? 0 : st == SOV_ERR_INVALID ? 2 : 1;
 }

@@ -48,6 +48,7 @@ void sov_train_usage(FILE *out) {
             "  --ckpt-threads N      compression threads per rank (default 2)\n"
             "  --resume WHAT         latest: the newest checkpoint that verifies, falling back to older ones; auto: the\n"
             "                        same, or start fresh when there is none; or a checkpoint directory\n"
+            "                        (default $SOVTRAIN_RESUME, which `sovtrain launch` sets to auto on restarts)\n"
             "  --on-ckpt-error X     stop (default): a failed save ends the job; continue: it is reported, training goes on\n"
             "  SIGTERM, SIGINT or SIGUSR1: every rank finishes its step, a checkpoint is written, the job exits 0.\n"
             "output:\n"
@@ -175,6 +176,9 @@ sov_status sov_train_args_parse(int argc, char **argv, sov_train_args *a) {
     const char *env = getenv("SOVTRAIN_COMM");
     if (env && *env)
         SOV_CHECK(sov_comm_backend_parse(env, &a->comm));
+    env = getenv("SOVTRAIN_RESUME"); /* set by `sovtrain launch` when it restarts a failed job */
+    if (env && *env)
+        a->resume = env;
     optind = 1;
     opterr = 0;
     int opt;

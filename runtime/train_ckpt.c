@@ -56,12 +56,29 @@ static void fill_state(trainer *t, long step, sov_ckpt_state *s, json_t *m) {
 
 /* ---- saving ---- */
 
+/* Tells `sovtrain launch` (through SOVTRAIN_STATUS_DIR) which checkpoint the job last committed. */
+static void report_to_launcher(const char *path) {
+    const char *dir = getenv("SOVTRAIN_STATUS_DIR");
+    char tmp[4200], final[4200];
+    if (!dir || !*dir)
+        return;
+    snprintf(tmp, sizeof tmp, "%s/last_checkpoint.tmp", dir);
+    snprintf(final, sizeof final, "%s/last_checkpoint", dir);
+    FILE *f = fopen(tmp, "w");
+    if (f && fprintf(f, "%s\n", path) > 0 && fclose(f) == 0)
+        rename(tmp, final);
+    else if (f)
+        fclose(f);
+}
+
 /* Waits for the save in flight; rank 0 reports where it was committed. */
 static sov_status wait_saved(trainer *t) {
     char path[4200];
     sov_status st = sov_ckpt_wait(t->ckpt, path, sizeof path);
-    if (st == SOV_OK && t->world.rank == 0 && path[0])
+    if (st == SOV_OK && t->world.rank == 0 && path[0]) {
         sov_log("checkpoint: saved %s", path);
+        report_to_launcher(path);
+    }
     return st;
 }
 

@@ -56,7 +56,7 @@ echo "ok: SIGTERM -> $(grep -o 'stopping at step [0-9]*' "$tmp/sig.log"), exit 0
 # --- kill -9 of a rank while a save is in flight: the previous checkpoint stays latest and resumes; the partial
 # directory is never used and the next save removes it
 cp -r "$tmp/a/checkpoints" "$tmp/kc" # step-20 and step-40, latest = step-40
-SOVTRAIN_TEST_CKPT_HOLD="$tmp/hold" launch -np 2 -- sovtrain train "${C[@]}" --steps 60 --run-dir "$tmp/k" \
+SOVTRAIN_TEST_CKPT_HOLD="$tmp/hold" launch -np 2 --max-restarts 0 -- sovtrain train "${C[@]}" --steps 60 --run-dir "$tmp/k" \
     --ckpt-dir "$tmp/kc" --resume latest --keep 5 >"$tmp/k.log" 2>&1 &
 job=$!
 for _ in $(seq 600); do [ -s "$tmp/hold.rank1" ] && [ -s "$tmp/hold.rank0" ] && break; sleep 0.1; done
@@ -123,14 +123,14 @@ mkdir -p "$tmp/full"
 if mount -t tmpfs -o size=400k tmpfs "$tmp/full" 2>/dev/null; then
     F=(--hidden 32,16 --batch 64 --warmup-steps 5 --log-every 20 --threads 1 --eval-every 0 --ckpt-dir "$tmp/full"
        --ckpt-every 20 --keep 5)
-    launch -np 2 -- sovtrain train "${F[@]}" --steps 60 --on-ckpt-error continue --run-dir "$tmp/fc" >"$tmp/fc.log" 2>&1 \
+    launch -np 2 --max-restarts 0 -- sovtrain train "${F[@]}" --steps 60 --on-ckpt-error continue --run-dir "$tmp/fc" >"$tmp/fc.log" 2>&1 \
         && fail "full disk, continue: the final save cannot fit, yet the job succeeded"
     grep -q "training goes on" "$tmp/fc.log" && grep -q "No space left on device" "$tmp/fc.log" \
         && grep -q "step     60/60" "$tmp/fc.log" || fail "full disk, continue: $(cat "$tmp/fc.log")"
     [ "$(cat "$tmp/full/latest")" = "step-20" ] && "$SOV" ckpt verify "$tmp/full/step-20" >/dev/null \
         || fail "full disk, continue: step-20 is no longer the intact latest"
     rm -rf "${tmp:?}/full/"*
-    launch -np 2 -- sovtrain train "${F[@]}" --steps 200 --run-dir "$tmp/fs" >"$tmp/fs.log" 2>&1 \
+    launch -np 2 --max-restarts 0 -- sovtrain train "${F[@]}" --steps 200 --run-dir "$tmp/fs" >"$tmp/fs.log" 2>&1 \
         && fail "full disk, stop: the job went on"
     grep -q "No space left on device" "$tmp/fs.log" || fail "full disk, stop: no clear error: $(cat "$tmp/fs.log")"
     grep -q "step    100/200" "$tmp/fs.log" && fail "full disk, stop: training went on past the failed save"

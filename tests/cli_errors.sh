@@ -52,9 +52,9 @@ rm "$tmp/nolabels/train-labels-idx1-ubyte.gz"
 expect_error 1 'train-labels-idx1-ubyte.gz: no such file' run_train "$tmp/nolabels"
 
 # Batch that does not split over the ranks; a batch larger than the data set.
-expect_error 1 '--batch 7 (the global batch) must be a multiple of the 2 ranks' \
+expect_error 2 '--batch 7 (the global batch) must be a multiple of the 2 ranks' \
     launch -np 2 -- sovtrain train --data "$tmp/data" --batch 7 --run-dir "$tmp/run"
-expect_error 1 '--batch 128 exceeds the 64 training samples' \
+expect_error 2 '--batch 128 exceeds the 64 training samples' \
     "$SOV" train --data "$tmp/data" --batch 128 --run-dir "$tmp/run"
 
 # Launcher

@@ -7,7 +7,7 @@
 line=$(launch -np 2 --dry-run -- sovtrain train --steps 3)
 grep -q -- "-np 2 " <<<"$line" || fail "dry run lacks -np 2: $line"
 grep -q -- "--tag-output" <<<"$line" || fail "dry run lacks --tag-output: $line"
-grep -q -- "$SOV train --steps 3\$" <<<"$line" || fail "dry run does not run $SOV: $line"
+grep -q -- "$SOV _rank $SOV train --steps 3\$" <<<"$line" || fail "dry run does not run $SOV: $line"
 line=$(launch -np 2 -H localhost:2 --mca btl self,vader -x FOO=bar --dry-run -- echo 'a b')
 grep -qF -- "-H localhost:2" <<<"$line" || fail "dry run lacks -H: $line"
 grep -qF -- "--mca btl self,vader" <<<"$line" || fail "dry run lacks --mca: $line"
@@ -25,7 +25,7 @@ done
 echo "ok: tagged output"
 
 # The job's exit status is the launcher's.
-launch -np 2 -- sh -c 'exit $((OMPI_COMM_WORLD_RANK * 3))' >/dev/null 2>&1
+launch -np 2 --max-restarts 0 -- sh -c 'exit $((OMPI_COMM_WORLD_RANK * 3))' >/dev/null 2>&1
 rc=$?
 [ "$rc" -eq 3 ] || fail "a job whose rank 1 exits 3 made the launcher exit $rc"
 launch -np 2 -- true || fail "a job of 'true' failed"
@@ -39,9 +39,10 @@ out=$(launch -np 2 -H localhost:2 -- sh -c 'echo "size $OMPI_COMM_WORLD_SIZE"' 2
 [ "$(grep -c '] size 2' <<<"$out")" -eq 2 ] || fail "-H job: $out"
 echo "ok: hostfile and -H"
 
-# SIGTERM to the launcher reaches the ranks: each rank records the signal it got, then exits.
+# SIGTERM to the launcher reaches the ranks as SIGUSR1 (mpirun forwards SIGUSR1 and would kill on SIGTERM):
+# each rank records the signal it got, then exits.
 cat >"$tmp/rank.sh" <<SH
-trap 'echo TERM > "$tmp/term.\$OMPI_COMM_WORLD_RANK"; exit 0' TERM
+trap 'echo USR1 > "$tmp/term.\$OMPI_COMM_WORLD_RANK"; exit 0' USR1
 touch "$tmp/up.\$OMPI_COMM_WORLD_RANK"
 while :; do sleep 0.1; done
 SH

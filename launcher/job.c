@@ -1,0 +1,197 @@
+/* job.c: see job.h. */
+#include "job.h"
+#include "sov.h"
+
+#include <errno.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+static volatile sig_atomic_t child_pid, stop_requested;
+
+static void on_stop(int sig) {
+    if (!stop_requested)
+        stop_requested = sig;
+    if (child_pid > 0)
+        kill((pid_t)child_pid, SIGUSR1); /* mpirun forwards it: every rank saves and exits */
+}
+
+typedef struct stream {
+    int fd;
+    FILE *out;
+    char buf[65536];
+    size_t len;
+    job_failure *failure; /* mpirun's own lines on stderr are read for what failed */
+} stream;
+
+/* Reads what mpirun says about the first rank that failed. */
+static void read_failure(job_failure *f, const char *line) {
+    int rank, pid, sig, code;
+    char host[128];
+    if (sscanf(line, "mpirun noticed that process rank %d with PID %d on node %127s exited on signal %d", &rank, &pid,
+               host, &sig) == 4) {
+        *f = (job_failure){.known = 1, .rank = rank, .signal = sig};
+        snprintf(f->host, sizeof f->host, "%s", host);
+    } else if (sscanf(line, " Process name: [[%*d,%*d],%d]", &rank) == 1) {
+        f->known = 1, f->rank = rank, f->signal = 0;
+    } else if (sscanf(line, " Exit code: %d", &code) == 1) {
+        f->exit_code = code;
+    } else if (sscanf(line, "MPI_ABORT was invoked on rank %d", &rank) == 1) {
+        if (!f->known)
+            f->known = 1, f->rank = rank;
+        f->aborted = 1;
+    } else if (sscanf(line, " Local host: %127s", host) == 1 && !f->host[0]) {
+        snprintf(f->host, sizeof f->host, "%s", host);
+    }
+}
+
+/* Writes one line, rewriting Open MPI's "[job,rank]<stdout>:" tag to "[rank N] ". */
+static void relay_line(stream *s, const char *line, size_t len) {
+    unsigned job, rank;
+    char kind[8];
+    int consumed = 0;
+    if (len > 0 && line[0] == '[' && sscanf(line, "[%u,%u]<%7[a-z]>:%n", &job, &rank, kind, &consumed) == 3 &&
+        consumed > 0) {
+        fprintf(s->out, "[rank %u] %.*s", rank, (int)(len - (size_t)consumed), line + consumed);
+    } else {
+        fwrite(line, 1, len, s->out);
+        if (s->failure) {
+            char copy[512];
+            snprintf(copy, sizeof copy, "%.*s", (int)(len < 511 ? len : 511), line);
+            read_failure(s->failure, copy);
+        }
+    }
+    fflush(s->out);
+}
+
+/* Reads what is available; relays complete lines. Returns 0 at EOF. */
+static int pump(stream *s) {
+    ssize_t r = read(s->fd, s->buf + s->len, sizeof s->buf - 1 - s->len);
+    if (r < 0 && errno == EINTR)
+        return 1;
+    if (r <= 0) {
+        if (s->len)
+            relay_line(s, s->buf, s->len);
+        s->len = 0;
+        return 0;
+    }
+    s->len += (size_t)r;
+    size_t start = 0;
+    for (size_t i = 0; i < s->len; i++)
+        if (s->buf[i] == '\n') {
+            relay_line(s, s->buf + start, i + 1 - start);
+            start = i + 1;
+        }
+    if (start == 0 && s->len == sizeof s->buf - 1) { /* a line longer than the buffer: pass it on as is */
+        relay_line(s, s->buf, s->len);
+        s->len = 0;
+    } else {
+        memmove(s->buf, s->buf + start, s->len - start);
+        s->len -= start;
+    }
+    return 1;
+}
+
+static int exit_code_of(int status) {
+    if (WIFEXITED(status))
+        return WEXITSTATUS(status);
+    if (WIFSIGNALED(status))
+        return 128 + WTERMSIG(status);
+    return 1;
+}
+
+/* Past the grace period after a stop request: mpirun gets SIGTERM, and SIGKILL 5 s later. */
+static void enforce_grace(pid_t pid, double stop_at, double grace_s, int *escalated) {
+    double late = sov_now() - stop_at - grace_s;
+    if (late >= 0 && *escalated == 0) {
+        fprintf(stderr, "sovtrain launch: the ranks did not finish within --grace %.0f s: terminating them\n", grace_s);
+        kill(pid, SIGTERM);
+        *escalated = 1;
+    } else if (late >= 5 && *escalated == 1) {
+        kill(pid, SIGKILL);
+        *escalated = 2;
+    }
+}
+
+void job_run(const char *const *argv, double grace_s, job_result *result) {
+    memset(result, 0, sizeof *result);
+    int out_pipe[2], err_pipe[2];
+    if (pipe(out_pipe) != 0 || pipe(err_pipe) != 0) {
+        fprintf(stderr, "sovtrain launch: pipe: %s\n", strerror(errno));
+        result->exit_code = 1;
+        return;
+    }
+    pid_t pid = fork();
+    if (pid < 0) {
+        fprintf(stderr, "sovtrain launch: fork: %s\n", strerror(errno));
+        result->exit_code = 1;
+        return;
+    }
+    if (pid == 0) {
+        dup2(out_pipe[1], STDOUT_FILENO);
+        dup2(err_pipe[1], STDERR_FILENO);
+        close(out_pipe[0]), close(out_pipe[1]), close(err_pipe[0]), close(err_pipe[1]);
+        execvp(argv[0], (char *const *)argv);
+        fprintf(stderr, "sovtrain launch: cannot run %s: %s (install openmpi-bin, or set --mpirun)\n", argv[0],
+                strerror(errno));
+        _exit(127);
+    }
+    child_pid = pid;
+    int already = stop_requested;
+    struct sigaction sa = {.sa_handler = on_stop};
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    if (already)
+        kill(pid, SIGUSR1);
+    close(out_pipe[1]);
+    close(err_pipe[1]);
+    static stream streams[2];
+    streams[0] = (stream){.fd = out_pipe[0], .out = stdout};
+    streams[1] = (stream){.fd = err_pipe[0], .out = stderr, .failure = &result->failure};
+    int open_streams = 2, escalated = 0;
+    double stop_at = 0;
+    struct pollfd fds[2] = {{.fd = out_pipe[0], .events = POLLIN}, {.fd = err_pipe[0], .events = POLLIN}};
+    while (open_streams > 0) {
+        if (stop_requested && stop_at == 0)
+            stop_at = sov_now();
+        if (stop_at > 0)
+            enforce_grace(pid, stop_at, grace_s, &escalated);
+        int n = poll(fds, 2, stop_at > 0 ? 200 : -1);
+        if (n < 0 && errno != EINTR)
+            break;
+        for (int i = 0; n > 0 && i < 2; i++)
+            if (fds[i].fd >= 0 && (fds[i].revents & (POLLIN | POLLHUP | POLLERR)) && !pump(&streams[i])) {
+                close(fds[i].fd);
+                fds[i].fd = -1;
+                open_streams--;
+            }
+    }
+    int status = 0;
+    while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
+        if (stop_at > 0)
+            enforce_grace(pid, stop_at, grace_s, &escalated);
+    child_pid = 0;
+    result->exit_code = exit_code_of(status);
+    result->stop_signal = stop_requested;
+}
+
+void job_describe(const job_result *r, char *out, size_t cap) {
+    const job_failure *f = &r->failure;
+    if (!f->known) {
+        snprintf(out, cap, "mpirun exited with status %d", r->exit_code);
+    } else if (f->signal) {
+        snprintf(out, cap, "rank %d%s%s was killed by signal %d (%s)", f->rank, f->host[0] ? " on host " : "", f->host,
+                 f->signal, strsignal(f->signal));
+    } else if (f->aborted) {
+        snprintf(out, cap, "rank %d%s%s ended the job after an error (see its messages above)", f->rank,
+                 f->host[0] ? " on host " : "", f->host);
+    } else {
+        snprintf(out, cap, "rank %d%s%s exited with code %d", f->rank, f->host[0] ? " on host " : "", f->host,
+                 f->exit_code);
+    }
+}

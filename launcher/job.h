@@ -1,0 +1,30 @@
+/* job.h (internal): one attempt of a job: mpirun run, its output relayed with rank tags, its failure read. */
+#ifndef SOV_JOB_H
+#define SOV_JOB_H
+
+#include <signal.h>
+
+typedef struct job_failure {
+    int known;       /* mpirun said which rank failed first */
+    int rank;
+    char host[128];
+    int exit_code;   /* when it exited */
+    int signal;      /* when a signal killed it */
+    int aborted;     /* MPI_Abort (a rank reported an error and ended the job) */
+} job_failure;
+
+typedef struct job_result {
+    int exit_code;        /* mpirun's */
+    job_failure failure;  /* what mpirun reported, if anything */
+    int stop_signal;      /* the launcher was asked to stop (SIGTERM/SIGINT) during this attempt */
+} job_result;
+
+/* Runs argv (an mpirun command line) to completion. SIGTERM/SIGINT to the launcher become SIGUSR1 for the ranks
+ * (mpirun forwards SIGUSR1 to every rank, where `sovtrain train` checkpoints and exits; it would kill them on
+ * SIGTERM); after grace_s seconds mpirun gets SIGTERM, then SIGKILL. */
+void job_run(const char *const *argv, double grace_s, job_result *result);
+
+/* "rank 1 on host vm was killed by signal 9 (Killed)", or a general description. */
+void job_describe(const job_result *r, char *out, size_t cap);
+
+#endif

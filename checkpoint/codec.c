@@ -13,7 +13,7 @@
 struct sov_codec {
     size_t max_raw;
     uint8_t *planes;     /* max_raw: the transformed planes */
-    uint8_t *trial[2];   /* zstd outputs of the two parameter sets */
+    uint8_t *trial[2];   /* zstd outputs of the two parameter sets, on a sample */
     uint8_t *sample;     /* SAMPLE_BYTES gathered from a plane */
     size_t trial_cap;
     ZSTD_CCtx *literal;  /* literals only: Huffman coding of the bytes, no matches */
@@ -26,7 +26,7 @@ sov_status sov_codec_create(sov_codec **out, size_t max_raw) {
     if (!c)
         return SOV_ERR_NOMEM;
     c->max_raw = max_raw;
-    c->trial_cap = ZSTD_compressBound(max_raw);
+    c->trial_cap = ZSTD_compressBound(SAMPLE_BYTES); /* trials run on samples; planes compress straight to the output */
     c->planes = sov_malloc(max_raw);
     c->trial[0] = sov_malloc(c->trial_cap);
     c->trial[1] = sov_malloc(c->trial_cap);
@@ -36,7 +36,7 @@ sov_status sov_codec_create(sov_codec **out, size_t max_raw) {
     c->dctx = ZSTD_createDCtx();
     if (!c->planes || !c->trial[0] || !c->trial[1] || !c->sample || !c->literal || !c->level1 || !c->dctx) {
         sov_codec_destroy(c);
-        return sov_fail(SOV_ERR_NOMEM, "checkpoint codec: cannot allocate %zu bytes of scratch", 3 * max_raw);
+        return sov_fail(SOV_ERR_NOMEM, "checkpoint codec: cannot allocate %zu bytes of scratch", max_raw);
     }
     /* DESIGN §4: on the exponent plane zstd's LZ matches cost more than they save; with no matches its Huffman
      * literal coder reaches ~98 % of the order-0 bound, faster. */

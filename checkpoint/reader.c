@@ -21,6 +21,8 @@ struct sov_ckpt {
     json_t *manifest;
     long step;
     size_t chunk_bytes;
+    sov_codec *codec;   /* created at the first read, reused */
+    uint8_t *chunk_buf; /* one stored chunk */
 };
 
 static sov_status bad(const sov_ckpt *c, const char *what) {
@@ -111,6 +113,8 @@ sov_status sov_ckpt_open(const char *path, sov_ckpt **out) {
 void sov_ckpt_close(sov_ckpt *c) {
     if (!c)
         return;
+    sov_codec_destroy(c->codec);
+    free(c->chunk_buf);
     json_decref(c->manifest);
     free(c);
 }
@@ -193,11 +197,15 @@ static sov_status collect_chunks(const sov_ckpt *c, const char *name, size_t cou
 }
 
 /* Reads and decodes the chunks in refs, writing each to dst + elem_offset (dst NULL: verify only). */
-static sov_status decode_chunks(const sov_ckpt *c, const chunk_ref *refs, size_t n, float *dst) {
+static sov_status decode_chunks(sov_ckpt *c, const chunk_ref *refs, size_t n, float *dst) {
     json_t *files = json_object_get(c->manifest, "files");
-    sov_codec *codec;
-    SOV_CHECK(sov_codec_create(&codec, c->chunk_bytes));
-    uint8_t *buf = sov_malloc(sov_chunk_bound(c->chunk_bytes)), *scratch = dst ? NULL : sov_malloc(c->chunk_bytes);
+    if (!c->codec) {
+        SOV_CHECK(sov_codec_create(&c->codec, c->chunk_bytes));
+        if (!(c->chunk_buf = sov_malloc(sov_chunk_bound(c->chunk_bytes))))
+            return SOV_ERR_NOMEM;
+    }
+    sov_codec *codec = c->codec;
+    uint8_t *buf = c->chunk_buf, *scratch = dst ? NULL : sov_malloc(c->chunk_bytes);
     int fd = -1;
     size_t open_file = (size_t)-1;
     char path[4400] = "";
@@ -227,9 +235,7 @@ static sov_status decode_chunks(const sov_ckpt *c, const chunk_ref *refs, size_t
     }
     if (fd >= 0)
         close(fd);
-    free(buf);
     free(scratch);
-    sov_codec_destroy(codec);
     return st;
 }
 

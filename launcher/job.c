@@ -20,6 +20,38 @@ static void on_stop(int sig) {
         kill((pid_t)child_pid, SIGUSR1); /* mpirun forwards it: every rank saves and exits */
 }
 
+#define MAX_LOGS 4096
+
+static const char *log_dir;
+static FILE *rank_logs[MAX_LOGS], *launcher_log;
+
+/* The log file of `rank` (-1: mpirun's own lines), opened for appending on first use; NULL without --log-dir. */
+static FILE *log_of(int rank) {
+    if (!log_dir || rank >= MAX_LOGS)
+        return NULL;
+    FILE **slot = rank < 0 ? &launcher_log : &rank_logs[rank];
+    if (!*slot) {
+        char path[4200];
+        if (rank < 0)
+            snprintf(path, sizeof path, "%s/launcher.log", log_dir);
+        else
+            snprintf(path, sizeof path, "%s/rank-%d.log", log_dir, rank);
+        *slot = fopen(path, "a");
+    }
+    return *slot;
+}
+
+static void close_logs(void) {
+    for (int i = 0; i < MAX_LOGS; i++)
+        if (rank_logs[i]) {
+            fclose(rank_logs[i]);
+            rank_logs[i] = NULL;
+        }
+    if (launcher_log)
+        fclose(launcher_log);
+    launcher_log = NULL;
+}
+
 typedef struct stream {
     int fd;
     FILE *out;
@@ -57,8 +89,18 @@ static void relay_line(stream *s, const char *line, size_t len) {
     if (len > 0 && line[0] == '[' && sscanf(line, "[%u,%u]<%7[a-z]>:%n", &job, &rank, kind, &consumed) == 3 &&
         consumed > 0) {
         fprintf(s->out, "[rank %u] %.*s", rank, (int)(len - (size_t)consumed), line + consumed);
+        FILE *log = log_of((int)rank);
+        if (log) {
+            fwrite(line + consumed, 1, len - (size_t)consumed, log);
+            fflush(log);
+        }
     } else {
         fwrite(line, 1, len, s->out);
+        FILE *log = log_of(-1);
+        if (log) {
+            fwrite(line, 1, len, log);
+            fflush(log);
+        }
         if (s->failure) {
             char copy[512];
             snprintf(copy, sizeof copy, "%.*s", (int)(len < 511 ? len : 511), line);
@@ -117,8 +159,9 @@ static void enforce_grace(pid_t pid, double stop_at, double grace_s, int *escala
     }
 }
 
-void job_run(const char *const *argv, double grace_s, job_result *result) {
+void job_run(const char *const *argv, double grace_s, const char *logs, job_result *result) {
     memset(result, 0, sizeof *result);
+    log_dir = logs;
     int out_pipe[2], err_pipe[2];
     if (pipe(out_pipe) != 0 || pipe(err_pipe) != 0) {
         fprintf(stderr, "sovtrain launch: pipe: %s\n", strerror(errno));
@@ -176,6 +219,7 @@ void job_run(const char *const *argv, double grace_s, job_result *result) {
         if (stop_at > 0)
             enforce_grace(pid, stop_at, grace_s, &escalated);
     child_pid = 0;
+    close_logs();
     result->exit_code = exit_code_of(status);
     result->stop_signal = stop_requested;
 }

@@ -21,8 +21,9 @@ typedef struct job_result {
 
 /* Runs argv (an mpirun command line) to completion. SIGTERM/SIGINT to the launcher become SIGUSR1 for the ranks
  * (mpirun forwards SIGUSR1 to every rank, where `sovtrain train` checkpoints and exits; it would kill them on
- * SIGTERM); after grace_s seconds mpirun gets SIGTERM, then SIGKILL. */
-void job_run(const char *const *argv, double grace_s, job_result *result);
+ * SIGTERM); after grace_s seconds mpirun gets SIGTERM, then SIGKILL. With log_dir, rank N's lines are also
+ * appended to log_dir/rank-N.log and mpirun's own to log_dir/launcher.log. */
+void job_run(const char *const *argv, double grace_s, const char *log_dir, job_result *result);
 
 /* "rank 1 on host vm was killed by signal 9 (Killed)", or a general description. */
 void job_describe(const job_result *r, char *out, size_t cap);

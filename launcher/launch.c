@@ -9,6 +9,7 @@
 #include <errno.h>
 #include <glob.h>
 #include <arpa/inet.h>
+#include <netdb.h>
 #include <netinet/in.h>
 #include <signal.h>
 #include <sys/socket.h>
@@ -34,6 +35,8 @@ typedef struct launch_opts {
     int n_mca;
     int max_restarts;
     double grace_s;
+    int oversubscribe;
+    const char *log_dir;
     char **cmd; /* the command each rank runs, NULL-terminated */
 } launch_opts;
 
@@ -53,6 +56,8 @@ static void usage(FILE *out) {
             "                     that exits 2 (usage error) or 127 (no such command) is not restarted\n"
             "  --grace S          on SIGTERM/SIGINT the ranks get SIGUSR1 (sovtrain train checkpoints and exits);\n"
             "                     after S seconds what is left is terminated (default 60)\n"
+            "  --log-dir DIR      also write each rank's output to DIR/rank-N.log (and mpirun's to DIR/launcher.log)\n"
+            "  --oversubscribe    allow more ranks than slots\n"
             "  --no-tag           relay output without rank tags\n"
             "  --dry-run          print the mpirun command and exit\n"
             "  -h, --help         this text\n"
@@ -120,6 +125,63 @@ sov_status sov_hostfile_check(const char *path, int *total_slots) {
     return st;
 }
 
+/* Every host must resolve, before anything starts. */
+static sov_status check_host(const char *host, const char *from) {
+    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM}, *res = NULL;
+    int rc = getaddrinfo(host, NULL, &hints, &res);
+    if (res)
+        freeaddrinfo(res);
+    return rc == 0 ? SOV_OK : sov_fail(SOV_ERR_INVALID, "unknown host \"%s\" (%s): %s", host, from, gai_strerror(rc));
+}
+
+/* -H host[:slots],...: every host resolves; the slots (1 where none is given) are summed. */
+static sov_status check_host_list(const char *list, int *slots) {
+    char copy[4096], *save, *tok;
+    snprintf(copy, sizeof copy, "%s", list);
+    *slots = 0;
+    for (tok = strtok_r(copy, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+        char *colon = strchr(tok, ':');
+        int n = 1;
+        if (colon) {
+            *colon = '\0';
+            SOV_CHECK(parse_int("-H slots", colon + 1, 1, 1 << 20, &n));
+        }
+        SOV_CHECK(check_host(tok, "-H"));
+        *slots += n;
+    }
+    return *slots ? SOV_OK : sov_fail(SOV_ERR_INVALID, "-H \"%s\" names no hosts", list);
+}
+
+/* Hosts resolve and hold at least -np slots (unless --oversubscribe), before anything starts. */
+static sov_status check_placement(const launch_opts *o) {
+    int slots = 0;
+    const char *where = o->hosts ? "-H" : "the hostfile";
+    if (o->hosts)
+        SOV_CHECK(check_host_list(o->hosts, &slots));
+    else if (o->hostfile) {
+        SOV_CHECK(sov_hostfile_check(o->hostfile, &slots));
+        FILE *f = fopen(o->hostfile, "r");
+        char line[1024], from[4200];
+        snprintf(from, sizeof from, "hostfile %s", o->hostfile);
+        sov_status st = SOV_OK;
+        while (st == SOV_OK && f && fgets(line, sizeof line, f)) {
+            line[strcspn(line, "#")] = '\0';
+            char *tok = strtok(line, " \t\r\n");
+            if (tok)
+                st = check_host(tok, from);
+        }
+        if (f)
+            fclose(f);
+        SOV_CHECK(st);
+    } else {
+        return SOV_OK;
+    }
+    if (o->np > slots && !o->oversubscribe)
+        return sov_fail(SOV_ERR_INVALID, "-np %d exceeds the %d slot%s of %s (add slots, lower -np, or pass "
+                        "--oversubscribe)", o->np, slots, slots == 1 ? "" : "s", where);
+    return SOV_OK;
+}
+
 static sov_status parse_opts(int argc, char **argv, launch_opts *o, int *help) {
     *o = (launch_opts){.np = 1, .tag = 1, .mpirun = getenv("SOVTRAIN_MPIRUN"), .max_restarts = 3, .grace_s = 60};
     if (!o->mpirun || !*o->mpirun)
@@ -136,6 +198,10 @@ static sov_status parse_opts(int argc, char **argv, launch_opts *o, int *help) {
             return SOV_OK;
         } else if (strcmp(a, "--dry-run") == 0) {
             o->dry_run = 1;
+        } else if (strcmp(a, "--oversubscribe") == 0) {
+            o->oversubscribe = 1;
+        } else if (strcmp(a, "--log-dir") == 0 && has_value) {
+            o->log_dir = argv[++i];
         } else if (strcmp(a, "--no-tag") == 0) {
             o->tag = 0;
         } else if ((strcmp(a, "-np") == 0 || strcmp(a, "-n") == 0) && has_value) {
@@ -171,10 +237,7 @@ static sov_status parse_opts(int argc, char **argv, launch_opts *o, int *help) {
         return sov_fail(SOV_ERR_INVALID, "no command given: put the command each rank runs after \"--\"");
     if (o->hosts && o->hostfile)
         return sov_fail(SOV_ERR_INVALID, "give -H or --hostfile, not both");
-    if (o->hostfile) {
-        int slots;
-        SOV_CHECK(sov_hostfile_check(o->hostfile, &slots));
-    }
+    SOV_CHECK(check_placement(o));
     o->cmd = argv + i;
     return SOV_OK;
 }
@@ -216,9 +279,9 @@ static sov_status build_argv(const launch_opts *o, const char **out, char *self,
     } else if (o->hostfile) {
         PUSH("--hostfile");
         PUSH(o->hostfile);
-    } else if (o->np > sysconf(_SC_NPROCESSORS_ONLN)) {
-        PUSH("--oversubscribe"); /* more local ranks than cores was asked for explicitly */
     }
+    if (o->oversubscribe || (!o->hosts && !o->hostfile && o->np > sysconf(_SC_NPROCESSORS_ONLN)))
+        PUSH("--oversubscribe"); /* asked for, or more local ranks than cores asked for explicitly */
     if (o->tag) {
         PUSH("--tag-output");
         PUSH("-x");
@@ -379,7 +442,7 @@ static int run_attempts(const launch_opts *o, const char *const *argv, const cha
         snprintf(count, sizeof count, "%d", restarts);
         setenv("SOVTRAIN_RESTART_COUNT", count, 1);
         job_result r;
-        job_run(argv, o->grace_s, &r);
+        job_run(argv, o->grace_s, o->log_dir, &r);
         remove_shm_leftovers(job_id);
         rc = r.exit_code;
         if (rc == 0 || r.stop_signal)
@@ -419,6 +482,10 @@ int sov_launch_main(int argc, char **argv) {
     if (help) {
         usage(stdout);
         return 0;
+    }
+    if (o.log_dir && !o.dry_run && sov_mkdir_p(o.log_dir) != SOV_OK) {
+        fprintf(stderr, "sovtrain launch: --log-dir: %s\n", sov_last_error());
+        return 2;
     }
     const char *job_id = set_job_id();
     set_master(&o);

@@ -62,6 +62,12 @@ expect_error 2 'no command given' launch -np 2
 expect_error 2 '-np "two": expected an integer' launch -np two -- true
 printf 'localhost slots=two\n' >"$tmp/hosts"
 expect_error 2 "$tmp/hosts:1: \"slots=two\": value must be a positive integer" "$SOV" launch --hostfile "$tmp/hosts" -- true
+expect_error 2 'unknown host "no-such-host.invalid" (-H)' "$SOV" launch -np 1 -H localhost,no-such-host.invalid -- true
+printf 'localhost slots=2\nno-such-host.invalid\n' >"$tmp/hosts2"
+expect_error 2 "unknown host \"no-such-host.invalid\" (hostfile $tmp/hosts2)" "$SOV" launch --hostfile "$tmp/hosts2" -- true
+printf 'localhost slots=2\n' >"$tmp/hosts3"
+expect_error 2 '-np 3 exceeds the 2 slots of the hostfile' "$SOV" launch -np 3 --hostfile "$tmp/hosts3" -- true
+expect_error 2 '-np 3 exceeds the 2 slots of -H' "$SOV" launch -np 3 -H localhost:2 -- true
 expect_error 2 'give -H or --hostfile, not both' "$SOV" launch -H localhost --hostfile "$tmp/hosts" -- true
 expect_error 127 'cannot run /nonexistent/mpirun' "$SOV" launch --mpirun /nonexistent/mpirun -- true
 

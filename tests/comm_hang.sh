@@ -10,7 +10,7 @@ run_case() { # BACKEND NP STUCK EXPECT [VAR=VALUE...]
     shift 4
     local start=$SECONDS job="hangtest$$x$np$backend"
     env "$@" SOVTRAIN_JOB_ID="$job" ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_leaks=0" \
-        timeout 120 "$SOV" launch -np "$np" -- "$hang" "$backend" "$stuck" 2 >"$tmp/out" 2>&1
+        timeout 120 "$SOV" launch -np "$np" --max-restarts 0 -- "$hang" "$backend" "$stuck" 2 >"$tmp/out" 2>&1
     local rc=$? took=$((SECONDS - start))
     if [ "$rc" -eq 0 ] || [ "$rc" -eq 124 ] && [ "$took" -ge 100 ]; then
         fail "$backend: the job did not end by itself (exit $rc after ${took} s): $(tail -5 "$tmp/out")"

@@ -24,6 +24,13 @@ for r in 0 1; do
 done
 echo "ok: tagged output"
 
+# --log-dir: each rank's lines also go to its own file.
+launch -np 2 --log-dir "$tmp/logs" -- sh -c 'echo "hello $OMPI_COMM_WORLD_RANK"' >/dev/null 2>&1
+for r in 0 1; do
+    grep -qx "hello $r" "$tmp/logs/rank-$r.log" || fail "--log-dir: rank-$r.log: $(cat "$tmp/logs/rank-$r.log" 2>&1)"
+done
+echo "ok: per-rank log files"
+
 # The job's exit status is the launcher's.
 launch -np 2 --max-restarts 0 -- sh -c 'exit $((OMPI_COMM_WORLD_RANK * 3))' >/dev/null 2>&1
 rc=$?

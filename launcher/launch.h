@@ -15,4 +15,7 @@ sov_status sov_hostfile_check(const char *path, int *total_slots);
 /* `sovtrain _rank CMD ARGS...`: what each rank runs first (sets torchrun's variables, then execs CMD). */
 int sov_rank_main(int argc, char **argv);
 
+/* `sovtrain doctor [--ckpt-dir DIR] [--require-rdma] [--require-gpu]`: a preflight report for this node. */
+int sov_doctor_main(int argc, char **argv);
+
 #endif

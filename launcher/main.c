@@ -16,6 +16,7 @@ static void usage(FILE *out) {
             "  launch    start a job of N ranks through Open MPI's mpirun (sovtrain launch --help)\n"
             "  train     one rank of a data-parallel training job (sovtrain train --help)\n"
             "  ckpt      list, verify, inspect and export checkpoints (sovtrain ckpt --help)\n"
+            "  doctor    preflight report for this node: RDMA, NCCL settings, limits, GPUs, checkpoint disk\n"
             "  version   versions of sovtrain and the libraries it was built with\n"
             "\n"
             "example: sovtrain launch -np 2 -- sovtrain train --epochs 5 --run-dir runs/demo\n");
@@ -46,6 +47,8 @@ int main(int argc, char **argv) {
     const char *cmd = argv[1];
     if (strcmp(cmd, "train") == 0)
         return sov_train_main(argc - 1, argv + 1);
+    if (strcmp(cmd, "doctor") == 0)
+        return sov_doctor_main(argc - 1, argv + 1);
     if (strcmp(cmd, "_rank") == 0)
         return sov_rank_main(argc - 1, argv + 1);
     if (strcmp(cmd, "ckpt") == 0)

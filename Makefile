@@ -24,7 +24,7 @@ demo: build
 
 # The whole suite: the normal build's tests, then the same tests under AddressSanitizer + UBSan.
 test: build
-	cd $(BUILD) && ctest --output-on-failure
+	cd $(BUILD) && ctest --output-on-failure -LE multihost
 	@$(MAKE) --no-print-directory test-sanitize
 
 test-fast: build
@@ -33,7 +33,7 @@ test-fast: build
 test-sanitize: setup
 	@cmake -S . -B $(SAN_BUILD) -DCMAKE_BUILD_TYPE=Debug -DSOVTRAIN_SANITIZE=ON -DSOVTRAIN_CUDA=OFF >/dev/null
 	@cmake --build $(SAN_BUILD) -j $(JOBS)
-	cd $(SAN_BUILD) && ctest --output-on-failure -LE 'gpu|slow'
+	cd $(SAN_BUILD) && ctest --output-on-failure -LE 'gpu|slow|multihost'
 
 # Benchmarks, each with its peer measured in the same run: allreduce (vs MPI_Allreduce), training (vs PyTorch
 # DDP), checkpoints (vs torch.save/torch.load, the entropy bound, zstd -1, the disk).

@@ -29,13 +29,7 @@ typedef struct doctor {
 static void gid_type(const char *dev, int port, int index, char *out, size_t cap) {
     char path[512];
     snprintf(path, sizeof path, "/sys/class/infiniband/%s/ports/%d/gid_attrs/types/%d", dev, port, index);
-    FILE *f = fopen(path, "r");
-    out[0] = '\0';
-    if (f) {
-        if (fgets(out, (int)cap, f))
-            out[strcspn(out, "\n")] = '\0';
-        fclose(f);
-    }
+    sov_read_line(path, out, cap);
 }
 
 static void report_port(doctor *d, struct ibv_context *ctx, const char *dev, int port) {

@@ -405,13 +405,7 @@ static void set_master(const launch_opts *o) {
 static void last_checkpoint(const char *status_dir, char *out, size_t cap) {
     char path[4200];
     snprintf(path, sizeof path, "%s/last_checkpoint", status_dir);
-    FILE *f = fopen(path, "r");
-    out[0] = '\0';
-    if (f) {
-        if (fgets(out, (int)cap, f))
-            out[strcspn(out, "\n")] = '\0';
-        fclose(f);
-    }
+    sov_read_line(path, out, cap);
 }
 
 static void summary(int attempts, int restarts, int max_restarts, const char *failures, const char *status_dir,

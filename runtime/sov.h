@@ -72,6 +72,9 @@ void sov_log_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 /* Parses `text` as a whole decimal integer in [lo, hi]; the error names `what` (a flag or field) and the range. */
 sov_status sov_parse_long(const char *what, const char *text, long lo, long hi, long *out);
 
+/* The first line of a small text file, without its newline; "" (and 0) when it cannot be read. */
+int sov_read_line(const char *path, char *out, size_t cap);
+
 /* Creates directory `path` and its missing parents (mode 0755). */
 sov_status sov_mkdir_p(const char *path);
 

@@ -116,6 +116,18 @@ sov_status sov_parse_long(const char *what, const char *text, long lo, long hi, 
     return SOV_OK;
 }
 
+int sov_read_line(const char *path, char *out, size_t cap) {
+    FILE *f = fopen(path, "r");
+    int ok = f && fgets(out, (int)cap, f) != NULL;
+    if (f)
+        fclose(f);
+    if (!ok)
+        out[0] = '\0';
+    else
+        out[strcspn(out, "\r\n")] = '\0';
+    return ok;
+}
+
 sov_status sov_mkdir_p(const char *path) {
     char buf[4096];
     size_t len = strlen(path);

@@ -59,12 +59,19 @@ void sov_train_usage(FILE *out) {
             "  -h, --help            this text\n");
 }
 
-static sov_status parse_float(const char *flag, const char *s, double lo, double hi, float *out) {
+static sov_status parse_double(const char *flag, const char *s, double lo, double hi, double *out) {
     char *end;
     errno = 0;
     double v = strtod(s, &end);
     if (end == s || *end || errno || !isfinite(v) || v < lo || v > hi)
         return sov_fail(SOV_ERR_INVALID, "%s \"%s\": expected a number in %g..%g", flag, s, lo, hi);
+    *out = v;
+    return SOV_OK;
+}
+
+static sov_status parse_float(const char *flag, const char *s, double lo, double hi, float *out) {
+    double v;
+    SOV_CHECK(parse_double(flag, s, lo, hi, &v));
     *out = (float)v;
     return SOV_OK;
 }
@@ -136,29 +143,14 @@ static sov_status apply(int opt, const char *v, sov_train_args *a) {
     case OPT_CKPT_EVERY: return sov_parse_long("--ckpt-every", v, 0, 1L << 40, &a->ckpt_every);
     case OPT_KEEP: SOV_CHECK(sov_parse_long("--keep", v, 1, 1000000, &n)); a->keep = (int)n; return SOV_OK;
     case OPT_CKPT_THREADS: SOV_CHECK(sov_parse_long("--ckpt-threads", v, 1, 16, &n)); a->ckpt_threads = (int)n; return SOV_OK;
-    case OPT_CKPT_EVERY_S: {
-        float sec;
-        SOV_CHECK(parse_float("--ckpt-every-s", v, 0.0, 1e9, &sec));
-        a->ckpt_every_s = sec;
-        return SOV_OK;
-    }
+    case OPT_CKPT_EVERY_S: return parse_double("--ckpt-every-s", v, 0.0, 1e9, &a->ckpt_every_s);
     case OPT_ON_CKPT_ERROR:
         if (strcmp(v, "stop") != 0 && strcmp(v, "continue") != 0)
             return sov_fail(SOV_ERR_INVALID, "--on-ckpt-error \"%s\": choose stop or continue", v);
         a->stop_on_ckpt_error = strcmp(v, "stop") == 0;
         return SOV_OK;
-    case OPT_BUCKET: {
-        float mb;
-        SOV_CHECK(parse_float("--bucket-cap-mb", v, 0.0, 1e6, &mb));
-        a->bucket_cap_mb = mb;
-        return SOV_OK;
-    }
-    case OPT_COMM_TIMEOUT: {
-        float t;
-        SOV_CHECK(parse_float("--comm-timeout", v, 0.001, 1e7, &t));
-        a->comm_timeout = t;
-        return SOV_OK;
-    }
+    case OPT_BUCKET: return parse_double("--bucket-cap-mb", v, 0.0, 1e6, &a->bucket_cap_mb);
+    case OPT_COMM_TIMEOUT: return parse_double("--comm-timeout", v, 0.001, 1e7, &a->comm_timeout);
     case OPT_OPTIMIZER:
         if (strcmp(v, "adamw") == 0)
             a->optim.kind = SOV_OPTIM_ADAMW;

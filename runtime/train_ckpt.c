@@ -179,8 +179,7 @@ static sov_status load(trainer *t, const char *path) {
 
 /* Candidates, best first: PATH itself when it is a checkpoint, else DIR/latest and DIR/step-N newest first. */
 static int candidates(const char *dir, char (*out)[4200], int cap) {
-    char m[4300], *text = NULL;
-    size_t n;
+    char m[4300];
     int k = 0;
     snprintf(m, sizeof m, "%s/manifest.json", dir);
     if (access(m, F_OK) == 0) {
@@ -188,16 +187,9 @@ static int candidates(const char *dir, char (*out)[4200], int cap) {
         return k;
     }
     snprintf(m, sizeof m, "%s/latest", dir);
-    FILE *f = fopen(m, "r");
-    if (f) {
-        char line[256] = "";
-        if (fgets(line, sizeof line, f) && strncmp(line, "step-", 5) == 0 && !strchr(line, '/')) {
-            line[strcspn(line, "\r\n")] = '\0';
-            snprintf(out[k++], 4200, "%s/%s", dir, line);
-        }
-        fclose(f);
-    }
-    (void)text, (void)n;
+    char line[256];
+    if (sov_read_line(m, line, sizeof line) && strncmp(line, "step-", 5) == 0 && !strchr(line, '/'))
+        snprintf(out[k++], 4200, "%s/%s", dir, line);
     long steps[256];
     int ns = sov_ckpt_list_steps(dir, steps, 256);
     for (int i = 0; i < ns && k < cap; i++) {

@@ -37,6 +37,7 @@ typedef struct launch_opts {
     double grace_s;
     int oversubscribe;
     const char *log_dir;
+    int in_slurm; /* placement comes from the Slurm allocation */
     char **cmd; /* the command each rank runs, NULL-terminated */
 } launch_opts;
 
@@ -45,9 +46,10 @@ static void usage(FILE *out) {
             "usage: sovtrain launch [options] -- CMD [ARGS...]\n"
             "Starts CMD as N ranks through Open MPI's mpirun, with output tagged \"[rank N] \".\n"
             "\n"
-            "  -np N              number of ranks (default 1)\n"
+            "  -np N              number of ranks (default: the hostfile's slots, SLURM_NTASKS, or 1)\n"
             "  -H HOST[:SLOTS],.. hosts to run on (Open MPI -H syntax; default: this host)\n"
-            "  --hostfile FILE    Open MPI hostfile (\"host slots=N\" lines)\n"
+            "  --hostfile FILE    Open MPI hostfile (\"host slots=N\" lines); without -H or --hostfile, a Kubeflow\n"
+            "                     MPI Operator's OMPI_MCA_orte_default_hostfile or a Slurm allocation is used\n"
             "  -x NAME[=VALUE]    export an environment variable to the ranks (repeatable)\n"
             "  --mca KEY VALUE    pass an MCA parameter to mpirun (repeatable)\n"
             "  --mpirun PATH      mpirun to use (default: $SOVTRAIN_MPIRUN or mpirun on PATH)\n"
@@ -182,8 +184,32 @@ static sov_status check_placement(const launch_opts *o) {
     return SOV_OK;
 }
 
+/* Without -H or --hostfile the launcher adopts what its environment provides: a Kubeflow MPI Operator launcher
+ * pod's hostfile (OMPI_MCA_orte_default_hostfile, e.g. /etc/mpi/hostfile; -np defaults to its slots), or a
+ * Slurm allocation (-np defaults to SLURM_NTASKS; mpirun places the ranks on SLURM_JOB_NODELIST itself). */
+static sov_status pick_up_environment(launch_opts *o) {
+    const char *hostfile = getenv("OMPI_MCA_orte_default_hostfile");
+    const char *ntasks = getenv("SLURM_NTASKS"), *nodelist = getenv("SLURM_JOB_NODELIST");
+    if (!o->hosts && !o->hostfile && hostfile && *hostfile) {
+        int slots;
+        SOV_CHECK(sov_hostfile_check(hostfile, &slots));
+        o->hostfile = hostfile;
+        if (o->np == 0)
+            o->np = slots;
+        fprintf(stderr, "sovtrain launch: using the hostfile %s (OMPI_MCA_orte_default_hostfile): %d slots\n",
+                hostfile, slots);
+    } else if (!o->hosts && !o->hostfile && nodelist && ntasks && o->np == 0) {
+        SOV_CHECK(parse_int("SLURM_NTASKS", ntasks, 1, 1 << 20, &o->np));
+        o->in_slurm = 1;
+        fprintf(stderr, "sovtrain launch: inside the Slurm allocation of %s: %d ranks (SLURM_NTASKS)\n", nodelist, o->np);
+    }
+    if (o->np == 0)
+        o->np = 1;
+    return SOV_OK;
+}
+
 static sov_status parse_opts(int argc, char **argv, launch_opts *o, int *help) {
-    *o = (launch_opts){.np = 1, .tag = 1, .mpirun = getenv("SOVTRAIN_MPIRUN"), .max_restarts = 3, .grace_s = 60};
+    *o = (launch_opts){.np = 0, .tag = 1, .mpirun = getenv("SOVTRAIN_MPIRUN"), .max_restarts = 3, .grace_s = 60};
     if (!o->mpirun || !*o->mpirun)
         o->mpirun = "mpirun";
     int i = 1;
@@ -237,6 +263,7 @@ static sov_status parse_opts(int argc, char **argv, launch_opts *o, int *help) {
         return sov_fail(SOV_ERR_INVALID, "no command given: put the command each rank runs after \"--\"");
     if (o->hosts && o->hostfile)
         return sov_fail(SOV_ERR_INVALID, "give -H or --hostfile, not both");
+    SOV_CHECK(pick_up_environment(o));
     SOV_CHECK(check_placement(o));
     o->cmd = argv + i;
     return SOV_OK;
@@ -280,7 +307,7 @@ static sov_status build_argv(const launch_opts *o, const char **out, char *self,
         PUSH("--hostfile");
         PUSH(o->hostfile);
     }
-    if (o->oversubscribe || (!o->hosts && !o->hostfile && o->np > sysconf(_SC_NPROCESSORS_ONLN)))
+    if (o->oversubscribe || (!o->hosts && !o->hostfile && !o->in_slurm && o->np > sysconf(_SC_NPROCESSORS_ONLN)))
         PUSH("--oversubscribe"); /* asked for, or more local ranks than cores asked for explicitly */
     if (o->tag) {
         PUSH("--tag-output");

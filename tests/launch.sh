@@ -46,6 +46,12 @@ out=$(launch -np 2 -H localhost:2 -- sh -c 'echo "size $OMPI_COMM_WORLD_SIZE"' 2
 [ "$(grep -c '] size 2' <<<"$out")" -eq 2 ] || fail "-H job: $out"
 echo "ok: hostfile and -H"
 
+# Inside a Kubeflow MPI Operator launcher pod: no flags, the hostfile from OMPI_MCA_orte_default_hostfile
+out=$(OMPI_MCA_orte_default_hostfile="$tmp/hosts" launch -- sh -c 'echo "size $OMPI_COMM_WORLD_SIZE"' 2>&1)
+[ "$(grep -c '] size 2' <<<"$out")" -eq 2 ] && grep -q "using the hostfile $tmp/hosts" <<<"$out" \
+    || fail "MPI Operator hostfile: $out"
+echo "ok: OMPI_MCA_orte_default_hostfile picked up: 2 ranks"
+
 # SIGTERM to the launcher reaches the ranks as SIGUSR1 (mpirun forwards SIGUSR1 and would kill on SIGTERM):
 # each rank records the signal it got, then exits.
 cat >"$tmp/rank.sh" <<SH

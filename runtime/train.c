@@ -230,9 +230,13 @@ static sov_status finish(trainer *t, double wall) {
     double sps = t->train_seconds > 0 ? (double)t->timed_samples / t->train_seconds : 0.0;
     char hex[17];
     snprintf(hex, sizeof hex, "%016llx", (unsigned long long)hash);
-    sov_log("done: %ld steps in %.1f s, test accuracy %.4f (test loss %.4f), %.0f samples/s; parameters identical "
-            "on all %d rank%s (xxh3 %s)",
-            t->total_steps, wall, t->test_acc, t->test_loss, sps, t->world.size, t->world.size > 1 ? "s" : "", hex);
+    char resumed[64] = "";
+    if (t->start_step > 0)
+        snprintf(resumed, sizeof resumed, " (%ld of them in this run)", t->total_steps - t->start_step);
+    sov_log("done: %ld steps%s in %.1f s, test accuracy %.4f (test loss %.4f), %.0f samples/s; parameters "
+            "identical on all %d rank%s (xxh3 %s)",
+            t->total_steps, resumed, wall, t->test_acc, t->test_loss, sps, t->world.size, t->world.size > 1 ? "s" : "",
+            hex);
     if (t->world.rank == 0 && t->args.dump_params)
         SOV_CHECK(dump_params(t));
     return sov_metrics_emit(&t->metrics,

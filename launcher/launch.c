@@ -38,6 +38,7 @@ typedef struct launch_opts {
     int oversubscribe;
     const char *log_dir;
     int in_slurm; /* placement comes from the Slurm allocation */
+    int preflight; /* run sovtrain doctor on every host first */
     char **cmd; /* the command each rank runs, NULL-terminated */
 } launch_opts;
 
@@ -60,6 +61,7 @@ static void usage(FILE *out) {
             "                     after S seconds what is left is terminated (default 60)\n"
             "  --log-dir DIR      also write each rank's output to DIR/rank-N.log (and mpirun's to DIR/launcher.log)\n"
             "  --oversubscribe    allow more ranks than slots\n"
+            "  --preflight        run `sovtrain doctor` on every host first; stop if it fails anywhere\n"
             "  --no-tag           relay output without rank tags\n"
             "  --dry-run          print the mpirun command and exit\n"
             "  -h, --help         this text\n"
@@ -224,6 +226,8 @@ static sov_status parse_opts(int argc, char **argv, launch_opts *o, int *help) {
             return SOV_OK;
         } else if (strcmp(a, "--dry-run") == 0) {
             o->dry_run = 1;
+        } else if (strcmp(a, "--preflight") == 0) {
+            o->preflight = 1;
         } else if (strcmp(a, "--oversubscribe") == 0) {
             o->oversubscribe = 1;
         } else if (strcmp(a, "--log-dir") == 0 && has_value) {
@@ -453,6 +457,42 @@ static void remove_status_dir(const char *dir) {
     rmdir(dir);
 }
 
+/* `sovtrain doctor` once on every host of the job (mpirun --map-by ppr:1:node), before the job itself. */
+static int preflight(const launch_opts *o) {
+    static char self[4096];
+    const char *argv[32];
+    int n = 0;
+    argv[n++] = o->mpirun;
+    if (geteuid() == 0)
+        argv[n++] = "--allow-run-as-root";
+    if (o->hosts) {
+        argv[n++] = "-H";
+        argv[n++] = o->hosts;
+    } else if (o->hostfile) {
+        argv[n++] = "--hostfile";
+        argv[n++] = o->hostfile;
+    }
+    for (int i = 0; i < o->n_mca && n < 24; i++) {
+        argv[n++] = "--mca";
+        argv[n++] = o->mca[i][0];
+        argv[n++] = o->mca[i][1];
+    }
+    argv[n++] = "--map-by";
+    argv[n++] = "ppr:1:node";
+    argv[n++] = resolve_cmd("sovtrain", self, sizeof self);
+    argv[n++] = "doctor";
+    argv[n] = NULL;
+    fprintf(stderr, "sovtrain launch: preflight: sovtrain doctor on every host\n");
+    job_result r;
+    job_run(argv, o->grace_s, o->log_dir, &r);
+    if (r.exit_code != 0) {
+        char why[512];
+        job_describe(&r, why, sizeof why);
+        fprintf(stderr, "sovtrain launch: preflight failed (%s): not starting the job\n", why);
+    }
+    return r.exit_code;
+}
+
 /* Runs the job, restarting it after a failure (with SOVTRAIN_RESUME=auto, so `sovtrain train` resumes from its
  * latest checkpoint) until it succeeds, is stopped by a signal, or the restarts run out. */
 static int run_attempts(const launch_opts *o, const char *const *argv, const char *job_id, const char *status_dir) {
@@ -524,5 +564,7 @@ int sov_launch_main(int argc, char **argv) {
         print_command(stdout, job_argv);
         return 0;
     }
+    if (o.preflight && preflight(&o) != 0)
+        return 1;
     return run_attempts(&o, job_argv, job_id, status_dir);
 }

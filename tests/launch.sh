@@ -31,6 +31,11 @@ for r in 0 1; do
 done
 echo "ok: per-rank log files"
 
+# --preflight: sovtrain doctor on every host before the job.
+out=$(launch -np 2 --preflight -- sh -c 'echo "job rank $OMPI_COMM_WORLD_RANK"' 2>&1) || fail "--preflight: $out"
+grep -q "RDMA (libibverbs)" <<<"$out" && grep -q "job rank 1" <<<"$out" || fail "--preflight: $out"
+echo "ok: --preflight ran doctor, then the job"
+
 # The job's exit status is the launcher's.
 launch -np 2 --max-restarts 0 -- sh -c 'exit $((OMPI_COMM_WORLD_RANK * 3))' >/dev/null 2>&1
 rc=$?

@@ -82,6 +82,7 @@ sov_status sov_comm_init(sov_comm **out, const sov_world *world, const sov_comm_
     pthread_cond_init(&c->async.done, NULL);
     sov_status st = init_backend(c, world);
     if (st != SOV_OK) {
+        sov_mpi_release(c);
         free(c);
         return st;
     }
@@ -99,6 +100,7 @@ void sov_comm_destroy(sov_comm *c) {
     sov_async_shutdown(c);
     sov_watchdog_stop(c);
     c->ops->destroy(c);
+    sov_mpi_release(c);
     pthread_mutex_destroy(&c->async.lock);
     pthread_cond_destroy(&c->async.work);
     pthread_cond_destroy(&c->async.done);

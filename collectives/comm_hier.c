@@ -78,11 +78,6 @@ static sov_status hier_run(sov_comm *c, const sov_op *op) {
 static void *hier_alloc(sov_comm *c, size_t bytes) { return sov_shm_group_alloc(((hier *)c->impl)->group, bytes); }
 static void hier_free(sov_comm *c, void *p) { sov_shm_group_free(((hier *)c->impl)->group, p); }
 
-static void hier_abort(sov_comm *c, int exit_code) {
-    (void)c;
-    MPI_Abort(MPI_COMM_WORLD, exit_code);
-}
-
 static void hier_destroy(sov_comm *c) {
     hier *h = c->impl;
     if (!h)
@@ -95,14 +90,12 @@ static void hier_destroy(sov_comm *c) {
     MPI_Comm_free(&h->world);
     free(h->host_of);
     free(h->local_rank_of);
-    if (c->mpi_initialised)
-        MPI_Finalize();
     free(h);
     c->impl = NULL;
 }
 
 static const sov_comm_ops hier_ops = {
-    .run = hier_run, .alloc = hier_alloc, .free = hier_free, .abort = hier_abort, .destroy = hier_destroy};
+    .run = hier_run, .alloc = hier_alloc, .free = hier_free, .abort = sov_mpi_abort_world, .destroy = hier_destroy};
 
 static sov_status split_hosts(sov_comm *c, hier *h) {
     const char *per = getenv("SOVTRAIN_HIER_RANKS_PER_HOST");

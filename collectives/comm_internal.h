@@ -47,7 +47,7 @@ struct sov_comm {
     int rank, size;
     double timeout_s;
     uint64_t seq;         /* collectives issued so far */
-    int mpi_initialised;  /* this communicator called MPI_Init, so destroy finalises */
+    int mpi_initialised;  /* this communicator called MPI_Init, so sov_mpi_release finalises */
     sov_status broken;    /* set once a collective failed: later ones fail at once */
     char broken_msg[512];
     sov_async async;
@@ -86,6 +86,11 @@ void sov_shm_group_destroy(shm_group *g);
 
 /* One collective with Open MPI on the given MPI communicator (passed as a pointer to an MPI_Comm). */
 sov_status sov_mpi_collective(const void *mpi_comm, const sov_op *op);
+
+/* Finalises MPI when this communicator initialised it (after the backend's destroy, or a failed init). */
+void sov_mpi_release(sov_comm *c);
+/* Ends every rank of the job (MPI_Abort on MPI_COMM_WORLD): the abort of the backends built on MPI. */
+void sov_mpi_abort_world(sov_comm *c, int exit_code);
 
 /* Initialises MPI once per process (thread level SERIALIZED: collectives may run on the progress thread). */
 sov_status sov_mpi_ensure(sov_comm *c);

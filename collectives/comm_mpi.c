@@ -30,6 +30,17 @@ sov_status sov_mpi_ensure(sov_comm *c) {
     return SOV_OK;
 }
 
+void sov_mpi_release(sov_comm *c) {
+    if (c->mpi_initialised)
+        MPI_Finalize();
+    c->mpi_initialised = 0;
+}
+
+void sov_mpi_abort_world(sov_comm *c, int exit_code) {
+    (void)c;
+    MPI_Abort(MPI_COMM_WORLD, exit_code);
+}
+
 static sov_status mpi_error(int rank, const sov_op *op, int err) {
     char msg[MPI_MAX_ERROR_STRING];
     int len = 0;
@@ -161,8 +172,6 @@ static void mpi_destroy(sov_comm *c) {
     if (!s)
         return;
     MPI_Comm_free(&s->comm);
-    if (c->mpi_initialised)
-        MPI_Finalize();
     free(s);
     c->impl = NULL;
 }

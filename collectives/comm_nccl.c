@@ -134,8 +134,6 @@ static void nccl_destroy(sov_comm *c) {
     if (s->stream)
         cudaStreamDestroy(s->stream);
     MPI_Comm_free(&s->world);
-    if (c->mpi_initialised)
-        MPI_Finalize();
     free(s);
     c->impl = NULL;
 }

@@ -614,25 +614,18 @@ static sov_status shm_run(sov_comm *c, const sov_op *op) { return sov_shm_group_
 static void *shm_alloc(sov_comm *c, size_t bytes) { return sov_shm_group_alloc(((shm_backend *)c->impl)->group, bytes); }
 static void shm_free(sov_comm *c, void *p) { sov_shm_group_free(((shm_backend *)c->impl)->group, p); }
 
-static void shm_abort(sov_comm *c, int exit_code) {
-    (void)c;
-    MPI_Abort(MPI_COMM_WORLD, exit_code);
-}
-
 static void shm_destroy(sov_comm *c) {
     shm_backend *b = c->impl;
     if (!b)
         return;
     sov_shm_group_destroy(b->group);
     MPI_Comm_free(&b->world);
-    if (c->mpi_initialised)
-        MPI_Finalize();
     free(b);
     c->impl = NULL;
 }
 
 static const sov_comm_ops shm_ops = {
-    .run = shm_run, .alloc = shm_alloc, .free = shm_free, .abort = shm_abort, .destroy = shm_destroy};
+    .run = shm_run, .alloc = shm_alloc, .free = shm_free, .abort = sov_mpi_abort_world, .destroy = shm_destroy};
 
 sov_status sov_comm_shm_init(sov_comm *c, const sov_world *world) {
     (void)world;

@@ -59,6 +59,7 @@ static sov_status describe_tensors(sov_model *m, const mlp *net) {
         off += b->count;
     }
     m->num_params = off;
+    m->predictions_per_sample = 1;
     return SOV_OK;
 }
 

@@ -18,11 +18,13 @@ typedef struct sov_tensor {
     int decay;        /* 1 when weight decay applies (matrices), 0 for biases and norms */
 } sov_tensor;
 
-/* One rank's part of a global batch. */
+/* One rank's part of a global batch. A classifier reads x and one label per sample; a language model reads
+ * `tokens` and one target per position (y[i*context + t] is the token that follows tokens[i*context + t]). */
 typedef struct sov_batch {
-    int n;            /* samples */
-    const float *x;   /* n x input_dim */
-    const int32_t *y; /* n class labels */
+    int n;                 /* samples (sequences, for a language model) */
+    const float *x;        /* classifier: n x input_dim features; NULL otherwise */
+    const int32_t *tokens; /* language model: n x context input tokens; NULL otherwise */
+    const int32_t *y;      /* classifier: n labels; language model: n x context targets */
 } sov_batch;
 
 /* Backward calls ready(ctx, offset, count) as soon as gradients [offset, offset+count) are final, in reverse
@@ -33,10 +35,14 @@ typedef struct sov_grad_hook {
 } sov_grad_hook;
 
 typedef struct sov_model_config {
-    int input_dim;      /* features per sample */
-    int classes;        /* output classes */
+    int input_dim;      /* features per sample (classifier) */
+    int classes;        /* output classes; a language model's vocabulary size */
     const char *hidden; /* MLP hidden widths, comma-separated, e.g. "1024,1024" */
     int max_batch;      /* largest batch passed to train_step or eval */
+    int layers;         /* transformer blocks (GPT) */
+    int heads;          /* attention heads (GPT) */
+    int width;          /* embedding width (GPT); a multiple of heads */
+    int context;        /* tokens per sequence (GPT) */
 } sov_model_config;
 
 typedef struct sov_model sov_model;
@@ -57,7 +63,8 @@ typedef struct sov_model_ops {
     void (*init)(sov_model *m, uint64_t seed);
     /* Forward and backward: m->grads = d(mean loss over the batch)/d(params); *loss = that mean loss. */
     sov_status (*train_step)(sov_model *m, const sov_batch *batch, float *loss, const sov_grad_hook *hook);
-    /* Forward only: adds the batch's summed loss and number of correct predictions. */
+    /* Forward only: adds the batch's summed loss and number of correct predictions (over
+     * n * m->predictions_per_sample predictions). */
     sov_status (*eval)(sov_model *m, const sov_batch *batch, double *loss_sum, long *correct);
     void (*destroy)(sov_model *m);
 } sov_model_ops;
@@ -65,6 +72,7 @@ typedef struct sov_model_ops {
 struct sov_model {
     const sov_model_ops *ops;
     size_t num_params;
+    int predictions_per_sample; /* 1 for a classifier, context for a language model; create sets it */
     int num_tensors;
     sov_tensor *tensors;
     float *params; /* flat, num_params, owned by the runtime */

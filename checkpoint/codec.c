@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <xxhash.h>
+#define ZSTD_STATIC_LINKING_ONLY /* ZSTD_c_literalCompressionMode */
 #include <zstd.h>
 
 #define RAW_ENTROPY_BITS 7.9 /* above this a plane is near-random: compressing it costs time and gains < 1.3 % */
@@ -39,12 +40,17 @@ sov_status sov_codec_create(sov_codec **out, size_t max_raw) {
         return sov_fail(SOV_ERR_NOMEM, "checkpoint codec: cannot allocate %zu bytes of scratch", max_raw);
     }
     /* DESIGN §4: on the exponent plane zstd's LZ matches cost more than they save; with no matches its Huffman
-     * literal coder reaches ~98 % of the order-0 bound, faster. */
+     * literal coder reaches ~98 % of the order-0 bound, faster. A large targetLength (the fast strategy's
+     * acceleration) skips most of the match search: 1.3x faster here, same ratio; it would also switch the
+     * literals to raw unless Huffman is asked for explicitly (an experimental parameter: when a libzstd refuses
+     * it, the plain settings above still work). */
     ZSTD_CCtx_setParameter(c->literal, ZSTD_c_compressionLevel, 1);
     ZSTD_CCtx_setParameter(c->literal, ZSTD_c_strategy, ZSTD_fast);
     ZSTD_CCtx_setParameter(c->literal, ZSTD_c_minMatch, 7);
     ZSTD_CCtx_setParameter(c->literal, ZSTD_c_hashLog, 6);
     ZSTD_CCtx_setParameter(c->literal, ZSTD_c_searchLog, 1);
+    if (!ZSTD_isError(ZSTD_CCtx_setParameter(c->literal, ZSTD_c_literalCompressionMode, ZSTD_ps_enable)))
+        ZSTD_CCtx_setParameter(c->literal, ZSTD_c_targetLength, 64);
     ZSTD_CCtx_setParameter(c->level1, ZSTD_c_compressionLevel, 1);
     *out = c;
     return SOV_OK;
@@ -82,41 +88,66 @@ double sov_entropy_bits(const uint8_t *p, size_t n) {
 
 /* ---- the transform ---- */
 
-void sov_planes_split(const void *raw, size_t count, int elem_size, uint8_t *planes) {
-    if (elem_size == 4) {
-        const uint32_t *x = raw;
-        for (size_t i = 0; i < count; i++) {
-            uint32_t v = x[i] << 1 | x[i] >> 31; /* sign to bit 0: the exponent now fills byte 3 */
-            planes[i] = (uint8_t)v;
-            planes[count + i] = (uint8_t)(v >> 8);
-            planes[2 * count + i] = (uint8_t)(v >> 16);
-            planes[3 * count + i] = (uint8_t)(v >> 24);
-        }
-    } else {
-        const uint16_t *x = raw;
-        for (size_t i = 0; i < count; i++) {
-            uint16_t v = (uint16_t)(x[i] << 1 | x[i] >> 15);
-            planes[i] = (uint8_t)v;
-            planes[count + i] = (uint8_t)(v >> 8);
-        }
+/* The transform runs over every byte saved and restored: separate restrict plane pointers let the compiler
+ * vectorise both loops (-O3, see CMakeLists.txt), and on x86-64 an AVX2 clone is chosen at load time when the CPU
+ * has it (2-3x the SSE2 baseline here). */
+#if defined(__x86_64__) && defined(__has_attribute)
+#if __has_attribute(target_clones)
+#define SOV_SIMD_CLONES __attribute__((target_clones("avx2", "default")))
+#endif
+#endif
+#ifndef SOV_SIMD_CLONES
+#define SOV_SIMD_CLONES
+#endif
+
+SOV_SIMD_CLONES static void split4(const uint32_t *restrict x, size_t count, uint8_t *restrict p0,
+                                   uint8_t *restrict p1, uint8_t *restrict p2, uint8_t *restrict p3) {
+    for (size_t i = 0; i < count; i++) {
+        uint32_t v = x[i] << 1 | x[i] >> 31; /* sign to bit 0: the exponent now fills byte 3 */
+        p0[i] = (uint8_t)v;
+        p1[i] = (uint8_t)(v >> 8);
+        p2[i] = (uint8_t)(v >> 16);
+        p3[i] = (uint8_t)(v >> 24);
     }
 }
 
-static void planes_join(const uint8_t *planes, size_t count, int elem_size, void *raw) {
-    if (elem_size == 4) {
-        uint32_t *x = raw;
-        for (size_t i = 0; i < count; i++) {
-            uint32_t v = (uint32_t)planes[i] | (uint32_t)planes[count + i] << 8 | (uint32_t)planes[2 * count + i] << 16 |
-                         (uint32_t)planes[3 * count + i] << 24;
-            x[i] = v >> 1 | v << 31;
-        }
-    } else {
-        uint16_t *x = raw;
-        for (size_t i = 0; i < count; i++) {
-            uint16_t v = (uint16_t)(planes[i] | planes[count + i] << 8);
-            x[i] = (uint16_t)(v >> 1 | v << 15);
-        }
+SOV_SIMD_CLONES static void split2(const uint16_t *restrict x, size_t count, uint8_t *restrict p0,
+                                   uint8_t *restrict p1) {
+    for (size_t i = 0; i < count; i++) {
+        uint16_t v = (uint16_t)(x[i] << 1 | x[i] >> 15);
+        p0[i] = (uint8_t)v;
+        p1[i] = (uint8_t)(v >> 8);
     }
+}
+
+SOV_SIMD_CLONES static void join4(const uint8_t *restrict p0, const uint8_t *restrict p1, const uint8_t *restrict p2,
+                                  const uint8_t *restrict p3, size_t count, uint32_t *restrict x) {
+    for (size_t i = 0; i < count; i++) {
+        uint32_t v = (uint32_t)p0[i] | (uint32_t)p1[i] << 8 | (uint32_t)p2[i] << 16 | (uint32_t)p3[i] << 24;
+        x[i] = v >> 1 | v << 31;
+    }
+}
+
+SOV_SIMD_CLONES static void join2(const uint8_t *restrict p0, const uint8_t *restrict p1, size_t count,
+                                  uint16_t *restrict x) {
+    for (size_t i = 0; i < count; i++) {
+        uint16_t v = (uint16_t)(p0[i] | p1[i] << 8);
+        x[i] = (uint16_t)(v >> 1 | v << 15);
+    }
+}
+
+void sov_planes_split(const void *raw, size_t count, int elem_size, uint8_t *planes) {
+    if (elem_size == 4)
+        split4(raw, count, planes, planes + count, planes + 2 * count, planes + 3 * count);
+    else
+        split2(raw, count, planes, planes + count);
+}
+
+static void planes_join(const uint8_t *planes, size_t count, int elem_size, void *raw) {
+    if (elem_size == 4)
+        join4(planes, planes + count, planes + 2 * count, planes + 3 * count, count, raw);
+    else
+        join2(planes, planes + count, count, raw);
 }
 
 /* ---- header (de)serialisation, little-endian ---- */

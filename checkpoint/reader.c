@@ -8,6 +8,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -16,13 +17,20 @@
 
 #define MANIFEST_MAX_BYTES ((size_t)64 << 20)
 
+#define MAX_READ_THREADS 4
+
+typedef struct decoder { /* one reading thread's tools, created at the first read and reused */
+    sov_codec *codec;
+    uint8_t *chunk;   /* one stored chunk */
+    uint8_t *scratch; /* one decoded chunk, when verifying only */
+} decoder;
+
 struct sov_ckpt {
     char path[4096];
     json_t *manifest;
     long step;
     size_t chunk_bytes;
-    sov_codec *codec;   /* created at the first read, reused */
-    uint8_t *chunk_buf; /* one stored chunk */
+    decoder decoders[MAX_READ_THREADS];
 };
 
 static sov_status bad(const sov_ckpt *c, const char *what) {
@@ -113,8 +121,11 @@ sov_status sov_ckpt_open(const char *path, sov_ckpt **out) {
 void sov_ckpt_close(sov_ckpt *c) {
     if (!c)
         return;
-    sov_codec_destroy(c->codec);
-    free(c->chunk_buf);
+    for (int i = 0; i < MAX_READ_THREADS; i++) {
+        sov_codec_destroy(c->decoders[i].codec);
+        free(c->decoders[i].chunk);
+        free(c->decoders[i].scratch);
+    }
     json_decref(c->manifest);
     free(c);
 }
@@ -196,47 +207,107 @@ static sov_status collect_chunks(const sov_ckpt *c, const char *name, size_t cou
     return SOV_OK;
 }
 
-/* Reads and decodes the chunks in refs, writing each to dst + elem_offset (dst NULL: verify only). */
-static sov_status decode_chunks(sov_ckpt *c, const chunk_ref *refs, size_t n, float *dst) {
-    json_t *files = json_object_get(c->manifest, "files");
-    if (!c->codec) {
-        SOV_CHECK(sov_codec_create(&c->codec, c->chunk_bytes));
-        if (!(c->chunk_buf = sov_malloc(sov_chunk_bound(c->chunk_bytes))))
-            return SOV_ERR_NOMEM;
+/* Reading the chunks of a restore or a verify: threads take chunks in turn, each reading its own and decoding it
+ * into place, so that decoding overlaps the reads and uses every core (chunks are independent by design). */
+typedef struct read_job {
+    sov_ckpt *c;
+    const chunk_ref *refs;
+    size_t n, next;
+    float *dst; /* NULL: verify only */
+    pthread_mutex_t lock;
+    sov_status status; /* the first failure, with its message */
+    char error[1024];
+} read_job;
+
+typedef struct read_worker {
+    read_job *job;
+    decoder *d;
+} read_worker;
+
+static sov_status decoder_ready(decoder *d, size_t chunk_bytes, int verify_only) {
+    if (!d->codec)
+        SOV_CHECK(sov_codec_create(&d->codec, chunk_bytes));
+    if (!d->chunk && !(d->chunk = sov_malloc(sov_chunk_bound(chunk_bytes))))
+        return SOV_ERR_NOMEM;
+    if (verify_only && !d->scratch && !(d->scratch = sov_malloc(chunk_bytes)))
+        return SOV_ERR_NOMEM;
+    return SOV_OK;
+}
+
+/* Reads and decodes refs[i] with d, keeping the file it is in open in *fd. */
+static sov_status read_chunk(read_job *j, decoder *d, size_t i, int *fd, size_t *open_file, char *path, size_t cap) {
+    const chunk_ref *r = &j->refs[i];
+    if (r->file != *open_file) {
+        if (*fd >= 0)
+            close(*fd);
+        json_t *files = json_object_get(j->c->manifest, "files");
+        snprintf(path, cap, "%s/%s", j->c->path,
+                 json_string_value(json_object_get(json_array_get(files, r->file), "file")));
+        if ((*fd = open(path, O_RDONLY | O_CLOEXEC)) < 0)
+            return sov_fail(SOV_ERR_IO, "%s: %s", path, strerror(errno));
+        posix_fadvise(*fd, 0, 0, POSIX_FADV_SEQUENTIAL); /* a larger readahead: these files are read through */
+        *open_file = r->file;
     }
-    sov_codec *codec = c->codec;
-    uint8_t *buf = c->chunk_buf, *scratch = dst ? NULL : sov_malloc(c->chunk_bytes);
+    char where[4500];
+    snprintf(where, sizeof where, "%s chunk at byte %llu", path, (unsigned long long)r->file_offset);
+    SOV_CHECK(sov_pread_all(*fd, d->chunk, (size_t)r->bytes, (off_t)r->file_offset, path));
+    size_t got = 0;
+    SOV_CHECK(sov_chunk_decode(d->codec, d->chunk, (size_t)r->bytes,
+                               j->dst ? (void *)(j->dst + r->elem_offset) : d->scratch, r->elems * 4, &got, where));
+    if (got != r->elems * 4)
+        return sov_fail(SOV_ERR_FORMAT, "%s: decodes to %zu bytes, the manifest says %zu elements", where, got,
+                        r->elems);
+    return SOV_OK;
+}
+
+static void *read_worker_main(void *arg) {
+    read_worker *rw = arg;
+    read_job *j = rw->job;
     int fd = -1;
     size_t open_file = (size_t)-1;
     char path[4400] = "";
-    sov_status st = buf && (dst || scratch) ? SOV_OK : SOV_ERR_NOMEM;
-    for (size_t i = 0; i < n && st == SOV_OK; i++) {
-        if (refs[i].file != open_file) {
-            if (fd >= 0)
-                close(fd);
-            const char *fname = json_string_value(json_object_get(json_array_get(files, refs[i].file), "file"));
-            snprintf(path, sizeof path, "%s/%s", c->path, fname);
-            if ((fd = open(path, O_RDONLY | O_CLOEXEC)) < 0) {
-                st = sov_fail(SOV_ERR_IO, "%s: %s", path, strerror(errno));
-                break;
-            }
-            open_file = refs[i].file;
+    sov_status st = decoder_ready(rw->d, j->c->chunk_bytes, j->dst == NULL);
+    for (;;) {
+        pthread_mutex_lock(&j->lock);
+        if (st != SOV_OK && j->status == SOV_OK) {
+            j->status = st;
+            snprintf(j->error, sizeof j->error, "%s", sov_last_error());
         }
-        char where[4500];
-        snprintf(where, sizeof where, "%s chunk at byte %llu", path, (unsigned long long)refs[i].file_offset);
-        st = sov_pread_all(fd, buf, (size_t)refs[i].bytes, (off_t)refs[i].file_offset, path);
-        size_t got = 0;
-        if (st == SOV_OK)
-            st = sov_chunk_decode(codec, buf, (size_t)refs[i].bytes, dst ? (void *)(dst + refs[i].elem_offset) : scratch,
-                                  refs[i].elems * 4, &got, where);
-        if (st == SOV_OK && got != refs[i].elems * 4)
-            st = sov_fail(SOV_ERR_FORMAT, "%s: decodes to %zu bytes, the manifest says %zu elements", where, got,
-                          refs[i].elems);
+        size_t i = j->next++;
+        int done = j->status != SOV_OK || i >= j->n;
+        pthread_mutex_unlock(&j->lock);
+        if (done)
+            break;
+        st = read_chunk(j, rw->d, i, &fd, &open_file, path, sizeof path);
     }
     if (fd >= 0)
         close(fd);
-    free(scratch);
-    return st;
+    return NULL;
+}
+
+static int read_threads(size_t chunks) {
+    long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+    size_t t = cpus < 1 ? 1 : cpus > MAX_READ_THREADS ? MAX_READ_THREADS : (size_t)cpus;
+    return (int)(chunks < t ? (chunks ? chunks : 1) : t);
+}
+
+/* Reads and decodes the chunks in refs, writing each to dst + elem_offset (dst NULL: verify only). */
+static sov_status decode_chunks(sov_ckpt *c, const chunk_ref *refs, size_t n, float *dst) {
+    read_job j = {.c = c, .refs = refs, .n = n, .dst = dst, .status = SOV_OK};
+    pthread_mutex_init(&j.lock, NULL);
+    int threads = read_threads(n), started = 1;
+    pthread_t tids[MAX_READ_THREADS];
+    read_worker workers[MAX_READ_THREADS];
+    for (int t = 0; t < threads; t++)
+        workers[t] = (read_worker){.job = &j, .d = &c->decoders[t]};
+    for (; started < threads; started++) /* fewer threads than asked for only means a slower read */
+        if (pthread_create(&tids[started], NULL, read_worker_main, &workers[started]) != 0)
+            break;
+    read_worker_main(&workers[0]); /* this thread reads too */
+    for (int t = 1; t < started; t++)
+        pthread_join(tids[t], NULL);
+    pthread_mutex_destroy(&j.lock);
+    return j.status == SOV_OK ? SOV_OK : sov_fail(j.status, "%s", j.error);
 }
 
 sov_status sov_ckpt_read_buffer(sov_ckpt *c, const char *name, float *dst, size_t count) {

@@ -2,6 +2,7 @@
 #include "ckpt.h"
 #include "codec.h"
 #include "fsio.h"
+#include "stream.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -15,6 +16,9 @@
 #include <unistd.h>
 
 #define MAX_THREADS 16
+/* Output slots of the encoder pipeline: two per encoder, plus two so that encoders keep going while the writer
+ * waits on the disk. */
+#define SLOTS(threads) (2 * (threads) + 2)
 
 typedef struct piece { /* part of one buffer inside this rank's share */
     int buffer;
@@ -26,7 +30,8 @@ struct sov_ckpt_writer {
     int rank, world;
     sov_ckpt_options opt;
     sov_codec *codecs[MAX_THREADS];
-    uint8_t *out[2 * MAX_THREADS]; /* encoded chunks: the pipeline's slots */
+    uint8_t *out[SLOTS(MAX_THREADS)]; /* encoded chunks: the pipeline's slots */
+    uint8_t *stream_buf;           /* the data file's write buffer (stream.h) */
     /* the save in flight */
     pthread_t thread;
     int running;
@@ -71,7 +76,7 @@ typedef struct pipeline {
         size_t bytes;
         sov_status status;
         char error[512];
-    } slots[2 * MAX_THREADS];
+    } slots[SLOTS(MAX_THREADS)];
     pthread_mutex_t lock;
     pthread_cond_t changed;
     int abort;
@@ -115,7 +120,7 @@ static void *encoder_main(void *arg) {
 }
 
 /* Writes the chunks in order as the encoders finish them, recording each in `chunks`. */
-static sov_status write_chunks(pipeline *p, int fd, const char *path, json_t *chunks, uint64_t *pos) {
+static sov_status write_chunks(pipeline *p, sov_stream *out, json_t *chunks, uint64_t *pos) {
     sov_status st = SOV_OK;
     for (size_t job = 0; job < p->njobs && st == SOV_OK; job++) {
         struct slot *sl = &p->slots[job % (size_t)p->nslots];
@@ -124,7 +129,7 @@ static sov_status write_chunks(pipeline *p, int fd, const char *path, json_t *ch
             pthread_cond_wait(&p->changed, &p->lock);
         pthread_mutex_unlock(&p->lock);
         st = sl->status != SOV_OK ? sov_fail(sl->status, "%s", sl->error)
-                                  : sov_write_all(fd, p->w->out[job % (size_t)p->nslots], sl->bytes, path);
+                                  : sov_stream_write(out, p->w->out[job % (size_t)p->nslots], sl->bytes);
         if (st == SOV_OK) {
             json_array_append_new(chunks, json_pack("{s:s, s:I, s:I, s:I, s:I}", "buffer", p->jobs[job].buffer,
                                                     "elem_offset", (json_int_t)p->jobs[job].elem_offset, "elems",
@@ -169,12 +174,13 @@ static sov_status write_share(sov_ckpt_writer *w, const char *partial, json_t **
     chunk_job *jobs = plan_chunks(w, &njobs);
     if (!jobs)
         return SOV_ERR_NOMEM;
-    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (fd < 0) {
+    sov_stream out;
+    sov_status st = sov_stream_open(&out, path, w->stream_buf);
+    if (st != SOV_OK) {
         free(jobs);
-        return sov_fail(SOV_ERR_IO, "rank %d: creating %s: %s", w->rank, path, strerror(errno));
+        return sov_fail(st, "rank %d: %s", w->rank, sov_last_error());
     }
-    pipeline p = {.w = w, .jobs = jobs, .njobs = njobs, .nslots = 2 * w->opt.threads};
+    pipeline p = {.w = w, .jobs = jobs, .njobs = njobs, .nslots = SLOTS(w->opt.threads)};
     pthread_mutex_init(&p.lock, NULL);
     pthread_cond_init(&p.changed, NULL);
     pthread_t tids[MAX_THREADS];
@@ -189,7 +195,7 @@ static sov_status write_share(sov_ckpt_writer *w, const char *partial, json_t **
     }
     json_t *chunks = json_array();
     uint64_t pos = 0;
-    sov_status st = started ? write_chunks(&p, fd, path, chunks, &pos)
+    st = started ? write_chunks(&p, &out, chunks, &pos)
                             : sov_fail(SOV_ERR_INTERNAL, "rank %d: cannot start checkpoint encoder threads", w->rank);
     pthread_mutex_lock(&p.lock);
     p.abort = 1;
@@ -200,11 +206,10 @@ static sov_status write_share(sov_ckpt_writer *w, const char *partial, json_t **
     pthread_mutex_destroy(&p.lock);
     pthread_cond_destroy(&p.changed);
     free(jobs);
-    if (st == SOV_OK && fsync(fd) != 0)
-        st = sov_fail(SOV_ERR_IO, "rank %d: fsync %s: %s", w->rank, path, strerror(errno));
-    close(fd);
+    if (st == SOV_OK && (st = sov_stream_close(&out)) != SOV_OK)
+        st = sov_fail(st, "rank %d: %s", w->rank, sov_last_error());
     if (st != SOV_OK) {
-        unlink(path); /* a full disk gets its space back */
+        sov_stream_discard(&out); /* a full disk gets its space back */
         json_decref(chunks);
         return st;
     }
@@ -443,9 +448,11 @@ sov_status sov_ckpt_writer_open(sov_ckpt_writer **out, const char *dir, int rank
     sov_status st = sov_mkdir_p(dir);
     for (int i = 0; st == SOV_OK && i < w->opt.threads; i++)
         st = sov_codec_create(&w->codecs[i], w->opt.chunk_bytes);
-    for (int i = 0; st == SOV_OK && i < 2 * w->opt.threads; i++)
+    for (int i = 0; st == SOV_OK && i < SLOTS(w->opt.threads); i++)
         if (!(w->out[i] = sov_malloc(sov_chunk_bound(w->opt.chunk_bytes))))
             st = SOV_ERR_NOMEM;
+    if (st == SOV_OK && !(w->stream_buf = aligned_alloc(SOV_STREAM_ALIGN, SOV_STREAM_BUFFER)))
+        st = sov_fail(SOV_ERR_NOMEM, "rank %d: cannot allocate the checkpoint write buffer", rank);
     if (st != SOV_OK) {
         sov_ckpt_writer_close(w);
         return st;
@@ -552,8 +559,9 @@ void sov_ckpt_writer_close(sov_ckpt_writer *w) {
     sov_ckpt_wait(w, NULL, 0);
     for (int i = 0; i < MAX_THREADS; i++)
         sov_codec_destroy(w->codecs[i]);
-    for (int i = 0; i < 2 * MAX_THREADS; i++)
+    for (int i = 0; i < SLOTS(MAX_THREADS); i++)
         free(w->out[i]);
+    free(w->stream_buf);
     json_decref(w->manifest_base);
     free(w->staging);
     free(w);

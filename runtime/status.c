@@ -29,10 +29,12 @@ const char *sov_strerror(sov_status status) {
 sov_status sov_fail_at(sov_status status, const char *file, int line, const char *fmt, ...) {
     const char *base = strrchr(file, '/');
     snprintf(last_where, sizeof last_where, "%s:%d", base ? base + 1 : file, line);
+    char message[sizeof last_error]; /* the arguments may include sov_last_error() itself, to add context */
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(last_error, sizeof last_error, fmt, ap);
+    vsnprintf(message, sizeof message, fmt, ap);
     va_end(ap);
+    memcpy(last_error, message, sizeof last_error);
     return status;
 }
 

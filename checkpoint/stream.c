@@ -1,0 +1,112 @@
+/* stream.c: see stream.h. */
+#include "stream.h"
+#include "fsio.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define WRITEBACK_WINDOW ((uint64_t)16 << 20)
+
+static int direct_wanted(void) {
+    const char *e = getenv("SOVTRAIN_CKPT_DIRECT");
+    return !(e && strcmp(e, "0") == 0);
+}
+
+sov_status sov_stream_open(sov_stream *s, const char *path, void *scratch) {
+    memset(s, 0, sizeof *s);
+    snprintf(s->path, sizeof s->path, "%s", path);
+    s->buf = scratch;
+    s->fd = -1;
+    if (direct_wanted()) {
+        s->fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_DIRECT, 0644);
+        s->direct = s->fd >= 0;
+    }
+    if (s->fd < 0) /* EINVAL: this filesystem has no O_DIRECT; any other error repeats below with its message */
+        s->fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (s->fd < 0)
+        return sov_fail(SOV_ERR_IO, "creating %s: %s", path, strerror(errno));
+    return SOV_OK;
+}
+
+/* One aligned block of buf to the disk. A short write that keeps the alignment goes on; one that does not cannot
+ * (O_DIRECT needs aligned offsets): the device refused more, which is a full disk in practice. */
+static sov_status write_direct(sov_stream *s, size_t n) {
+    size_t done = 0;
+    while (done < n) {
+        ssize_t w = write(s->fd, s->buf + done, n - done);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w < 0)
+            return sov_fail(SOV_ERR_IO, "writing %s: %s", s->path, strerror(errno));
+        if (w == 0 || (size_t)w % SOV_STREAM_ALIGN != 0)
+            return sov_fail(SOV_ERR_IO, "writing %s: the device took only %zu of %zu bytes (no space left on it?)",
+                            s->path, done + (size_t)w, n);
+        done += (size_t)w;
+    }
+    return SOV_OK;
+}
+
+/* Buffered: starts writeback of the newest window and waits for the one before it, which keeps the disk busy
+ * while the caller computes and leaves little for the final fsync. Errors here are not final: fsync reports them. */
+static void stream_out(sov_stream *s) {
+    if (s->pos - s->begun < WRITEBACK_WINDOW)
+        return;
+    sync_file_range(s->fd, (off_t)s->begun, (off_t)(s->pos - s->begun), SYNC_FILE_RANGE_WRITE);
+    if (s->begun > s->waited) {
+        sync_file_range(s->fd, (off_t)s->waited, (off_t)(s->begun - s->waited),
+                        SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE | SYNC_FILE_RANGE_WAIT_AFTER);
+        s->waited = s->begun;
+    }
+    s->begun = s->pos;
+}
+
+sov_status sov_stream_write(sov_stream *s, const void *data, size_t n) {
+    if (!s->direct) {
+        SOV_CHECK(sov_write_all(s->fd, data, n, s->path));
+        s->pos += n;
+        stream_out(s);
+        return SOV_OK;
+    }
+    const uint8_t *p = data;
+    while (n > 0) {
+        size_t take = SOV_STREAM_BUFFER - s->fill < n ? SOV_STREAM_BUFFER - s->fill : n;
+        memcpy(s->buf + s->fill, p, take);
+        s->fill += take;
+        s->pos += take;
+        p += take;
+        n -= take;
+        if (s->fill == SOV_STREAM_BUFFER) {
+            SOV_CHECK(write_direct(s, s->fill));
+            s->fill = 0;
+        }
+    }
+    return SOV_OK;
+}
+
+sov_status sov_stream_close(sov_stream *s) {
+    sov_status st = SOV_OK;
+    if (s->direct && s->fill > 0) { /* the tail, padded to the alignment, then cut to the exact size */
+        size_t padded = (s->fill + SOV_STREAM_ALIGN - 1) / SOV_STREAM_ALIGN * SOV_STREAM_ALIGN;
+        memset(s->buf + s->fill, 0, padded - s->fill);
+        st = write_direct(s, padded);
+        if (st == SOV_OK && ftruncate(s->fd, (off_t)s->pos) != 0)
+            st = sov_fail(SOV_ERR_IO, "setting the size of %s: %s", s->path, strerror(errno));
+    }
+    if (st == SOV_OK && fsync(s->fd) != 0)
+        st = sov_fail(SOV_ERR_IO, "fsync %s: %s", s->path, strerror(errno));
+    if (close(s->fd) != 0 && st == SOV_OK)
+        st = sov_fail(SOV_ERR_IO, "closing %s: %s", s->path, strerror(errno));
+    s->fd = -1;
+    return st;
+}
+
+void sov_stream_discard(sov_stream *s) {
+    if (s->fd >= 0)
+        close(s->fd);
+    s->fd = -1;
+    unlink(s->path);
+}

@@ -3,8 +3,8 @@
  * Cases: (a) a trained MLP's real state (params + AdamW moments, read from a checkpoint given with --from),
  * (b) a synthetic f32 state (Gaussian, sigma 0.02; --mib, default 512), (c) the bf16 cast of (b).
  * For each: sovtrain's save (snapshot + compression + writes + fsync + commit, one rank, --threads compression
- * threads) in GB/s of raw state, the training stall (the snapshot), restore GB/s (open + decode + verify), the
- * ratio; and, on the same bytes: the order-0 entropy bound of the transformed byte planes, plain zstd -1 on the
+ * threads) in GB/s of raw state, the training stall (the snapshot), restore GB/s (open + decode + verify, from the
+ * disk: the files are dropped from the page cache first), the ratio; and, on the same bytes: the order-0 entropy bound of the transformed byte planes, plain zstd -1 on the
  * raw bytes, the disk's sequential write bandwidth with fsync (the better of buffered and O_DIRECT writes), and
  * one memcpy of the state. --torch-dump DIR also
  * writes each case's raw bytes there for bench/peers/torch_ckpt.py (the torch.save / torch.load peer).
@@ -15,6 +15,7 @@
 #include "fsio.h"
 #include "rng.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <math.h>
@@ -134,56 +135,27 @@ static double memcpy_ms(const bench_case *c) {
     return best * 1e3;
 }
 
+/* Restores are measured from the disk, not from the page cache: the files of the checkpoint are dropped from it
+ * first (a no-op for files written with O_DIRECT; bench/peers/torch_ckpt.py does the same for torch.save's). */
+static void drop_cached(const char *ckpt_dir) {
+    DIR *d = opendir(ckpt_dir);
+    struct dirent *e;
+    while (d && (e = readdir(d))) {
+        char path[8400];
+        snprintf(path, sizeof path, "%s/%s", ckpt_dir, e->d_name);
+        int fd = open(path, O_RDONLY);
+        if (fd >= 0) {
+            posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
+            close(fd);
+        }
+    }
+    if (d)
+        closedir(d);
+}
+
 /* Save (twice: the first warms the writer's staging as training would) and restore with sovtrain. */
 static void sovtrain_save_restore(const bench_case *c, const char *dir, int threads, double *save_gbs,
                                   double *stall_ms, double *restore_gbs, double *ratio) {
-    if (c->elem != 4) { /* the checkpoint API stores f32 buffers; bf16 goes through the codec directly */
-        sov_codec *codec;
-        size_t chunk = (size_t)4 << 20, stored = 0, got;
-        uint8_t *out = malloc(sov_chunk_bound(chunk));
-        if (sov_codec_create(&codec, chunk) != SOV_OK)
-            die("codec");
-        char path[4200];
-        snprintf(path, sizeof path, "%s/bf16.bin", dir);
-        double t0 = sov_now();
-        int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-        for (int b = 0; b < c->nbuf; b++)
-            for (size_t off = 0; off < c->bytes[b]; off += chunk) {
-                size_t n = c->bytes[b] - off < chunk ? c->bytes[b] - off : chunk, len;
-                if (sov_chunk_encode(codec, (char *)c->data[b] + off, n, 2, out, &len) != SOV_OK)
-                    die("encode");
-                sov_write_all(fd, out, len, path);
-                stored += len;
-            }
-        fsync(fd);
-        close(fd);
-        *save_gbs = total_bytes(c) / (sov_now() - t0) / 1e9;
-        *ratio = total_bytes(c) / (double)stored;
-        *stall_ms = NAN; /* single-threaded codec path: no snapshot measured */
-        t0 = sov_now();
-        fd = open(path, O_RDONLY);
-        uint8_t *raw = malloc(chunk);
-        off_t pos = 0;
-        while (pos < (off_t)stored) {
-            uint8_t hdr[SOV_CHUNK_HEADER_BYTES];
-            sov_chunk_header h;
-            sov_pread_all(fd, hdr, sizeof hdr, pos, path);
-            if (sov_chunk_parse_header(hdr, &h, path) != SOV_OK)
-                die("parse");
-            size_t len = SOV_CHUNK_HEADER_BYTES + h.stored_bytes;
-            sov_pread_all(fd, out, len, pos, path);
-            if (sov_chunk_decode(codec, out, len, raw, chunk, &got, path) != SOV_OK)
-                die("decode");
-            pos += (off_t)len;
-        }
-        close(fd);
-        *restore_gbs = total_bytes(c) / (sov_now() - t0) / 1e9;
-        free(raw);
-        free(out);
-        sov_codec_destroy(codec);
-        unlink(path);
-        return;
-    }
     sov_ckpt_writer *w;
     sov_ckpt_options o = {.keep = 1, .threads = threads, .chunk_bytes = (size_t)4 << 20, .commit_timeout_s = 60};
     char ckdir[4200];
@@ -191,8 +163,9 @@ static void sovtrain_save_restore(const bench_case *c, const char *dir, int thre
     if (sov_ckpt_writer_open(&w, ckdir, 0, 1, &o) != SOV_OK)
         die("writer");
     sov_ckpt_state s = {.num_buffers = c->nbuf};
+    sov_ckpt_dtype dtype = c->elem == 2 ? SOV_CKPT_BF16 : SOV_CKPT_F32;
     for (int b = 0; b < c->nbuf; b++)
-        s.buffers[b] = (sov_ckpt_buffer){c->names[b], c->data[b], c->bytes[b] / 4};
+        s.buffers[b] = (sov_ckpt_buffer){c->names[b], c->data[b], c->bytes[b] / (size_t)c->elem, dtype};
     double best = 1e9, stall = 1e9;
     char path[4200];
     for (int rep = 0; rep < 2; rep++) {
@@ -205,28 +178,34 @@ static void sovtrain_save_restore(const bench_case *c, const char *dir, int thre
         stall = st < stall ? st : stall;
     }
     sov_ckpt_writer_close(w);
+    drop_cached(path);
     *save_gbs = total_bytes(c) / best / 1e9;
     *stall_ms = stall * 1e3;
+    void *dst[3];
+    for (int b = 0; b < c->nbuf; b++) { /* a restore fills the job's existing buffers (torch.load makes new ones) */
+        dst[b] = malloc(c->bytes[b]);
+        memset(dst[b], 0, c->bytes[b]);
+    }
     sov_ckpt *ck;
     double t0 = sov_now();
     if (sov_ckpt_open(path, &ck) != SOV_OK)
         die("open");
+    for (int b = 0; b < c->nbuf; b++)
+        if (sov_ckpt_read_buffer(ck, c->names[b], dtype, dst[b], c->bytes[b] / (size_t)c->elem) != SOV_OK)
+            die("restore");
+    *restore_gbs = total_bytes(c) / (sov_now() - t0) / 1e9;
+    for (int b = 0; b < c->nbuf; b++) {
+        if (memcmp(dst[b], c->data[b], c->bytes[b]) != 0) {
+            fprintf(stderr, "ckpt_perf: restored %s differs from what was saved\n", c->names[b]);
+            exit(1);
+        }
+        free(dst[b]);
+    }
     double stored = 0;
     size_t i;
     json_t *f;
     json_array_foreach(json_object_get(sov_ckpt_manifest(ck), "files"), i, f)
         stored += (double)json_integer_value(json_object_get(f, "bytes"));
-    for (int b = 0; b < c->nbuf; b++) {
-        float *dst = malloc(c->bytes[b]);
-        if (sov_ckpt_read_buffer(ck, c->names[b], dst, c->bytes[b] / 4) != SOV_OK)
-            die("restore");
-        if (memcmp(dst, c->data[b], c->bytes[b]) != 0) {
-            fprintf(stderr, "ckpt_perf: restored %s differs from what was saved\n", c->names[b]);
-            exit(1);
-        }
-        free(dst);
-    }
-    *restore_gbs = total_bytes(c) / (sov_now() - t0) / 1e9;
     *ratio = total_bytes(c) / stored;
     sov_ckpt_close(ck);
     sov_remove_dir(path);
@@ -281,7 +260,7 @@ int main(int argc, char **argv) {
             c->names[c->nbuf] = names[b];
             c->data[c->nbuf] = malloc(n * 4);
             c->bytes[c->nbuf] = n * 4;
-            if (sov_ckpt_read_buffer(ck, names[b], c->data[c->nbuf], n) != SOV_OK)
+            if (sov_ckpt_read_buffer(ck, names[b], SOV_CKPT_F32, c->data[c->nbuf], n) != SOV_OK)
                 die("reading the trained state");
             c->nbuf++;
         }

@@ -22,11 +22,18 @@
 #define SOV_CKPT_FORMAT_VERSION 1
 #define SOV_CKPT_MAX_BUFFERS 4
 
+/* Element types a buffer may hold: f32 (optimizer state, master weights) or bf16 (weights of a bf16 job). */
+typedef enum sov_ckpt_dtype { SOV_CKPT_F32 = 0, SOV_CKPT_BF16 = 1 } sov_ckpt_dtype;
+
 typedef struct sov_ckpt_buffer {
-    const char *name; /* "params", "adamw.m", ... */
-    float *data;      /* f32 elements */
+    const char *name;     /* "params", "adamw.m", ... */
+    void *data;           /* count elements of dtype */
     size_t count;
+    sov_ckpt_dtype dtype; /* f32 unless set */
 } sov_ckpt_buffer;
+
+size_t sov_ckpt_dtype_bytes(sov_ckpt_dtype dtype);
+const char *sov_ckpt_dtype_name(sov_ckpt_dtype dtype); /* "f32", "bf16": as the manifest spells them */
 
 typedef struct sov_ckpt_state {
     long step;
@@ -71,8 +78,8 @@ const json_t *sov_ckpt_manifest(const sov_ckpt *c);
 const char *sov_ckpt_path(const sov_ckpt *c);
 /* Elements of buffer `name`, or 0 when the checkpoint has none. */
 size_t sov_ckpt_buffer_count(const sov_ckpt *c, const char *name);
-/* Decodes buffer `name` into dst (count elements), verifying every chunk. */
-sov_status sov_ckpt_read_buffer(sov_ckpt *c, const char *name, float *dst, size_t count);
+/* Decodes buffer `name`, which must hold count elements of dtype, into dst, verifying every chunk. */
+sov_status sov_ckpt_read_buffer(sov_ckpt *c, const char *name, sov_ckpt_dtype dtype, void *dst, size_t count);
 /* Reads and checks every chunk of every file. Stops at the first damage, naming file and chunk. */
 sov_status sov_ckpt_verify(sov_ckpt *c);
 

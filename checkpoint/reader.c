@@ -17,12 +17,15 @@
 
 #define MANIFEST_MAX_BYTES ((size_t)64 << 20)
 
-#define MAX_READ_THREADS 4
+#define MAX_READ_THREADS 8
+
+#define DIRECT_ALIGN 4096
 
 typedef struct decoder { /* one reading thread's tools, created at the first read and reused */
     sov_codec *codec;
-    uint8_t *chunk;   /* one stored chunk */
+    uint8_t *chunk;   /* one stored chunk and the aligned span around it (O_DIRECT reads) */
     uint8_t *scratch; /* one decoded chunk, when verifying only */
+    int direct;       /* the open file is read with O_DIRECT */
 } decoder;
 
 struct sov_ckpt {
@@ -65,8 +68,9 @@ static sov_status validate(sov_ckpt *c) {
         json_t *cnt = json_object_get(b, "count");
         const char *dtype = json_string_value(json_object_get(b, "dtype")), *name = json_string_value(json_object_get(b, "name"));
         if (!name || !json_is_integer(cnt) || json_integer_value(cnt) < 0 ||
-            json_integer_value(cnt) > ((json_int_t)1 << 40) || !dtype || strcmp(dtype, "f32") != 0)
-            return bad(c, "a buffer entry lacks a name, a valid count or dtype f32");
+            json_integer_value(cnt) > ((json_int_t)1 << 40) || !dtype ||
+            (strcmp(dtype, "f32") != 0 && strcmp(dtype, "bf16") != 0))
+            return bad(c, "a buffer entry lacks a name, a valid count or a dtype (f32 or bf16)");
         for (j = 0; j < i; j++)
             if (strcmp(json_string_value(json_object_get(json_array_get(buffers, j), "name")), name) == 0)
                 return bad(c, "two buffers have the same name");
@@ -134,19 +138,34 @@ long sov_ckpt_step(const sov_ckpt *c) { return c->step; }
 const json_t *sov_ckpt_manifest(const sov_ckpt *c) { return c->manifest; }
 const char *sov_ckpt_path(const sov_ckpt *c) { return c->path; }
 
-size_t sov_ckpt_buffer_count(const sov_ckpt *c, const char *name) {
+static json_t *buffer_entry(const sov_ckpt *c, const char *name) {
     size_t i;
     json_t *b;
     json_array_foreach(json_object_get(c->manifest, "buffers"), i, b) {
         if (strcmp(json_string_value(json_object_get(b, "name")), name) == 0)
-            return (size_t)json_integer_value(json_object_get(b, "count"));
+            return b;
     }
-    return 0;
+    return NULL;
 }
+
+size_t sov_ckpt_buffer_count(const sov_ckpt *c, const char *name) {
+    json_t *b = buffer_entry(c, name);
+    return b ? (size_t)json_integer_value(json_object_get(b, "count")) : 0;
+}
+
+/* Element size of a listed buffer (validate() allows f32 and bf16 only). */
+static size_t buffer_elem_bytes(const sov_ckpt *c, const char *name) {
+    json_t *b = buffer_entry(c, name);
+    return b && strcmp(json_string_value(json_object_get(b, "dtype")), "bf16") == 0 ? 2 : 4;
+}
+
+size_t sov_ckpt_dtype_bytes(sov_ckpt_dtype dtype) { return dtype == SOV_CKPT_BF16 ? 2 : 4; }
+const char *sov_ckpt_dtype_name(sov_ckpt_dtype dtype) { return dtype == SOV_CKPT_BF16 ? "bf16" : "f32"; }
 
 typedef struct chunk_ref {
     size_t file;      /* index into files */
     size_t elem_offset, elems;
+    size_t elem_bytes; /* of the chunk's buffer */
     uint64_t file_offset, bytes;
 } chunk_ref;
 
@@ -165,10 +184,11 @@ static sov_status collect_chunks(const sov_ckpt *c, const char *name, size_t cou
             const char *buf = json_string_value(json_object_get(ch, "buffer"));
             json_t *eo = json_object_get(ch, "elem_offset"), *el = json_object_get(ch, "elems"),
                    *fo = json_object_get(ch, "file_offset"), *by = json_object_get(ch, "bytes");
+            size_t elem_bytes = buf ? buffer_elem_bytes(c, buf) : 4;
             if (!buf || !json_is_integer(eo) || !json_is_integer(el) || !json_is_integer(fo) || !json_is_integer(by) ||
                 json_integer_value(eo) < 0 || json_integer_value(el) < 1 || json_integer_value(fo) < 0 ||
                 json_integer_value(by) < SOV_CHUNK_HEADER_BYTES ||
-                (uint64_t)json_integer_value(el) > c->chunk_bytes / 4 ||
+                (uint64_t)json_integer_value(el) > c->chunk_bytes / elem_bytes ||
                 (uint64_t)json_integer_value(by) > sov_chunk_bound(c->chunk_bytes)) {
                 free(refs);
                 return sov_fail(SOV_ERR_FORMAT, "%s/manifest.json: chunk %zu of file %zu is malformed or oversized",
@@ -186,7 +206,7 @@ static sov_status collect_chunks(const sov_ckpt *c, const char *name, size_t cou
                 refs = grown;
             }
             refs[n++] = (chunk_ref){.file = fi, .elem_offset = (size_t)json_integer_value(eo),
-                                    .elems = (size_t)json_integer_value(el), .file_offset = (uint64_t)json_integer_value(fo),
+                                    .elems = (size_t)json_integer_value(el), .elem_bytes = elem_bytes, .file_offset = (uint64_t)json_integer_value(fo),
                                     .bytes = (uint64_t)json_integer_value(by)};
         }
     }
@@ -213,7 +233,7 @@ typedef struct read_job {
     sov_ckpt *c;
     const chunk_ref *refs;
     size_t n, next;
-    float *dst; /* NULL: verify only */
+    uint8_t *dst; /* NULL: verify only */
     pthread_mutex_t lock;
     sov_status status; /* the first failure, with its message */
     char error[1024];
@@ -227,10 +247,38 @@ typedef struct read_worker {
 static sov_status decoder_ready(decoder *d, size_t chunk_bytes, int verify_only) {
     if (!d->codec)
         SOV_CHECK(sov_codec_create(&d->codec, chunk_bytes));
-    if (!d->chunk && !(d->chunk = sov_malloc(sov_chunk_bound(chunk_bytes))))
-        return SOV_ERR_NOMEM;
+    size_t span = (sov_chunk_bound(chunk_bytes) / DIRECT_ALIGN + 2) * DIRECT_ALIGN; /* a multiple, as C11 asks */
+    if (!d->chunk && !(d->chunk = aligned_alloc(DIRECT_ALIGN, span)))
+        return sov_fail(SOV_ERR_NOMEM, "reading a checkpoint: cannot allocate a chunk buffer");
     if (verify_only && !d->scratch && !(d->scratch = sov_malloc(chunk_bytes)))
         return SOV_ERR_NOMEM;
+    return SOV_OK;
+}
+
+/* Reads n bytes at offset into d->chunk; *data is where they start. With O_DIRECT (direct) the aligned span
+ * around them is read, which a file's end may cut short. */
+static sov_status read_span(int fd, int direct, decoder *d, uint64_t offset, size_t n, const char *path,
+                            const uint8_t **data) {
+    if (!direct) {
+        *data = d->chunk;
+        return sov_pread_all(fd, d->chunk, n, (off_t)offset, path);
+    }
+    uint64_t start = offset / DIRECT_ALIGN * DIRECT_ALIGN;
+    size_t need = (size_t)(offset - start) + n, span = (need + DIRECT_ALIGN - 1) / DIRECT_ALIGN * DIRECT_ALIGN, got = 0;
+    while (got < need) {
+        ssize_t r = pread(fd, d->chunk + got, span - got, (off_t)(start + got));
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r < 0)
+            return sov_fail(SOV_ERR_IO, "reading %s: %s", path, strerror(errno));
+        got += (size_t)r;
+        if (r == 0 || r % DIRECT_ALIGN)
+            break; /* the end of the file */
+    }
+    if (got < need)
+        return sov_fail(SOV_ERR_FORMAT, "%s: truncated (ends %zu bytes early at offset %llu)", path, need - got,
+                        (unsigned long long)(start + got));
+    *data = d->chunk + (offset - start);
     return SOV_OK;
 }
 
@@ -243,18 +291,25 @@ static sov_status read_chunk(read_job *j, decoder *d, size_t i, int *fd, size_t 
         json_t *files = json_object_get(j->c->manifest, "files");
         snprintf(path, cap, "%s/%s", j->c->path,
                  json_string_value(json_object_get(json_array_get(files, r->file), "file")));
-        if ((*fd = open(path, O_RDONLY | O_CLOEXEC)) < 0)
+        /* O_DIRECT: chunks go from the disk to this thread's buffer, with no page cache to fill and several reads
+         * in flight at once (one per thread); where it is refused (EINVAL), buffered reads */
+        if ((*fd = open(path, O_RDONLY | O_CLOEXEC | O_DIRECT)) >= 0)
+            d->direct = 1;
+        else if ((*fd = open(path, O_RDONLY | O_CLOEXEC)) >= 0)
+            d->direct = 0;
+        else
             return sov_fail(SOV_ERR_IO, "%s: %s", path, strerror(errno));
-        posix_fadvise(*fd, 0, 0, POSIX_FADV_SEQUENTIAL); /* a larger readahead: these files are read through */
         *open_file = r->file;
     }
     char where[4500];
     snprintf(where, sizeof where, "%s chunk at byte %llu", path, (unsigned long long)r->file_offset);
-    SOV_CHECK(sov_pread_all(*fd, d->chunk, (size_t)r->bytes, (off_t)r->file_offset, path));
+    const uint8_t *stored = NULL;
+    SOV_CHECK(read_span(*fd, d->direct, d, r->file_offset, (size_t)r->bytes, path, &stored));
     size_t got = 0;
-    SOV_CHECK(sov_chunk_decode(d->codec, d->chunk, (size_t)r->bytes,
-                               j->dst ? (void *)(j->dst + r->elem_offset) : d->scratch, r->elems * 4, &got, where));
-    if (got != r->elems * 4)
+    SOV_CHECK(sov_chunk_decode(d->codec, stored, (size_t)r->bytes,
+                               j->dst ? j->dst + r->elem_offset * r->elem_bytes : d->scratch, r->elems * r->elem_bytes,
+                               &got, where));
+    if (got != r->elems * r->elem_bytes)
         return sov_fail(SOV_ERR_FORMAT, "%s: decodes to %zu bytes, the manifest says %zu elements", where, got,
                         r->elems);
     return SOV_OK;
@@ -285,14 +340,15 @@ static void *read_worker_main(void *arg) {
     return NULL;
 }
 
+/* Two threads per core: while one waits for its read, the other decodes. */
 static int read_threads(size_t chunks) {
     long cpus = sysconf(_SC_NPROCESSORS_ONLN);
-    size_t t = cpus < 1 ? 1 : cpus > MAX_READ_THREADS ? MAX_READ_THREADS : (size_t)cpus;
+    size_t t = cpus < 1 ? 2 : 2 * (size_t)cpus > MAX_READ_THREADS ? MAX_READ_THREADS : 2 * (size_t)cpus;
     return (int)(chunks < t ? (chunks ? chunks : 1) : t);
 }
 
 /* Reads and decodes the chunks in refs, writing each to dst + elem_offset (dst NULL: verify only). */
-static sov_status decode_chunks(sov_ckpt *c, const chunk_ref *refs, size_t n, float *dst) {
+static sov_status decode_chunks(sov_ckpt *c, const chunk_ref *refs, size_t n, void *dst) {
     read_job j = {.c = c, .refs = refs, .n = n, .dst = dst, .status = SOV_OK};
     pthread_mutex_init(&j.lock, NULL);
     int threads = read_threads(n), started = 1;
@@ -310,11 +366,14 @@ static sov_status decode_chunks(sov_ckpt *c, const chunk_ref *refs, size_t n, fl
     return j.status == SOV_OK ? SOV_OK : sov_fail(j.status, "%s", j.error);
 }
 
-sov_status sov_ckpt_read_buffer(sov_ckpt *c, const char *name, float *dst, size_t count) {
+sov_status sov_ckpt_read_buffer(sov_ckpt *c, const char *name, sov_ckpt_dtype dtype, void *dst, size_t count) {
     size_t have = sov_ckpt_buffer_count(c, name);
     if (have != count)
         return sov_fail(SOV_ERR_INVALID, "%s: buffer \"%s\" has %zu elements, %zu expected (a different model or "
                         "optimizer?)", c->path, name, have, count);
+    if (buffer_elem_bytes(c, name) != sov_ckpt_dtype_bytes(dtype))
+        return sov_fail(SOV_ERR_INVALID, "%s: buffer \"%s\" holds %s elements, %s expected", c->path, name,
+                        json_string_value(json_object_get(buffer_entry(c, name), "dtype")), sov_ckpt_dtype_name(dtype));
     chunk_ref *refs;
     size_t n;
     SOV_CHECK(collect_chunks(c, name, count, &refs, &n));

@@ -53,7 +53,7 @@ sov_status sov_ckpt_export_safetensors(sov_ckpt *c, const char *out_path) {
     float *params = sov_malloc(n * sizeof(float));
     if (!params)
         return SOV_ERR_NOMEM;
-    sov_status st = sov_ckpt_read_buffer(c, "params", params, n);
+    sov_status st = sov_ckpt_read_buffer(c, "params", SOV_CKPT_F32, params, n);
     json_t *h = st == SOV_OK ? header_json(c, n, &st) : NULL;
     char *text = h ? json_dumps(h, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
     json_decref(h);

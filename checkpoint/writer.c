@@ -38,11 +38,12 @@ struct sov_ckpt_writer {
     long step;
     uint64_t save_id;
     json_t *manifest_base; /* buffers, tensors, meta: everything but the files */
-    float *staging;        /* this rank's share, snapshotted */
-    size_t staging_cap;
+    uint8_t *staging;      /* this rank's share, snapshotted */
+    size_t staging_cap;    /* bytes */
     piece pieces[SOV_CKPT_MAX_BUFFERS];
     int npieces;
     const char *names[SOV_CKPT_MAX_BUFFERS];
+    size_t elem_bytes[SOV_CKPT_MAX_BUFFERS];
     sov_status status;
     char error[1024];
     char committed[4200];
@@ -57,8 +58,9 @@ static void step_paths(const sov_ckpt_writer *w, char *partial, char *final, siz
 
 /* One chunk of this rank's share. */
 typedef struct chunk_job {
-    const float *src;
+    const uint8_t *src;
     size_t bytes;
+    int elem_bytes;
     const char *buffer;
     size_t elem_offset;
 } chunk_job;
@@ -105,7 +107,8 @@ static void *encoder_main(void *arg) {
         pthread_mutex_unlock(&p->lock);
         size_t bytes = 0;
         uint8_t *out = p->w->out[job % (size_t)p->nslots];
-        sov_status st = sov_chunk_encode(codec, p->jobs[job].src, p->jobs[job].bytes, 4, out, &bytes);
+        sov_status st = sov_chunk_encode(codec, p->jobs[job].src, p->jobs[job].bytes, p->jobs[job].elem_bytes, out,
+                                          &bytes);
         pthread_mutex_lock(&p->lock);
         sl->job = job;
         sl->bytes = bytes;
@@ -133,7 +136,7 @@ static sov_status write_chunks(pipeline *p, sov_stream *out, json_t *chunks, uin
         if (st == SOV_OK) {
             json_array_append_new(chunks, json_pack("{s:s, s:I, s:I, s:I, s:I}", "buffer", p->jobs[job].buffer,
                                                     "elem_offset", (json_int_t)p->jobs[job].elem_offset, "elems",
-                                                    (json_int_t)(p->jobs[job].bytes / 4), "file_offset",
+                                                    (json_int_t)(p->jobs[job].bytes / (size_t)p->jobs[job].elem_bytes), "file_offset",
                                                     (json_int_t)*pos, "bytes", (json_int_t)sl->bytes));
             *pos += sl->bytes;
         }
@@ -149,20 +152,24 @@ static sov_status write_chunks(pipeline *p, sov_stream *out, json_t *chunks, uin
 
 /* This rank's share cut into chunks of at most chunk_bytes, piece by piece. */
 static chunk_job *plan_chunks(const sov_ckpt_writer *w, size_t *n) {
-    size_t chunk_elems = w->opt.chunk_bytes / 4, count = 0, staged = 0;
-    for (int p = 0; p < w->npieces; p++)
+    size_t count = 0, staged = 0; /* bytes */
+    for (int p = 0; p < w->npieces; p++) {
+        size_t chunk_elems = w->opt.chunk_bytes / w->elem_bytes[w->pieces[p].buffer];
         count += (w->pieces[p].count + chunk_elems - 1) / chunk_elems;
+    }
     chunk_job *jobs = sov_calloc(count ? count : 1, sizeof *jobs);
     if (!jobs)
         return NULL;
     *n = 0;
-    for (int p = 0; p < w->npieces; p++)
+    for (int p = 0; p < w->npieces; p++) {
+        size_t elem = w->elem_bytes[w->pieces[p].buffer], chunk_elems = w->opt.chunk_bytes / elem;
         for (size_t off = 0; off < w->pieces[p].count; off += chunk_elems) {
             size_t m = w->pieces[p].count - off < chunk_elems ? w->pieces[p].count - off : chunk_elems;
-            jobs[(*n)++] = (chunk_job){.src = w->staging + staged, .bytes = m * 4,
+            jobs[(*n)++] = (chunk_job){.src = w->staging + staged, .bytes = m * elem, .elem_bytes = (int)elem,
                                        .buffer = w->names[w->pieces[p].buffer], .elem_offset = w->pieces[p].offset + off};
-            staged += m;
+            staged += m * elem;
         }
+    }
     return jobs;
 }
 
@@ -476,7 +483,8 @@ sov_status sov_ckpt_wait(sov_ckpt_writer *w, char *path, size_t cap) {
 static json_t *manifest_base(const sov_ckpt_writer *w, const sov_ckpt_state *s) {
     json_t *bufs = json_array(), *tensors = json_array();
     for (int b = 0; b < s->num_buffers; b++)
-        json_array_append_new(bufs, json_pack("{s:s, s:s, s:I}", "name", s->buffers[b].name, "dtype", "f32", "count",
+        json_array_append_new(bufs, json_pack("{s:s, s:s, s:I}", "name", s->buffers[b].name, "dtype",
+                                              sov_ckpt_dtype_name(s->buffers[b].dtype), "count",
                                               (json_int_t)s->buffers[b].count));
     for (int t = 0; t < s->num_tensors; t++) {
         const sov_tensor *ten = &s->tensors[t];
@@ -494,7 +502,7 @@ static json_t *manifest_base(const sov_ckpt_writer *w, const sov_ckpt_state *s) 
                      s->meta ? s->meta : json_null());
 }
 
-/* This rank's share of the concatenated buffers: elements [total*r/N, total*(r+1)/N). */
+/* This rank's share of the concatenated buffers: elements [total*r/N, total*(r+1)/N). Returns its bytes. */
 static size_t plan_share(sov_ckpt_writer *w, const sov_ckpt_state *s) {
     size_t total = 0;
     for (int b = 0; b < s->num_buffers; b++)
@@ -502,15 +510,18 @@ static size_t plan_share(sov_ckpt_writer *w, const sov_ckpt_state *s) {
     size_t lo = (size_t)((unsigned __int128)total * (unsigned)w->rank / (unsigned)w->world);
     size_t hi = (size_t)((unsigned __int128)total * (unsigned)(w->rank + 1) / (unsigned)w->world);
     w->npieces = 0;
-    size_t base = 0;
+    size_t base = 0, bytes = 0;
     for (int b = 0; b < s->num_buffers; b++) {
         size_t a = lo > base ? lo - base : 0, z = hi - base < s->buffers[b].count ? hi - base : s->buffers[b].count;
-        if (hi > base && a < z)
-            w->pieces[w->npieces++] = (piece){.buffer = b, .offset = a, .count = z - a};
         w->names[b] = s->buffers[b].name;
+        w->elem_bytes[b] = sov_ckpt_dtype_bytes(s->buffers[b].dtype);
+        if (hi > base && a < z) {
+            w->pieces[w->npieces++] = (piece){.buffer = b, .offset = a, .count = z - a};
+            bytes += (z - a) * w->elem_bytes[b];
+        }
         base += s->buffers[b].count;
     }
-    return hi - lo;
+    return bytes;
 }
 
 sov_status sov_ckpt_save(sov_ckpt_writer *w, const sov_ckpt_state *s, uint64_t save_id, double *stall_s,
@@ -525,19 +536,24 @@ sov_status sov_ckpt_save(sov_ckpt_writer *w, const sov_ckpt_state *s, uint64_t s
         return prev;
     if (s->num_buffers < 1 || s->num_buffers > SOV_CKPT_MAX_BUFFERS)
         return sov_fail(SOV_ERR_INVALID, "checkpoint: %d buffers (1..%d)", s->num_buffers, SOV_CKPT_MAX_BUFFERS);
+    for (int b = 0; b < s->num_buffers; b++)
+        if (s->buffers[b].dtype != SOV_CKPT_F32 && s->buffers[b].dtype != SOV_CKPT_BF16)
+            return sov_fail(SOV_ERR_INVALID, "checkpoint: buffer \"%s\" has unknown dtype %d", s->buffers[b].name,
+                            (int)s->buffers[b].dtype);
     size_t share = plan_share(w, s);
     if (share > w->staging_cap) {
         free(w->staging);
         w->staging_cap = 0;
-        if (!(w->staging = sov_aligned_alloc(share * sizeof(float))))
+        if (!(w->staging = sov_aligned_alloc(share)))
             return SOV_ERR_NOMEM;
         w->staging_cap = share;
     }
-    size_t at = 0; /* the snapshot: one copy of this rank's share */
+    size_t at = 0; /* the snapshot: one copy of this rank's share (two threads copy no faster here) */
     for (int p = 0; p < w->npieces; p++) {
         const piece *pc = &w->pieces[p];
-        memcpy(w->staging + at, s->buffers[pc->buffer].data + pc->offset, pc->count * sizeof(float));
-        at += pc->count;
+        size_t elem = w->elem_bytes[pc->buffer];
+        memcpy(w->staging + at, (const uint8_t *)s->buffers[pc->buffer].data + pc->offset * elem, pc->count * elem);
+        at += pc->count * elem;
     }
     json_decref(w->manifest_base);
     w->manifest_base = w->rank == 0 ? manifest_base(w, s) : NULL;

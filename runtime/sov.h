@@ -31,6 +31,18 @@ sov_status sov_fail_at(sov_status status, const char *file, int line, const char
     __attribute__((format(printf, 4, 5)));
 #define sov_fail(status, ...) sov_fail_at((status), __FILE__, __LINE__, __VA_ARGS__)
 
+/* On x86-64, a function so marked is compiled for AVX-512, AVX2 and the baseline, and the loader picks the best
+ * the CPU has: for the plain loops GCC vectorises (byte planes, GELU, LayerNorm). Files using it are built with
+ * -ffp-contract=off so that no clone fuses a multiply-add: every clone gives the same bits. */
+#if defined(__x86_64__) && defined(__has_attribute)
+#if __has_attribute(target_clones)
+#define SOV_SIMD_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#endif
+#endif
+#ifndef SOV_SIMD_CLONES
+#define SOV_SIMD_CLONES
+#endif
+
 /* The last error message recorded on this thread ("" when none), and the source location that recorded it. */
 const char *sov_last_error(void);
 const char *sov_last_error_where(void);

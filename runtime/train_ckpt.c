@@ -48,10 +48,11 @@ static void fill_state(trainer *t, long step, sov_ckpt_state *s, json_t *m) {
     json_object_set_new(data, "step", json_integer(step));
     json_object_set_new(data, "samples_seen", json_integer((json_int_t)step * t->args.batch));
     *s = (sov_ckpt_state){.step = step, .tensors = t->model->tensors, .num_tensors = t->model->num_tensors, .meta = m};
-    s->buffers[s->num_buffers++] = (sov_ckpt_buffer){"params", t->model->params, t->model->num_params};
-    s->buffers[s->num_buffers++] = (sov_ckpt_buffer){t->opt.v ? "adamw.m" : "sgd.momentum", t->opt.m, t->opt.count};
+    s->buffers[s->num_buffers++] = (sov_ckpt_buffer){"params", t->model->params, t->model->num_params, SOV_CKPT_F32};
+    s->buffers[s->num_buffers++] = (sov_ckpt_buffer){t->opt.v ? "adamw.m" : "sgd.momentum", t->opt.m, t->opt.count,
+                                                      SOV_CKPT_F32};
     if (t->opt.v)
-        s->buffers[s->num_buffers++] = (sov_ckpt_buffer){"adamw.v", t->opt.v, t->opt.count};
+        s->buffers[s->num_buffers++] = (sov_ckpt_buffer){"adamw.v", t->opt.v, t->opt.count, SOV_CKPT_F32};
 }
 
 /* ---- saving ---- */
@@ -164,7 +165,7 @@ static sov_status load(trainer *t, const char *path) {
     json_t *scratch = meta(t);
     fill_state(t, 0, &s, scratch);
     for (int b = 0; b < s.num_buffers && st == SOV_OK; b++)
-        st = sov_ckpt_read_buffer(c, s.buffers[b].name, s.buffers[b].data, s.buffers[b].count);
+        st = sov_ckpt_read_buffer(c, s.buffers[b].name, s.buffers[b].dtype, s.buffers[b].data, s.buffers[b].count);
     json_decref(scratch);
     if (st == SOV_OK) {
         t->start_step = sov_ckpt_step(c);

@@ -3,7 +3,8 @@
 
 For each RAW file given (a case's raw state, written by `ckpt_perf --torch-dump DIR`), builds a state dict of one
 f32 tensor (or bf16 for *bf16*.raw) over those bytes, then times torch.save to DIR/NAME.pt followed by fsync of the
-file (the save's durable cost), and torch.load of it back. Prints one JSON line per case:
+file (the save's durable cost), and torch.load of it back from the disk (the file is dropped from the page cache
+first, as bench/ckpt_perf does for sovtrain's files). Prints one JSON line per case:
 {"bench":"ckpt","case","impl":"torch","bytes","torch_save_gbs","torch_load_gbs"}. Exit 77 without torch."""
 import json
 import os
@@ -30,6 +31,8 @@ def measure(raw_path):
             torch.save(state, f)
             f.flush()
             os.fsync(f.fileno())
+            # torch.load reads from the disk, as sovtrain's restore does: drop the (clean) pages from the cache
+            os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
         best_save = min(best_save, time.perf_counter() - t0)
         t0 = time.perf_counter()
         loaded = torch.load(out)

@@ -98,7 +98,8 @@ static void exercise(void) {
         float *dst = malloc((count ? count : 1) * sizeof *dst);
         if (!dst)
             abort();
-        (void)sov_ckpt_read_buffer(c, name, dst, count);
+        (void)sov_ckpt_read_buffer(c, name, SOV_CKPT_F32, dst, count);
+        (void)sov_ckpt_read_buffer(c, name, SOV_CKPT_BF16, dst, count);
         free(dst);
     }
     size_t params = sov_ckpt_buffer_count(c, "params");

@@ -5,8 +5,9 @@
 #include <string.h>
 
 extern const sov_model_ops sov_mlp_ops;
+extern const sov_model_ops sov_gpt_ops;
 
-static const sov_model_ops *const builtin_models[] = {&sov_mlp_ops};
+static const sov_model_ops *const builtin_models[] = {&sov_mlp_ops, &sov_gpt_ops};
 
 const sov_model_ops *sov_model_find(const char *name) {
     for (size_t i = 0; i < sizeof builtin_models / sizeof *builtin_models; i++)
@@ -29,7 +30,7 @@ sov_status sov_model_create(const char *name, const sov_model_config *cfg, const
                             sov_model **out) {
     const sov_model_ops *ops = sov_model_find(name);
     if (!ops)
-        return sov_fail(SOV_ERR_INVALID, "unknown model \"%s\" (built-in: mlp)", name);
+        return sov_fail(SOV_ERR_INVALID, "unknown model \"%s\" (built-in: mlp, gpt)", name);
     sov_model *m = sov_calloc(1, sizeof *m);
     if (!m)
         return SOV_ERR_NOMEM;

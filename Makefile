@@ -6,8 +6,10 @@ JOBS ?= $(shell nproc)
 NP ?= 2
 DEMO_DIR ?= runs/demo
 DEMO_ARGS ?= $(shell cat examples/demo.args)
+GPT_DIR ?= runs/gpt
+GPT_ARGS ?= $(shell cat examples/gpt.args)
 
-.PHONY: all setup build demo test test-fast test-sanitize bench clean
+.PHONY: all setup build demo demo-gpt test test-fast test-sanitize bench clean
 
 all: build
 
@@ -21,6 +23,11 @@ build: setup
 # The main job: data-parallel MLP training on Fashion-MNIST with $(NP) ranks.
 demo: build
 	$(BUILD)/sovtrain launch -np $(NP) -- sovtrain train $(DEMO_ARGS) --run-dir $(DEMO_DIR)
+
+# The second example: a byte-level GPT on the fortunes text with $(NP) ranks, then text sampled from it.
+demo-gpt: build
+	$(BUILD)/sovtrain launch -np $(NP) -- sovtrain train $(GPT_ARGS) --run-dir $(GPT_DIR)
+	$(BUILD)/sovtrain sample --ckpt $(GPT_DIR)/checkpoints --prompt "The " --tokens 300
 
 # The whole suite: the normal build's tests, then the same tests under AddressSanitizer + UBSan.
 test: build

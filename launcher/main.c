@@ -16,6 +16,7 @@ static void usage(FILE *out) {
             "  launch    start a job of N ranks through Open MPI's mpirun (sovtrain launch --help)\n"
             "  train     one rank of a data-parallel training job (sovtrain train --help)\n"
             "  ckpt      list, verify, inspect and export checkpoints (sovtrain ckpt --help)\n"
+            "  sample    generate text from a language model's checkpoint (sovtrain sample --help)\n"
             "  doctor    preflight report for this node: RDMA, NCCL settings, limits, GPUs, checkpoint disk\n"
             "  version   versions of sovtrain and the libraries it was built with\n"
             "\n"
@@ -53,6 +54,8 @@ int main(int argc, char **argv) {
         return sov_rank_main(argc - 1, argv + 1);
     if (strcmp(cmd, "ckpt") == 0)
         return sov_ckpt_main(argc - 1, argv + 1);
+    if (strcmp(cmd, "sample") == 0)
+        return sov_sample_main(argc - 1, argv + 1);
     if (strcmp(cmd, "launch") == 0)
         return sov_launch_main(argc - 1, argv + 1);
     if (strcmp(cmd, "version") == 0 || strcmp(cmd, "--version") == 0)

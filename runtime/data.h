@@ -1,4 +1,5 @@
-/* data.h (internal): datasets and the global sample order.
+/* data.h (internal): datasets and the global sample order: Fashion-MNIST for classifiers, text for language
+ * models.
  *
  * Fashion-MNIST comes as IDX files (optionally gzip'd). Pixels stay as bytes in memory and are normalised only
  * when a batch is gathered. The sampler draws one seeded permutation of the training set per epoch; every rank
@@ -43,5 +44,31 @@ void sov_sampler_free(sov_sampler *s);
 const int32_t *sov_sampler_epoch(sov_sampler *s, long epoch);
 /* The `local_batch` indices this rank uses at `step`, for global batches of `global_batch` samples. */
 const int32_t *sov_sampler_batch(sov_sampler *s, long step, int global_batch, int rank, int local_batch);
+
+/* ---- text, for language models ----
+ * The bytes of a file, or of a directory's *.u8 files (fortune's texts; else all its regular files) in name
+ * order, concatenated; the first 95 % train, the rest validate. Tokens are bytes. Training window starts are a
+ * pure function of (seed, global sample index), so any world size sees the same global batch and a resumed job
+ * the same windows. */
+typedef struct sov_text {
+    uint8_t *bytes;
+    size_t len;
+    size_t train_len; /* [0, train_len) trains, [train_len, len) validates */
+} sov_text;
+
+/* Default corpus: Debian's fortunes package. */
+#define SOV_FORTUNES_DIR "/usr/share/games/fortunes"
+
+sov_status sov_text_load(const char *path, sov_text *t);
+void sov_text_free(sov_text *t);
+/* Refuses a context that leaves no full window (context + 1 bytes) in either split. */
+sov_status sov_text_check_context(const sov_text *t, int context);
+/* The local_batch windows of this rank at `step` (samples [rank*local_batch, ...) of the global batch): inputs
+ * into tokens and next bytes into targets, local_batch x context each. */
+void sov_text_train_batch(const sov_text *t, uint64_t seed, long step, int global_batch, int rank, int local_batch,
+                          int context, int32_t *tokens, int32_t *targets);
+/* Validation: windows i = 0..n-1 start at byte i*context of the validation split. */
+int sov_text_val_windows(const sov_text *t, int context);
+void sov_text_val_batch(const sov_text *t, int first, int n, int context, int32_t *tokens, int32_t *targets);
 
 #endif

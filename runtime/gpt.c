@@ -556,6 +556,27 @@ static sov_status gpt_eval(sov_model *m, const sov_batch *b, double *loss_sum, l
     return SOV_OK;
 }
 
+/* Causal attention makes position len-1 independent of what follows it: the window is padded with token 0. */
+static sov_status gpt_next_logits(sov_model *m, const int32_t *tokens, int len, float *logits) {
+    gpt *g = m->impl;
+    if (len < 1 || len > g->T)
+        return sov_fail(SOV_ERR_INVALID, "gpt: %d tokens of context, 1..%d expected", len, g->T);
+    int32_t *window = sov_calloc((size_t)g->T, sizeof *window);
+    if (!window)
+        return SOV_ERR_NOMEM;
+    for (int t = 0; t < len; t++) {
+        if (tokens[t] < 0 || tokens[t] >= g->V) {
+            free(window);
+            return sov_fail(SOV_ERR_INVALID, "gpt: token %d at position %d outside 0..%d", tokens[t], t, g->V - 1);
+        }
+        window[t] = tokens[t];
+    }
+    forward(m, window, 1);
+    memcpy(logits, g->logits + (size_t)(len - 1) * g->V, (size_t)g->V * sizeof *logits);
+    free(window);
+    return SOV_OK;
+}
+
 const sov_model_ops sov_gpt_ops = {
     .name = "gpt",
     .create = gpt_create,
@@ -563,4 +584,5 @@ const sov_model_ops sov_gpt_ops = {
     .train_step = gpt_train_step,
     .eval = gpt_eval,
     .destroy = gpt_destroy,
+    .next_logits = gpt_next_logits,
 };

@@ -67,6 +67,9 @@ typedef struct sov_model_ops {
      * n * m->predictions_per_sample predictions). */
     sov_status (*eval)(sov_model *m, const sov_batch *batch, double *loss_sum, long *correct);
     void (*destroy)(sov_model *m);
+    /* Language models only (NULL otherwise): the logits (`classes` values) of the token that would follow
+     * tokens[0..len), 1 <= len <= context. For generation: `sovtrain sample`. */
+    sov_status (*next_logits)(sov_model *m, const int32_t *tokens, int len, float *logits);
 } sov_model_ops;
 
 struct sov_model {
@@ -95,5 +98,7 @@ int sov_gpu_count(char *why, size_t cap);
 
 /* `sovtrain train ARGS...`: one rank of a data-parallel job. Returns the process exit code. */
 int sov_train_main(int argc, char **argv);
+/* `sovtrain sample ARGS...`: text from a language model's checkpoint. Returns the process exit code. */
+int sov_sample_main(int argc, char **argv);
 
 #endif

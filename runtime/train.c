@@ -25,6 +25,10 @@ static int default_threads(const sov_world *w) {
 }
 
 static sov_status load_data(trainer *t) {
+    if (t->lm) {
+        SOV_CHECK(sov_text_load(t->args.data_dir, &t->text));
+        return sov_text_check_context(&t->text, t->args.context);
+    }
     SOV_CHECK(sov_mnist_load(t->args.data_dir, "train", &t->train));
     SOV_CHECK(sov_mnist_load(t->args.data_dir, "t10k", &t->test));
     if (t->test.dim != t->train.dim)
@@ -33,15 +37,20 @@ static sov_status load_data(trainer *t) {
     return SOV_OK;
 }
 
+/* Training samples in one epoch: images, or for text the number of disjoint windows the training split holds. */
+static long train_samples(const trainer *t) {
+    return t->lm ? (long)(t->text.train_len / (size_t)t->args.context) : t->train.count;
+}
+
 static sov_status plan_steps(trainer *t) {
     const sov_train_args *a = &t->args;
     if (a->batch % t->world.size != 0)
         return sov_fail(SOV_ERR_INVALID, "--batch %d (the global batch) must be a multiple of the %d ranks", a->batch,
                         t->world.size);
-    if (a->batch > t->train.count)
-        return sov_fail(SOV_ERR_INVALID, "--batch %d exceeds the %d training samples", a->batch, t->train.count);
+    if (a->batch > train_samples(t))
+        return sov_fail(SOV_ERR_INVALID, "--batch %d exceeds the %ld training samples", a->batch, train_samples(t));
     t->local_batch = a->batch / t->world.size;
-    t->steps_per_epoch = t->train.count / a->batch;
+    t->steps_per_epoch = train_samples(t) / a->batch;
     t->total_steps = a->steps ? a->steps : a->epochs * t->steps_per_epoch;
     t->eval_every = a->eval_every ? a->eval_every : t->steps_per_epoch;
     t->args.optim.total_steps = t->total_steps;
@@ -55,8 +64,10 @@ static void *comm_alloc(void *ctx, size_t bytes) { return sov_comm_alloc(ctx, by
 static void comm_free(void *ctx, void *ptr) { sov_comm_free(ctx, ptr); }
 
 static sov_status build_model(trainer *t) {
-    sov_model_config cfg = {.input_dim = t->train.dim, .classes = t->train.classes, .hidden = t->args.hidden,
-                            .max_batch = t->local_batch};
+    const sov_train_args *a = &t->args;
+    sov_model_config cfg = {.input_dim = t->train.dim, .classes = t->lm ? 256 : t->train.classes, .hidden = a->hidden,
+                            .max_batch = t->local_batch, .layers = a->layers, .heads = a->heads, .width = a->width,
+                            .context = a->context};
     sov_allocator comm_memory = {.alloc = comm_alloc, .free = comm_free, .ctx = t->comm};
     SOV_CHECK(sov_model_create(t->args.model, &cfg, &comm_memory, &t->model));
     sov_buckets_init(&t->buckets, t->comm, t->model->grads, t->model->num_params,
@@ -69,9 +80,13 @@ static sov_status build_model(trainer *t) {
     /* Same seed gives the same weights everywhere; broadcasting rank 0's makes replicas identical regardless. */
     SOV_CHECK(sov_comm_broadcast(t->comm, t->model->params, t->model->num_params, SOV_F32, 0));
     SOV_CHECK(sov_optim_init(&t->opt, &t->args.optim, t->model->num_params));
-    t->x = sov_aligned_alloc((size_t)t->local_batch * (size_t)t->train.dim * sizeof(float));
-    t->y = sov_calloc((size_t)t->local_batch, sizeof *t->y);
-    return t->x && t->y ? SOV_OK : SOV_ERR_NOMEM;
+    size_t per_sample = (size_t)t->model->predictions_per_sample;
+    if (t->lm)
+        t->tokens = sov_calloc((size_t)t->local_batch * per_sample, sizeof *t->tokens);
+    else
+        t->x = sov_aligned_alloc((size_t)t->local_batch * (size_t)t->train.dim * sizeof(float));
+    t->y = sov_calloc((size_t)t->local_batch * per_sample, sizeof *t->y);
+    return (t->lm ? t->tokens != NULL : t->x != NULL) && t->y ? SOV_OK : SOV_ERR_NOMEM;
 }
 
 static sov_status emit_start(trainer *t) {
@@ -88,27 +103,47 @@ static sov_status emit_start(trainer *t) {
                            "steps", (json_int_t)t->total_steps, "steps_per_epoch", (json_int_t)t->steps_per_epoch,
                            "optimizer", a->optim.kind == SOV_OPTIM_ADAMW ? "adamw" : "sgd", "lr", (double)a->optim.lr,
                            "comm", sov_comm_backend_name(sov_comm_backend_of(t->comm)), "seed", (json_int_t)a->seed);
-    json_object_set_new(ev, "hidden", json_string(a->hidden));
+    if (t->lm) {
+        json_object_set_new(ev, "layers", json_integer(a->layers));
+        json_object_set_new(ev, "heads", json_integer(a->heads));
+        json_object_set_new(ev, "width", json_integer(a->width));
+        json_object_set_new(ev, "context", json_integer(a->context));
+        json_object_set_new(ev, "train_bytes", json_integer((json_int_t)t->text.train_len));
+        json_object_set_new(ev, "val_bytes", json_integer((json_int_t)(t->text.len - t->text.train_len)));
+    } else {
+        json_object_set_new(ev, "hidden", json_string(a->hidden));
+    }
     json_object_set_new(ev, "bucket_cap_mb", json_real(a->bucket_cap_mb));
     return sov_metrics_emit(&t->metrics, ev);
 }
 
-/* Test loss and accuracy over the whole test set; rank r evaluates its contiguous share. */
+/* Samples [first, first + m) of the held-out set (test images, or validation windows) as a batch. */
+static sov_batch held_out_batch(trainer *t, int first, int m, int32_t *idx) {
+    if (t->lm) {
+        sov_text_val_batch(&t->text, first, m, t->args.context, t->tokens, t->y);
+        return (sov_batch){.n = m, .tokens = t->tokens, .y = t->y};
+    }
+    for (int k = 0; k < m; k++)
+        idx[k] = first + k;
+    sov_dataset_gather(&t->test, idx, m, t->x, t->y);
+    return (sov_batch){.n = m, .x = t->x, .y = t->y};
+}
+
+/* Loss and accuracy over the whole held-out set (per prediction: per image, or per byte of validation text);
+ * rank r evaluates its contiguous share. */
 static sov_status evaluate(trainer *t, long step) {
-    int n = t->test.count, lo = (int)((long)n * t->world.rank / t->world.size),
-        hi = (int)((long)n * (t->world.rank + 1) / t->world.size);
-    double sums[3] = {0.0, 0.0, (double)(hi - lo)}; /* loss sum, correct, samples */
+    int n = t->lm ? sov_text_val_windows(&t->text, t->args.context) : t->test.count;
+    int lo = (int)((long)n * t->world.rank / t->world.size), hi = (int)((long)n * (t->world.rank + 1) / t->world.size);
+    double sums[3] = {0.0, 0.0, (double)(hi - lo) * t->model->predictions_per_sample}; /* loss, correct, predictions */
     int32_t *idx = sov_calloc((size_t)t->local_batch, sizeof *idx);
     if (!idx)
         return SOV_ERR_NOMEM;
     sov_status st = SOV_OK;
     for (int i = lo; i < hi && st == SOV_OK; i += t->local_batch) {
         int m = hi - i < t->local_batch ? hi - i : t->local_batch;
-        for (int k = 0; k < m; k++)
-            idx[k] = i + k;
-        sov_dataset_gather(&t->test, idx, m, t->x, t->y);
+        sov_batch batch = held_out_batch(t, i, m, idx);
         long correct = 0;
-        st = t->model->ops->eval(t->model, &(sov_batch){.n = m, .x = t->x, .y = t->y}, &sums[0], &correct);
+        st = t->model->ops->eval(t->model, &batch, &sums[0], &correct);
         sums[1] += (double)correct;
     }
     free(idx);
@@ -116,9 +151,17 @@ static sov_status evaluate(trainer *t, long step) {
     SOV_CHECK(sov_comm_allreduce(t->comm, sums, sums, 3, SOV_F64, SOV_SUM));
     t->test_loss = sums[0] / sums[2];
     t->test_acc = sums[1] / sums[2];
-    sov_log("eval   step %ld: test loss %.4f, test accuracy %.4f", step, t->test_loss, t->test_acc);
+    const char *set = t->lm ? "val" : "test";
+    if (t->lm)
+        sov_log("eval   step %ld: val loss %.4f nats/byte (%.3f bits/byte), next-byte accuracy %.4f", step,
+                t->test_loss, t->test_loss / log(2.0), t->test_acc);
+    else
+        sov_log("eval   step %ld: test loss %.4f, test accuracy %.4f", step, t->test_loss, t->test_acc);
+    char loss_key[16], acc_key[16];
+    snprintf(loss_key, sizeof loss_key, "%s_loss", set);
+    snprintf(acc_key, sizeof acc_key, "%s_acc", set);
     return sov_metrics_emit(&t->metrics, json_pack("{s:s, s:I, s:f, s:f}", "event", "eval", "step", (json_int_t)step,
-                                                   "test_loss", t->test_loss, "test_acc", t->test_acc));
+                                                   loss_key, t->test_loss, acc_key, t->test_acc));
 }
 
 /* Averages the loss over the ranks and the steps since the last report, and prints the progress line. */
@@ -131,21 +174,38 @@ static sov_status report_progress(trainer *t, long step, double *loss_acc, long 
     if (!isfinite(loss))
         return sov_fail(SOV_ERR_INVALID, "training diverged: loss is %f at step %ld (try a lower --lr or --clip-grad)",
                         loss, step);
-    sov_log("step %6ld/%ld  epoch %.2f  loss %.4f  lr %.2e  %.0f samples/s", step, t->total_steps,
-            (double)step / (double)t->steps_per_epoch, loss, (double)lr, sps);
+    double tps = sps * t->model->predictions_per_sample; /* tokens/s for a language model */
+    if (t->lm)
+        sov_log("step %6ld/%ld  epoch %.2f  loss %.4f  lr %.2e  %.0f tokens/s", step, t->total_steps,
+                (double)step / (double)t->steps_per_epoch, loss, (double)lr, tps);
+    else
+        sov_log("step %6ld/%ld  epoch %.2f  loss %.4f  lr %.2e  %.0f samples/s", step, t->total_steps,
+                (double)step / (double)t->steps_per_epoch, loss, (double)lr, sps);
     *loss_acc = 0.0;
     *loss_steps = 0;
     *since = now;
-    return sov_metrics_emit(&t->metrics,
-                            json_pack("{s:s, s:I, s:f, s:f, s:f, s:f, s:f}", "event", "step", "step", (json_int_t)step,
-                                      "epoch", (double)step / (double)t->steps_per_epoch, "loss", loss, "lr", (double)lr,
-                                      "samples_per_s", sps, "grad_norm", grad_norm));
+    json_t *ev = json_pack("{s:s, s:I, s:f, s:f, s:f, s:f, s:f}", "event", "step", "step", (json_int_t)step, "epoch",
+                           (double)step / (double)t->steps_per_epoch, "loss", loss, "lr", (double)lr, "samples_per_s",
+                           sps, "grad_norm", grad_norm);
+    if (t->lm)
+        json_object_set_new(ev, "tokens_per_s", json_real(tps));
+    return sov_metrics_emit(&t->metrics, ev);
+}
+
+/* This rank's part of the global batch of `step`. */
+static sov_batch train_batch(trainer *t, long step) {
+    if (t->lm) {
+        sov_text_train_batch(&t->text, t->args.seed, step, t->args.batch, t->world.rank, t->local_batch,
+                             t->args.context, t->tokens, t->y);
+        return (sov_batch){.n = t->local_batch, .tokens = t->tokens, .y = t->y};
+    }
+    const int32_t *idx = sov_sampler_batch(&t->sampler, step, t->args.batch, t->world.rank, t->local_batch);
+    sov_dataset_gather(&t->train, idx, t->local_batch, t->x, t->y);
+    return (sov_batch){.n = t->local_batch, .x = t->x, .y = t->y};
 }
 
 static sov_status train_step(trainer *t, long step, float *loss, float *lr, double *grad_norm) {
-    const int32_t *idx = sov_sampler_batch(&t->sampler, step, t->args.batch, t->world.rank, t->local_batch);
-    sov_dataset_gather(&t->train, idx, t->local_batch, t->x, t->y);
-    sov_batch batch = {.n = t->local_batch, .x = t->x, .y = t->y};
+    sov_batch batch = train_batch(t, step);
     sov_buckets_begin(&t->buckets);
     sov_grad_hook hook = sov_buckets_hook(&t->buckets);
     sov_status st = t->model->ops->train_step(t->model, &batch, loss, &hook);
@@ -233,17 +293,28 @@ static sov_status finish(trainer *t, double wall) {
     char resumed[64] = "";
     if (t->start_step > 0)
         snprintf(resumed, sizeof resumed, " (%ld of them in this run)", t->total_steps - t->start_step);
-    sov_log("done: %ld steps%s in %.1f s, test accuracy %.4f (test loss %.4f), %.0f samples/s; parameters "
-            "identical on all %d rank%s (xxh3 %s)",
-            t->total_steps, resumed, wall, t->test_acc, t->test_loss, sps, t->world.size, t->world.size > 1 ? "s" : "",
-            hex);
+    const char *plural = t->world.size > 1 ? "s" : "";
+    double tps = sps * t->model->predictions_per_sample;
+    if (t->lm)
+        sov_log("done: %ld steps%s in %.1f s, val loss %.4f nats/byte (next-byte accuracy %.4f), %.0f tokens/s; "
+                "parameters identical on all %d rank%s (xxh3 %s)",
+                t->total_steps, resumed, wall, t->test_loss, t->test_acc, tps, t->world.size, plural, hex);
+    else
+        sov_log("done: %ld steps%s in %.1f s, test accuracy %.4f (test loss %.4f), %.0f samples/s; parameters "
+                "identical on all %d rank%s (xxh3 %s)",
+                t->total_steps, resumed, wall, t->test_acc, t->test_loss, sps, t->world.size, plural, hex);
     if (t->world.rank == 0 && t->args.dump_params)
         SOV_CHECK(dump_params(t));
-    return sov_metrics_emit(&t->metrics,
-                            json_pack("{s:s, s:I, s:f, s:f, s:f, s:f, s:f, s:i, s:s}", "event", "done", "step",
-                                      (json_int_t)t->total_steps, "test_loss", t->test_loss, "test_acc", t->test_acc,
-                                      "samples_per_s", sps, "train_s", t->train_seconds, "wall_s", wall, "world_size",
-                                      t->world.size, "params_xxh3", hex));
+    const char *set = t->lm ? "val" : "test";
+    char loss_key[16], acc_key[16];
+    snprintf(loss_key, sizeof loss_key, "%s_loss", set);
+    snprintf(acc_key, sizeof acc_key, "%s_acc", set);
+    json_t *ev = json_pack("{s:s, s:I, s:f, s:f, s:f, s:f, s:f, s:i, s:s}", "event", "done", "step",
+                           (json_int_t)t->total_steps, loss_key, t->test_loss, acc_key, t->test_acc, "samples_per_s", sps,
+                           "train_s", t->train_seconds, "wall_s", wall, "world_size", t->world.size, "params_xxh3", hex);
+    if (t->lm)
+        json_object_set_new(ev, "tokens_per_s", json_real(tps));
+    return sov_metrics_emit(&t->metrics, ev);
 }
 
 static sov_status run(trainer *t) {
@@ -251,7 +322,8 @@ static sov_status run(trainer *t) {
     openblas_set_num_threads(t->args.threads ? t->args.threads : default_threads(&t->world));
     SOV_CHECK(load_data(t));
     SOV_CHECK(plan_steps(t));
-    SOV_CHECK(sov_sampler_init(&t->sampler, t->train.count, t->args.seed));
+    if (!t->lm)
+        SOV_CHECK(sov_sampler_init(&t->sampler, t->train.count, t->args.seed));
     SOV_CHECK(build_model(t));
     if (t->world.rank == 0)
         SOV_CHECK(sov_metrics_open(&t->metrics, t->args.run_dir));
@@ -274,6 +346,8 @@ static void teardown(trainer *t) {
     sov_sampler_free(&t->sampler);
     sov_dataset_free(&t->train);
     sov_dataset_free(&t->test);
+    sov_text_free(&t->text);
+    free(t->tokens);
     free(t->x);
     free(t->y);
     sov_comm_destroy(t->comm);
@@ -289,6 +363,7 @@ int sov_train_main(int argc, char **argv) {
         sov_train_usage(stdout);
         return 0;
     }
+    t.lm = sov_train_is_lm(&t.args);
     if (sov_world_from_env(&t.world) != SOV_OK) {
         fprintf(stderr, "sovtrain train: %s\n", sov_last_error());
         return 2;

@@ -1,6 +1,7 @@
 /* train_args.c: `sovtrain train` flags. Every value is parsed strictly: "12x" or an out-of-range number is an
  * error that names the flag, never a silent default. */
 #include "train_args.h"
+#include "data.h"
 
 #include <errno.h>
 #include <getopt.h>
@@ -15,13 +16,21 @@ void sov_train_usage(FILE *out) {
             "One rank of a data-parallel training job (runs alone as a single rank, or under `sovtrain launch`).\n"
             "\n"
             "model and data:\n"
-            "  --model NAME          built-in model: mlp (default mlp)\n"
+            "  --model NAME          built-in model: mlp (Fashion-MNIST classifier) or gpt (byte-level language\n"
+            "                        model) (default mlp)\n"
             "  --hidden W1,W2,...    MLP hidden layer widths (default 1024,1024)\n"
-            "  --data DIR            Fashion-MNIST IDX files (default /usr/share/datasets/fashion-mnist)\n"
+            "  --layers N --heads N --width N --context N\n"
+            "                        GPT blocks, attention heads, embedding width (a multiple of heads) and\n"
+            "                        tokens per sequence (default 4, 4, 128, 128)\n"
+            "  --data PATH           mlp: directory of Fashion-MNIST IDX files (default\n"
+            "                        /usr/share/datasets/fashion-mnist); gpt: a text file, or a directory whose *.u8\n"
+            "                        files (else all files) are concatenated, 95 %% train / 5 %% validation (default\n"
+            "                        /usr/share/games/fortunes)\n"
             "  --seed N              seed for initialisation and data order (default 1)\n"
             "  --init-from FILE      start from the parameters in a safetensors file (e.g. `sovtrain ckpt export`)\n"
             "training:\n"
-            "  --batch N             GLOBAL batch size, split evenly over the ranks (default 128)\n"
+            "  --batch N             GLOBAL batch size (samples; sequences for gpt), split evenly over the ranks\n"
+            "                        (default 128)\n"
             "  --epochs N            passes over the training set (default 10)\n"
             "  --steps N             total optimizer steps (overrides --epochs)\n"
             "  --optimizer adamw|sgd (default adamw)\n"
@@ -78,7 +87,7 @@ static sov_status parse_float(const char *flag, const char *s, double lo, double
 
 static void set_defaults(sov_train_args *a) {
     *a = (sov_train_args){
-        .model = "mlp", .hidden = "1024,1024", .data_dir = "/usr/share/datasets/fashion-mnist",
+        .model = "mlp", .hidden = "1024,1024", .layers = 4, .heads = 4, .width = 128, .context = 128,
         .run_dir = "runs/train", .epochs = 10, .comm_timeout = 300.0, .bucket_cap_mb = 25.0, .keep = 3, .ckpt_threads = 2,
         .stop_on_ckpt_error = 1, .batch = 128, .seed = 1, .log_every = 50,
         .optim = {.kind = SOV_OPTIM_ADAMW, .lr = 1e-3f, .momentum = 0.9f, .beta1 = 0.9f, .beta2 = 0.999f,
@@ -90,7 +99,7 @@ enum {
     OPT_MODEL = 256, OPT_HIDDEN, OPT_DATA, OPT_SEED, OPT_BATCH, OPT_EPOCHS, OPT_STEPS, OPT_OPTIMIZER, OPT_LR,
     OPT_WARMUP, OPT_MINLR, OPT_WD, OPT_MOMENTUM, OPT_BETA1, OPT_BETA2, OPT_CLIP, OPT_COMM, OPT_THREADS,
     OPT_RUNDIR, OPT_EVAL, OPT_LOG, OPT_DUMP, OPT_COMM_TIMEOUT, OPT_BUCKET, OPT_CKPT_DIR, OPT_CKPT_EVERY, OPT_CKPT_EVERY_S, OPT_KEEP, OPT_CKPT_THREADS,
-    OPT_RESUME, OPT_ON_CKPT_ERROR, OPT_INIT_FROM
+    OPT_RESUME, OPT_ON_CKPT_ERROR, OPT_INIT_FROM, OPT_LAYERS, OPT_HEADS, OPT_WIDTH, OPT_CONTEXT
 };
 
 static const struct option long_opts[] = {
@@ -110,6 +119,8 @@ static const struct option long_opts[] = {
     {"ckpt-every-s", required_argument, 0, OPT_CKPT_EVERY_S}, {"keep", required_argument, 0, OPT_KEEP},
     {"ckpt-threads", required_argument, 0, OPT_CKPT_THREADS}, {"resume", required_argument, 0, OPT_RESUME},
     {"on-ckpt-error", required_argument, 0, OPT_ON_CKPT_ERROR}, {"init-from", required_argument, 0, OPT_INIT_FROM},
+    {"layers", required_argument, 0, OPT_LAYERS}, {"heads", required_argument, 0, OPT_HEADS},
+    {"width", required_argument, 0, OPT_WIDTH}, {"context", required_argument, 0, OPT_CONTEXT},
     {"help", no_argument, 0, 'h'}, {0, 0, 0, 0},
 };
 
@@ -118,6 +129,10 @@ static sov_status apply(int opt, const char *v, sov_train_args *a) {
     switch (opt) {
     case OPT_MODEL: a->model = v; return SOV_OK;
     case OPT_HIDDEN: a->hidden = v; return SOV_OK;
+    case OPT_LAYERS: SOV_CHECK(sov_parse_long("--layers", v, 1, 256, &n)); a->layers = (int)n; return SOV_OK;
+    case OPT_HEADS: SOV_CHECK(sov_parse_long("--heads", v, 1, 256, &n)); a->heads = (int)n; return SOV_OK;
+    case OPT_WIDTH: SOV_CHECK(sov_parse_long("--width", v, 1, 16384, &n)); a->width = (int)n; return SOV_OK;
+    case OPT_CONTEXT: SOV_CHECK(sov_parse_long("--context", v, 1, 65536, &n)); a->context = (int)n; return SOV_OK;
     case OPT_DATA: a->data_dir = v; return SOV_OK;
     case OPT_RUNDIR: a->run_dir = v; return SOV_OK;
     case OPT_DUMP: a->dump_params = v; return SOV_OK;
@@ -163,6 +178,8 @@ static sov_status apply(int opt, const char *v, sov_train_args *a) {
     return sov_fail(SOV_ERR_INTERNAL, "unhandled option %d", opt);
 }
 
+int sov_train_is_lm(const sov_train_args *a) { return strcmp(a->model, "gpt") == 0; }
+
 sov_status sov_train_args_parse(int argc, char **argv, sov_train_args *a) {
     set_defaults(a);
     const char *env = getenv("SOVTRAIN_COMM");
@@ -188,6 +205,10 @@ sov_status sov_train_args_parse(int argc, char **argv, sov_train_args *a) {
     if (optind < argc)
         return sov_fail(SOV_ERR_INVALID, "unexpected argument \"%s\"", argv[optind]);
     if (!sov_model_find(a->model))
-        return sov_fail(SOV_ERR_INVALID, "unknown model \"%s\" (built-in: mlp)", a->model);
+        return sov_fail(SOV_ERR_INVALID, "unknown model \"%s\" (built-in: mlp, gpt)", a->model);
+    if (a->width % a->heads != 0)
+        return sov_fail(SOV_ERR_INVALID, "--width %d is not a multiple of --heads %d", a->width, a->heads);
+    if (!a->data_dir)
+        a->data_dir = sov_train_is_lm(a) ? SOV_FORTUNES_DIR : SOV_FASHION_MNIST_DIR;
     return SOV_OK;
 }

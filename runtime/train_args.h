@@ -10,7 +10,8 @@
 typedef struct sov_train_args {
     const char *model;
     const char *hidden;
-    const char *data_dir;
+    int layers, heads, width, context; /* GPT shape */
+    const char *data_dir;    /* NULL: the model's default corpus */
     const char *run_dir;
     const char *dump_params; /* rank 0 writes the final flat parameters (raw little-endian f32) here */
     long epochs;
@@ -38,5 +39,7 @@ typedef struct sov_train_args {
 /* Parses argv (argv[0] is "train"). Errors name the flag and the accepted values. */
 sov_status sov_train_args_parse(int argc, char **argv, sov_train_args *args);
 void sov_train_usage(FILE *out);
+/* 1 when the model is a language model (trains on text), 0 for a classifier (Fashion-MNIST). */
+int sov_train_is_lm(const sov_train_args *args);
 
 #endif

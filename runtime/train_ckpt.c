@@ -31,7 +31,7 @@ static int enabled(const trainer *t) {
 static json_t *meta(const trainer *t) {
     const sov_train_args *a = &t->args;
     const sov_optim_config *o = &t->opt.cfg;
-    return json_pack("{s:{s:s, s:s, s:I, s:i, s:I, s:I}, s:{s:s, s:I, s:f, s:f, s:f, s:f, s:f, s:f, s:f, s:I, s:I, s:f},"
+    json_t *m = json_pack("{s:{s:s, s:s, s:I, s:i, s:I, s:I}, s:{s:s, s:I, s:f, s:f, s:f, s:f, s:f, s:f, s:f, s:I, s:I, s:f},"
                      " s:{s:I, s:I}}",
                      "config", "model", a->model, "hidden", a->hidden, "num_params", (json_int_t)t->model->num_params,
                      "global_batch", a->batch, "seed", (json_int_t)a->seed, "total_steps", (json_int_t)t->total_steps,
@@ -41,6 +41,11 @@ static json_t *meta(const trainer *t) {
                      (double)o->clip_norm, "warmup_steps", (json_int_t)o->warmup_steps, "total_steps",
                      (json_int_t)o->total_steps, "min_lr_ratio", (double)o->min_lr_ratio,
                      "data", "step", (json_int_t)0, "samples_seen", (json_int_t)0);
+    if (t->lm) /* what `sovtrain sample` needs to rebuild the model */
+        json_object_update(json_object_get(m, "config"),
+                           json_pack("{s:i, s:i, s:i, s:i, s:i}", "layers", a->layers, "heads", a->heads, "width",
+                                     a->width, "context", a->context, "vocab", 256));
+    return m;
 }
 
 static void fill_state(trainer *t, long step, sov_ckpt_state *s, json_t *m) {

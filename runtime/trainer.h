@@ -15,8 +15,10 @@ typedef struct trainer {
     sov_train_args args;
     sov_world world;
     sov_comm *comm;
+    int lm;                /* a language model on text; else a classifier on Fashion-MNIST */
     sov_dataset train, test;
     sov_sampler sampler;
+    sov_text text;
     sov_model *model;
     sov_optimizer opt;
     sov_metrics metrics;
@@ -24,9 +26,10 @@ typedef struct trainer {
     int local_batch;
     long steps_per_epoch, total_steps, eval_every;
     long start_step;       /* 0, or the step a checkpoint resumed at */
-    float *x;              /* local_batch x input_dim */
-    int32_t *y;            /* local_batch */
-    double test_loss, test_acc;
+    float *x;              /* classifier: local_batch x input_dim */
+    int32_t *tokens;       /* language model: local_batch x context */
+    int32_t *y;            /* local_batch labels, or local_batch x context next tokens */
+    double test_loss, test_acc; /* on the test set, or the validation text (nats per byte, next-byte accuracy) */
     double train_seconds;  /* time in training steps, after the first warm-up steps */
     long timed_samples;    /* global samples in those steps */
     /* checkpoints */

@@ -38,6 +38,7 @@ typedef struct launch_opts {
     int oversubscribe;
     const char *log_dir;
     int in_slurm; /* placement comes from the Slurm allocation */
+    int nproc_per_node; /* 0: as mpirun places them */
     int preflight; /* run sovtrain doctor on every host first */
     char **cmd; /* the command each rank runs, NULL-terminated */
 } launch_opts;
@@ -48,6 +49,8 @@ static void usage(FILE *out) {
             "Starts CMD as N ranks through Open MPI's mpirun, with output tagged \"[rank N] \".\n"
             "\n"
             "  -np N              number of ranks (default: the hostfile's slots, SLURM_NTASKS, or 1)\n"
+            "  --nproc-per-node G G ranks on every host (torchrun's flag): -np defaults to G x hosts, and mpirun\n"
+            "                     maps them --map-by ppr:G:node\n"
             "  -H HOST[:SLOTS],.. hosts to run on (Open MPI -H syntax; default: this host)\n"
             "  --hostfile FILE    Open MPI hostfile (\"host slots=N\" lines); without -H or --hostfile, a Kubeflow\n"
             "                     MPI Operator's OMPI_MCA_orte_default_hostfile or a Slurm allocation is used\n"
@@ -189,7 +192,46 @@ static sov_status check_placement(const launch_opts *o) {
 /* Without -H or --hostfile the launcher adopts what its environment provides: a Kubeflow MPI Operator launcher
  * pod's hostfile (OMPI_MCA_orte_default_hostfile, e.g. /etc/mpi/hostfile; -np defaults to its slots), or a
  * Slurm allocation (-np defaults to SLURM_NTASKS; mpirun places the ranks on SLURM_JOB_NODELIST itself). */
+/* How many hosts the job spans: -H entries, hostfile lines, the Slurm allocation's nodes, or this one. */
+static int count_hosts(const launch_opts *o) {
+    int n = 0;
+    if (o->hosts) {
+        for (const char *p = o->hosts; *p; p++)
+            n += *p == ',';
+        return n + 1;
+    }
+    if (o->hostfile) {
+        FILE *f = fopen(o->hostfile, "r");
+        char line[1024];
+        while (f && fgets(line, sizeof line, f)) {
+            line[strcspn(line, "#")] = '\0';
+            n += strtok(line, " \t\r\n") != NULL;
+        }
+        if (f)
+            fclose(f);
+        return n ? n : 1;
+    }
+    const char *nodes = getenv("SLURM_JOB_NUM_NODES");
+    if (o->in_slurm && nodes && atoi(nodes) > 0)
+        return atoi(nodes);
+    return 1;
+}
+
+/* --nproc-per-node G: -np is G x hosts unless given, and then it must fit. */
+static sov_status apply_nproc_per_node(launch_opts *o, int np_given) {
+    if (!o->nproc_per_node)
+        return SOV_OK;
+    int hosts = count_hosts(o), fits = o->nproc_per_node * hosts;
+    if (!np_given)
+        o->np = fits;
+    else if (o->np > fits)
+        return sov_fail(SOV_ERR_INVALID, "-np %d exceeds --nproc-per-node %d x %d host%s = %d ranks", o->np,
+                        o->nproc_per_node, hosts, hosts == 1 ? "" : "s", fits);
+    return SOV_OK;
+}
+
 static sov_status pick_up_environment(launch_opts *o) {
+    int np_given = o->np > 0;
     const char *hostfile = getenv("OMPI_MCA_orte_default_hostfile");
     const char *ntasks = getenv("SLURM_NTASKS"), *nodelist = getenv("SLURM_JOB_NODELIST");
     if (!o->hosts && !o->hostfile && hostfile && *hostfile) {
@@ -205,6 +247,7 @@ static sov_status pick_up_environment(launch_opts *o) {
         o->in_slurm = 1;
         fprintf(stderr, "sovtrain launch: inside the Slurm allocation of %s: %d ranks (SLURM_NTASKS)\n", nodelist, o->np);
     }
+    SOV_CHECK(apply_nproc_per_node(o, np_given));
     if (o->np == 0)
         o->np = 1;
     return SOV_OK;
@@ -236,6 +279,8 @@ static sov_status parse_opts(int argc, char **argv, launch_opts *o, int *help) {
             o->tag = 0;
         } else if ((strcmp(a, "-np") == 0 || strcmp(a, "-n") == 0) && has_value) {
             SOV_CHECK(parse_int(a, argv[++i], 1, 1 << 20, &o->np));
+        } else if ((strcmp(a, "--nproc-per-node") == 0 || strcmp(a, "--npernode") == 0) && has_value) {
+            SOV_CHECK(parse_int(a, argv[++i], 1, 4096, &o->nproc_per_node));
         } else if ((strcmp(a, "-H") == 0 || strcmp(a, "--host") == 0) && has_value) {
             o->hosts = argv[++i];
         } else if (strcmp(a, "--hostfile") == 0 && has_value) {
@@ -310,6 +355,12 @@ static sov_status build_argv(const launch_opts *o, const char **out, char *self,
     } else if (o->hostfile) {
         PUSH("--hostfile");
         PUSH(o->hostfile);
+    }
+    if (o->nproc_per_node) {
+        static char ppr[32];
+        snprintf(ppr, sizeof ppr, "ppr:%d:node", o->nproc_per_node);
+        PUSH("--map-by");
+        PUSH(ppr);
     }
     if (o->oversubscribe || (!o->hosts && !o->hostfile && !o->in_slurm && o->np > sysconf(_SC_NPROCESSORS_ONLN)))
         PUSH("--oversubscribe"); /* asked for, or more local ranks than cores asked for explicitly */

@@ -15,6 +15,16 @@ grep -qF -- "-x FOO=bar" <<<"$line" || fail "dry run lacks -x: $line"
 grep -qF -- "echo 'a b'" <<<"$line" || fail "dry run does not quote arguments: $line"
 echo "ok: dry run: $line"
 
+# --nproc-per-node G: -np is G x hosts, mapped G per host; a larger -np is refused before anything starts.
+line=$(launch --nproc-per-node 2 -H localhost:2,127.0.0.1:2 --dry-run -- true)
+grep -qF -- "-np 4 " <<<"$line" && grep -qF -- "--map-by ppr:2:node" <<<"$line" \
+    || fail "--nproc-per-node 2 on 2 hosts: $line"
+expect_error 2 "-np 5 exceeds --nproc-per-node 2 x 2 hosts = 4 ranks" \
+    "$SOV" launch -np 5 --nproc-per-node 2 -H localhost:4,127.0.0.1:4 -- true
+out=$(launch --nproc-per-node 2 -- sh -c 'echo "local $LOCAL_RANK of $LOCAL_WORLD_SIZE, world $WORLD_SIZE"' 2>&1)
+grep -q "\[rank 1\] local 1 of 2, world 2" <<<"$out" || fail "--nproc-per-node 2 on this host: $out"
+echo "ok: --nproc-per-node: $line"
+
 # Output is tagged per rank, stdout and stderr each to their own stream.
 launch -np 2 -- sh -c 'echo "out $OMPI_COMM_WORLD_RANK"; echo "err $OMPI_COMM_WORLD_RANK" >&2' \
     >"$tmp/out" 2>"$tmp/err"

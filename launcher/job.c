@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -168,6 +169,13 @@ void job_run(const char *const *argv, double grace_s, const char *logs, job_resu
         result->exit_code = 1;
         return;
     }
+    /* SIGTERM, SIGINT and SIGUSR1 (Slurm's usual warning before preemption, e.g. sbatch --signal=B:USR1@120)
+     * all ask for a graceful stop; installed before the fork so that none is lost to the default action. */
+    struct sigaction sa = {.sa_handler = on_stop};
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGUSR1, &sa, NULL);
     pid_t pid = fork();
     if (pid < 0) {
         fprintf(stderr, "sovtrain launch: fork: %s\n", strerror(errno));
@@ -175,6 +183,11 @@ void job_run(const char *const *argv, double grace_s, const char *logs, job_resu
         return;
     }
     if (pid == 0) {
+        /* mpirun in its own process group: a signal to the launcher's group (Ctrl-C, salloc -K, scancel) reaches
+         * the launcher, which turns it into the graceful SIGUSR1, not mpirun, which would abort the job. And if
+         * the launcher itself is killed, mpirun is told to end the job. */
+        setpgid(0, 0);
+        prctl(PR_SET_PDEATHSIG, SIGTERM);
         dup2(out_pipe[1], STDOUT_FILENO);
         dup2(err_pipe[1], STDERR_FILENO);
         close(out_pipe[0]), close(out_pipe[1]), close(err_pipe[0]), close(err_pipe[1]);
@@ -183,13 +196,9 @@ void job_run(const char *const *argv, double grace_s, const char *logs, job_resu
                 strerror(errno));
         _exit(127);
     }
+    setpgid(pid, pid); /* as the child does: whichever runs first */
     child_pid = pid;
-    int already = stop_requested;
-    struct sigaction sa = {.sa_handler = on_stop};
-    sigemptyset(&sa.sa_mask);
-    sigaction(SIGINT, &sa, NULL);
-    sigaction(SIGTERM, &sa, NULL);
-    if (already)
+    if (stop_requested)
         kill(pid, SIGUSR1);
     close(out_pipe[1]);
     close(err_pipe[1]);

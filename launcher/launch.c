@@ -60,8 +60,8 @@ static void usage(FILE *out) {
             "  --max-restarts R   when a rank dies or the job fails, stop it and start it again up to R times,\n"
             "                     resuming from the latest checkpoint (default 3; backoff 1, 2, 4... s); a job\n"
             "                     that exits 2 (usage error) or 127 (no such command) is not restarted\n"
-            "  --grace S          on SIGTERM/SIGINT the ranks get SIGUSR1 (sovtrain train checkpoints and exits);\n"
-            "                     after S seconds what is left is terminated (default 60)\n"
+            "  --grace S          on SIGTERM/SIGINT/SIGUSR1 the ranks get SIGUSR1 (sovtrain train checkpoints and\n"
+            "                     exits); after S seconds what is left is terminated (default 60)\n"
             "  --log-dir DIR      also write each rank's output to DIR/rank-N.log (and mpirun's to DIR/launcher.log)\n"
             "  --oversubscribe    allow more ranks than slots\n"
             "  --preflight        run `sovtrain doctor` on every host first; stop if it fails anywhere\n"
@@ -242,10 +242,19 @@ static sov_status pick_up_environment(launch_opts *o) {
             o->np = slots;
         fprintf(stderr, "sovtrain launch: using the hostfile %s (OMPI_MCA_orte_default_hostfile): %d slots\n",
                 hostfile, slots);
-    } else if (!o->hosts && !o->hostfile && nodelist && ntasks && o->np == 0) {
-        SOV_CHECK(parse_int("SLURM_NTASKS", ntasks, 1, 1 << 20, &o->np));
+    } else if (!o->hosts && !o->hostfile && nodelist && ntasks) {
+        int tasks;
+        SOV_CHECK(parse_int("SLURM_NTASKS", ntasks, 1, 1 << 20, &tasks));
         o->in_slurm = 1;
-        fprintf(stderr, "sovtrain launch: inside the Slurm allocation of %s: %d ranks (SLURM_NTASKS)\n", nodelist, o->np);
+        if (o->np > tasks && !o->oversubscribe) /* mpirun's slots are the allocation's tasks */
+            return sov_fail(SOV_ERR_INVALID, "-np %d exceeds the %d task%s of the Slurm allocation of %s (SLURM_NTASKS; "
+                            "lower -np, allocate more tasks, or pass --oversubscribe)", o->np, tasks, tasks == 1 ? "" : "s",
+                            nodelist);
+        if (o->np == 0) {
+            o->np = tasks;
+            fprintf(stderr, "sovtrain launch: inside the Slurm allocation of %s: %d ranks (SLURM_NTASKS)\n", nodelist,
+                    o->np);
+        }
     }
     SOV_CHECK(apply_nproc_per_node(o, np_given));
     if (o->np == 0)
@@ -364,6 +373,10 @@ static sov_status build_argv(const launch_opts *o, const char **out, char *self,
     }
     if (o->oversubscribe || (!o->hosts && !o->hostfile && !o->in_slurm && o->np > sysconf(_SC_NPROCESSORS_ONLN)))
         PUSH("--oversubscribe"); /* asked for, or more local ranks than cores asked for explicitly */
+    if (isatty(STDIN_FILENO)) { /* mpirun runs in its own process group: reading a terminal would stop it */
+        PUSH("--stdin");
+        PUSH("none");
+    }
     if (o->tag) {
         PUSH("--tag-output");
         PUSH("-x");

@@ -11,6 +11,7 @@ packages=(
   libcmocka-dev zlib1g-dev
   dataset-fashion-mnist fortunes
   python3
+  slurmctld slurmd slurm-client munge
 )
 
 if [ "${1:-}" = "--bench" ]; then

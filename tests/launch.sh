@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # `sovtrain launch` runs real mpirun jobs: the command line it builds, rank-tagged output, exit status, hostfiles,
-# and SIGTERM passed on to the job.
+# and SIGTERM, SIGUSR1 and a process-group SIGINT passed on to the job as SIGUSR1.
 . "$(dirname "$0")/lib.sh"
 
 # --dry-run prints the mpirun line; "sovtrain" resolves to this binary.
@@ -67,24 +67,35 @@ out=$(OMPI_MCA_orte_default_hostfile="$tmp/hosts" launch -- sh -c 'echo "size $O
     || fail "MPI Operator hostfile: $out"
 echo "ok: OMPI_MCA_orte_default_hostfile picked up: 2 ranks"
 
-# SIGTERM to the launcher reaches the ranks as SIGUSR1 (mpirun forwards SIGUSR1 and would kill on SIGTERM):
-# each rank records the signal it got, then exits.
+# SIGTERM, SIGUSR1 (Slurm's usual preemption warning) and SIGINT to the launcher's whole process group (Ctrl-C,
+# salloc -K, scancel) all reach the ranks as SIGUSR1 (mpirun forwards SIGUSR1 and would kill on SIGTERM; it runs
+# in its own process group, so the group signal reaches only the launcher): each rank records the signal it got,
+# then exits 0, and so does the launcher.
 cat >"$tmp/rank.sh" <<SH
 trap 'echo USR1 > "$tmp/term.\$OMPI_COMM_WORLD_RANK"; exit 0' USR1
+trap 'echo TERM > "$tmp/term.\$OMPI_COMM_WORLD_RANK"; exit 0' TERM
 touch "$tmp/up.\$OMPI_COMM_WORLD_RANK"
 while :; do sleep 0.1; done
 SH
-# (not through the launch function: $! must be the launcher itself, not a subshell)
-ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_leaks=0" "$SOV" launch -np 2 -- bash "$tmp/rank.sh" >"$tmp/sig.out" 2>&1 &
-launcher=$!
-for _ in $(seq 300); do [ -e "$tmp/up.0" ] && [ -e "$tmp/up.1" ] && break; sleep 0.1; done
-[ -e "$tmp/up.0" ] && [ -e "$tmp/up.1" ] || fail "ranks did not start within 30 s"
-kill -TERM "$launcher"
-wait "$launcher"
-echo "launcher exited $? after SIGTERM"
-for r in 0 1; do
-    [ -e "$tmp/term.$r" ] || fail "rank $r did not receive SIGTERM: $(cat "$tmp/sig.out")"
+for how in TERM USR1 group-INT; do
+    rm -f "$tmp"/up.* "$tmp"/term.*
+    # (not through the launch function: $! must be the launcher itself; setsid makes it a process group leader)
+    ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_leaks=0" setsid "$SOV" launch -np 2 -- bash "$tmp/rank.sh" \
+        >"$tmp/sig.out" 2>&1 &
+    launcher=$!
+    for _ in $(seq 300); do [ -e "$tmp/up.0" ] && [ -e "$tmp/up.1" ] && break; sleep 0.1; done
+    [ -e "$tmp/up.0" ] && [ -e "$tmp/up.1" ] || fail "$how: ranks did not start within 30 s"
+    case $how in
+    group-INT) kill -INT -- "-$launcher" ;;
+    *) kill "-$how" "$launcher" ;;
+    esac
+    wait "$launcher"
+    rc=$?
+    for r in 0 1; do
+        [ "$(cat "$tmp/term.$r" 2>/dev/null)" = USR1 ] || fail "$how: rank $r did not get SIGUSR1: $(cat "$tmp/sig.out")"
+    done
+    [ "$rc" -eq 0 ] || fail "$how: the launcher exited $rc: $(cat "$tmp/sig.out")"
+    echo "ok: $how to the launcher -> SIGUSR1 on every rank, exit $rc"
 done
-echo "ok: SIGTERM forwarded"
 
 finish

@@ -81,6 +81,8 @@ static void create_half_ops(void) {
 
 static void type_and_op(sov_dtype dt, sov_redop rop, MPI_Datatype *type, MPI_Op *op) {
     int max = rop == SOV_MAX;
+    *type = MPI_DATATYPE_NULL; /* every dtype is handled below; this keeps -O3's flow analysis quiet */
+    *op = MPI_OP_NULL;
     switch (dt) {
     case SOV_F32: *type = MPI_FLOAT; *op = max ? MPI_MAX : MPI_SUM; return;
     case SOV_F64: *type = MPI_DOUBLE; *op = max ? MPI_MAX : MPI_SUM; return;

@@ -79,7 +79,7 @@ static sov_status parse_double(const char *flag, const char *s, double lo, doubl
 }
 
 static sov_status parse_float(const char *flag, const char *s, double lo, double hi, float *out) {
-    double v;
+    double v = 0.0;
     SOV_CHECK(parse_double(flag, s, lo, hi, &v));
     *out = (float)v;
     return SOV_OK;

@@ -6,6 +6,10 @@
 #include <unistd.h>
 
 #define WATCHDOG_EXIT 124 /* as timeout(1) */
+/* After reporting, a stuck rank waits this long before it exits: its peers' watchdogs, which started at about the
+ * same time, report too before mpirun tears the job down. `sovtrain launch` then names the ranks that did not
+ * report (the ones that never arrived). */
+#define REPORT_GRACE_S 2
 
 static void *watchdog_main(void *arg) {
     sov_comm *c = arg;
@@ -21,6 +25,7 @@ static void *watchdog_main(void *arg) {
                 c->rank, sov_op_name((sov_op_kind)atomic_load(&c->busy_kind)), (unsigned long long)seq,
                 sov_comm_backend_name(c->backend), c->timeout_s, waited);
         fflush(stderr);
+        sleep(REPORT_GRACE_S);
         _exit(WATCHDOG_EXIT); /* the collective holds the backend on another thread: nothing else is safe */
     }
     return NULL;

@@ -59,7 +59,24 @@ typedef struct stream {
     char buf[65536];
     size_t len;
     job_failure *failure; /* mpirun's own lines on stderr are read for what failed */
+    job_timeouts *timeouts; /* and the ranks' watchdog reports */
 } stream;
+
+/* A rank's collective watchdog: "error: rank R: OP #SEQ (BACKEND backend) did not complete within ...". */
+static void read_timeout(job_timeouts *t, const char *line) {
+    const char *at = strstr(line, "error: rank ");
+    int rank;
+    char op[16];
+    unsigned long long seq;
+    if (!t || !at || !strstr(at, "did not complete within") ||
+        sscanf(at, "error: rank %d: %15s #%llu", &rank, op, &seq) != 3 || rank < 0 || rank >= JOB_MAX_WATCHED ||
+        seq == 0)
+        return;
+    if (!t->seq[rank])
+        t->count++;
+    t->seq[rank] = seq;
+    snprintf(t->op[rank], sizeof t->op[rank], "%s", op);
+}
 
 /* Reads what mpirun says about the first rank that failed. */
 static void read_failure(job_failure *f, const char *line) {
@@ -107,6 +124,11 @@ static void relay_line(stream *s, const char *line, size_t len) {
             snprintf(copy, sizeof copy, "%.*s", (int)(len < 511 ? len : 511), line);
             read_failure(s->failure, copy);
         }
+    }
+    if (s->timeouts) {
+        char copy[512];
+        snprintf(copy, sizeof copy, "%.*s", (int)(len < 511 ? len : 511), line);
+        read_timeout(s->timeouts, copy);
     }
     fflush(s->out);
 }
@@ -204,7 +226,8 @@ void job_run(const char *const *argv, double grace_s, const char *logs, job_resu
     close(err_pipe[1]);
     static stream streams[2];
     streams[0] = (stream){.fd = out_pipe[0], .out = stdout};
-    streams[1] = (stream){.fd = err_pipe[0], .out = stderr, .failure = &result->failure};
+    result->timeouts = calloc(1, sizeof *result->timeouts); /* without it, reports are simply not read */
+    streams[1] = (stream){.fd = err_pipe[0], .out = stderr, .failure = &result->failure, .timeouts = result->timeouts};
     int open_streams = 2, escalated = 0;
     double stop_at = 0;
     struct pollfd fds[2] = {{.fd = out_pipe[0], .events = POLLIN}, {.fd = err_pipe[0], .events = POLLIN}};
@@ -233,8 +256,57 @@ void job_run(const char *const *argv, double grace_s, const char *logs, job_resu
     result->stop_signal = stop_requested;
 }
 
+void job_result_free(job_result *r) {
+    free(r->timeouts);
+    r->timeouts = NULL;
+}
+
+/* Appends ", " and the number n to out (which holds *len of cap bytes), or " ..." once when out is full. */
+static void append_rank(char *out, size_t cap, size_t *len, int n, int *listed) {
+    if (*len + 16 >= cap) {
+        if (*listed >= 0)
+            *len += (size_t)snprintf(out + *len, cap - *len, " ...");
+        *listed = -1;
+        return;
+    }
+    *len += (size_t)snprintf(out + *len, cap - *len, "%s%d", *listed > 0 ? ", " : "", n);
+    (*listed)++;
+}
+
+/* From the watchdogs' reports: the ranks that never arrived in the collective the others waited in. */
+static int describe_timeouts(const job_result *r, char *out, size_t cap) {
+    const job_timeouts *t = r->timeouts;
+    if (!t || t->count == 0 || r->world < 1 || r->world > JOB_MAX_WATCHED)
+        return 0;
+    int first = 0;
+    while (!t->seq[first])
+        first++;
+    char missing[256] = "", waited[256] = "", other[256] = "";
+    size_t ml = 0, wl = 0, ol = 0;
+    int mn = 0, wn = 0, on = 0;
+    for (int k = 0; k < r->world; k++) {
+        if (!t->seq[k])
+            append_rank(missing, sizeof missing, &ml, k, &mn);
+        else if (t->seq[k] == t->seq[first] && strcmp(t->op[k], t->op[first]) == 0)
+            append_rank(waited, sizeof waited, &wl, k, &wn);
+        else
+            append_rank(other, sizeof other, &ol, k, &on);
+    }
+    int n = snprintf(out, cap, "%s %s #%llu did not complete within --comm-timeout: rank%s %s waited in it",
+                     mn ? "hung collective:" : "collective", t->op[first], t->seq[first], wn == 1 ? "" : "s", waited);
+    if (on && n > 0 && (size_t)n < cap)
+        n += snprintf(out + n, cap - (size_t)n, "; rank%s %s waited in another collective (a different order of "
+                      "calls)", on == 1 ? "" : "s", other);
+    if (mn && n > 0 && (size_t)n < cap)
+        snprintf(out + n, cap - (size_t)n, "; rank%s %s never arrived (hung, stopped, or far behind)",
+                 mn == 1 ? "" : "s", missing);
+    return 1;
+}
+
 void job_describe(const job_result *r, char *out, size_t cap) {
     const job_failure *f = &r->failure;
+    if (describe_timeouts(r, out, cap))
+        return;
     if (!f->known) {
         snprintf(out, cap, "mpirun exited with status %d", r->exit_code);
     } else if (f->signal) {

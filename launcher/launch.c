@@ -554,13 +554,14 @@ static int preflight(const launch_opts *o) {
         job_describe(&r, why, sizeof why);
         fprintf(stderr, "sovtrain launch: preflight failed (%s): not starting the job\n", why);
     }
+    job_result_free(&r);
     return r.exit_code;
 }
 
 /* Runs the job, restarting it after a failure (with SOVTRAIN_RESUME=auto, so `sovtrain train` resumes from its
  * latest checkpoint) until it succeeds, is stopped by a signal, or the restarts run out. */
 static int run_attempts(const launch_opts *o, const char *const *argv, const char *job_id, const char *status_dir) {
-    char failures[8192] = "", why[512], count[16];
+    char failures[8192] = "", why[1024], count[16];
     size_t used = 0;
     int restarts = 0, rc = 0;
     for (;;) {
@@ -568,11 +569,15 @@ static int run_attempts(const launch_opts *o, const char *const *argv, const cha
         setenv("SOVTRAIN_RESTART_COUNT", count, 1);
         job_result r;
         job_run(argv, o->grace_s, o->log_dir, &r);
+        r.world = o->np;
         remove_shm_leftovers(job_id);
         rc = r.exit_code;
-        if (rc == 0 || r.stop_signal)
+        int done = rc == 0 || r.stop_signal;
+        if (!done)
+            job_describe(&r, why, sizeof why);
+        job_result_free(&r);
+        if (done)
             break;
-        job_describe(&r, why, sizeof why);
         used += (size_t)snprintf(failures + used, sizeof failures - used, "  attempt %d failed: %s\n", restarts + 1, why);
         if (used >= sizeof failures)
             used = sizeof failures - 1;

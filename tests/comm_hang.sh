@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # A rank that stops calling collectives makes the job fail within the collective timeout, with an error that
-# names it (shm and hier name the rank; over plain MPI the watchdog says which collective never completed).
+# names it (shm names the rank itself; over MPI every waiting rank's watchdog reports the collective, and the
+# launcher names the ranks that never arrived).
 # usage: comm_hang.sh SOVTRAIN COMM_HANG
 . "$(dirname "$0")/lib.sh"
 hang=$2
@@ -26,6 +27,7 @@ run_case() { # BACKEND NP STUCK EXPECT [VAR=VALUE...]
 run_case shm 3 1 "waiting for rank 1 (pid"
 run_case shm 4 3 "waiting for rank 3 (pid"
 run_case hier 4 2 "waiting for rank 2 (pid" SOVTRAIN_HIER_RANKS_PER_HOST=4
-run_case hier 3 2 "did not complete within" SOVTRAIN_HIER_RANKS_PER_HOST=1
-run_case mpi 2 1 "did not complete within"
+run_case hier 3 2 "ranks 0, 1 waited in it; rank 2 never arrived" SOVTRAIN_HIER_RANKS_PER_HOST=1
+run_case mpi 2 1 "rank 0 waited in it; rank 1 never arrived"
+run_case mpi 4 2 "ranks 0, 1, 3 waited in it; rank 2 never arrived"
 finish

@@ -73,6 +73,7 @@ typedef struct pipeline {
     size_t njobs, next; /* next chunk to hand to an encoder */
     int nslots;
     struct slot {
+        int busy;       /* an encoder is filling it */
         int ready;      /* encoded and not yet written */
         size_t job;     /* which chunk it holds */
         size_t bytes;
@@ -98,11 +99,16 @@ static void *encoder_main(void *arg) {
         size_t job = p->next;
         if (job >= p->njobs || p->abort)
             break;
+        /* Jobs are taken in order, so slot job % nslots is free exactly when its previous job (job - nslots) has
+         * been written: neither being encoded nor waiting for the writer. (Checking only the slot's job number
+         * let job nslots take slot 0 while job 0 was still being encoded into it: two encoders in one buffer,
+         * and the writer waiting forever for job 0.) */
         struct slot *sl = &p->slots[job % (size_t)p->nslots];
-        if (sl->ready || (job >= (size_t)p->nslots && sl->job != job - (size_t)p->nslots)) {
-            pthread_cond_wait(&p->changed, &p->lock); /* the slot still holds an unwritten chunk */
+        if (sl->busy || sl->ready) {
+            pthread_cond_wait(&p->changed, &p->lock);
             continue;
         }
+        sl->busy = 1;
         p->next++;
         pthread_mutex_unlock(&p->lock);
         size_t bytes = 0;
@@ -115,6 +121,7 @@ static void *encoder_main(void *arg) {
         sl->status = st;
         if (st != SOV_OK)
             snprintf(sl->error, sizeof sl->error, "%s", sov_last_error());
+        sl->busy = 0;
         sl->ready = 1;
         pthread_cond_broadcast(&p->changed);
     }

@@ -340,6 +340,13 @@ static const char *resolve_cmd(const char *cmd, char *self, size_t cap) {
 
 static const char *const forwarded_prefixes[] = {"SOVTRAIN_", "OPENBLAS_", "OMP_", "NCCL_", "UCX_", NULL};
 
+static int mca_given(const launch_opts *o, const char *key) {
+    for (int i = 0; i < o->n_mca; i++)
+        if (strcmp(o->mca[i][0], key) == 0)
+            return 1;
+    return 0;
+}
+
 /* Builds the mpirun argv into out[] (at most MAX_ARGS - 1 entries, NULL-terminated). */
 static sov_status build_argv(const launch_opts *o, const char **out, char *self, size_t self_cap,
                              char (*xbuf)[256], int xcap) {
@@ -386,6 +393,19 @@ static sov_status build_argv(const launch_opts *o, const char **out, char *self,
         PUSH("--mca");
         PUSH(o->mca[i][0]);
         PUSH(o->mca[i][1]);
+    }
+    /* MPI's own traffic (start-up, the mpi/hier backends' collectives, small control messages) goes over TCP and
+     * shared memory, leaving the RDMA devices to NCCL, which carries the gradients on GPU jobs: no UCX/verbs
+     * contention, and the same path on every machine. Each default yields to the user's own --mca KEY. */
+    if (!mca_given(o, "pml")) {
+        PUSH("--mca");
+        PUSH("pml");
+        PUSH("ob1");
+    }
+    if (!mca_given(o, "btl")) {
+        PUSH("--mca");
+        PUSH("btl");
+        PUSH("self,vader,tcp");
     }
     for (char **e = environ; *e && nx < xcap; e++)
         for (const char *const *p = forwarded_prefixes; *p; p++)

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs what sovtrain needs to build, test and run its main job on Debian 12.
 # Does nothing (and needs no network) when everything is already present.
-# --bench also installs the benchmarks' peers (Debian's python3-torch for the PyTorch DDP comparison).
+# PyTorch (Debian's python3-torch) is a test dependency too: the launcher's env:// check and the GPT's
+# cross-check against an independent implementation run on it; the benchmarks use it as their peer. --bench is
+# kept for compatibility and installs nothing more.
 set -euo pipefail
 
 packages=(
@@ -12,11 +14,8 @@ packages=(
   dataset-fashion-mnist fortunes
   python3
   slurmctld slurmd slurm-client munge
+  python3-torch python3-numpy
 )
-
-if [ "${1:-}" = "--bench" ]; then
-  packages+=(python3-torch python3-numpy)
-fi
 
 missing=()
 for p in "${packages[@]}"; do

@@ -7,10 +7,12 @@
 line=$(launch -np 2 --dry-run -- sovtrain train --steps 3)
 grep -q -- "-np 2 " <<<"$line" || fail "dry run lacks -np 2: $line"
 grep -q -- "--tag-output" <<<"$line" || fail "dry run lacks --tag-output: $line"
+grep -qF -- "--mca pml ob1 --mca btl self,vader,tcp" <<<"$line" || fail "dry run lacks MPI's TCP defaults: $line"
 grep -q -- "$SOV _rank $SOV train --steps 3\$" <<<"$line" || fail "dry run does not run $SOV: $line"
 line=$(launch -np 2 -H localhost:2 --mca btl self,vader -x FOO=bar --dry-run -- echo 'a b')
 grep -qF -- "-H localhost:2" <<<"$line" || fail "dry run lacks -H: $line"
 grep -qF -- "--mca btl self,vader" <<<"$line" || fail "dry run lacks --mca: $line"
+[ "$(grep -o -- "--mca btl" <<<"$line" | wc -l)" -eq 1 ] || fail "the user's --mca btl did not replace the default: $line"
 grep -qF -- "-x FOO=bar" <<<"$line" || fail "dry run lacks -x: $line"
 grep -qF -- "echo 'a b'" <<<"$line" || fail "dry run does not quote arguments: $line"
 echo "ok: dry run: $line"

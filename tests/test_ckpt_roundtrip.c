@@ -1,6 +1,7 @@
 /* Checkpoint round trip through the public API, one rank: f32 and bf16 buffers of sizes that end mid-chunk and
  * mid-alignment-block come back bitwise (through O_DIRECT files where the filesystem allows them, buffered
- * otherwise: SOVTRAIN_CKPT_DIRECT=0 runs the second path), and a buffer read as the wrong dtype is refused. */
+ * otherwise: SOVTRAIN_CKPT_DIRECT=0 runs the second path), and a buffer read as the wrong dtype is refused; the
+ * encoder pipeline survives hundreds of tiny chunks. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -40,19 +41,19 @@ static void fill(float *f, uint16_t *h) {
         h[i] = (uint16_t)(sov_rng_below(&rng, 1u << 16));
 }
 
-static void round_trip(int direct) {
+static void round_trip_chunks(int direct, size_t chunk_bytes, long step) {
     setenv("SOVTRAIN_CKPT_DIRECT", direct ? "1" : "0", 1);
     float *f = malloc(NF * sizeof *f), *f2 = malloc(NF * sizeof *f2);
     uint16_t *h = malloc(NB * sizeof *h), *h2 = malloc(NB * sizeof *h2);
     fill(f, h);
     sov_ckpt_writer *w;
-    sov_ckpt_options o = {.keep = 1, .threads = 2, .chunk_bytes = 64 << 10, .commit_timeout_s = 30};
+    sov_ckpt_options o = {.keep = 1, .threads = 2, .chunk_bytes = chunk_bytes, .commit_timeout_s = 30};
     assert_int_equal(sov_ckpt_writer_open(&w, dir, 0, 1, &o), SOV_OK);
-    sov_ckpt_state s = {.step = direct ? 2 : 1, .num_buffers = 2};
+    sov_ckpt_state s = {.step = step, .num_buffers = 2};
     s.buffers[0] = (sov_ckpt_buffer){"params", f, NF, SOV_CKPT_F32};
     s.buffers[1] = (sov_ckpt_buffer){"weights.bf16", h, NB, SOV_CKPT_BF16};
     char path[4200];
-    assert_int_equal(sov_ckpt_save(w, &s, 7 + (uint64_t)direct, NULL, NULL), SOV_OK);
+    assert_int_equal(sov_ckpt_save(w, &s, 7 + (uint64_t)step, NULL, NULL), SOV_OK);
     assert_int_equal(sov_ckpt_wait(w, path, sizeof path), SOV_OK);
     sov_ckpt_writer_close(w);
 
@@ -73,18 +74,27 @@ static void round_trip(int direct) {
 
 static void direct_files(void **state) {
     (void)state;
-    round_trip(1);
+    round_trip_chunks(1, 64 << 10, 1);
 }
 
 static void buffered_files(void **state) {
     (void)state;
-    round_trip(0);
+    round_trip_chunks(0, 64 << 10, 2);
+}
+
+/* Hundreds of 4 KiB chunks through the encoder pipeline's few slots, many times: an encoder must never take a
+ * slot whose previous chunk is still being encoded or not yet written (a race that once hung the writer). */
+static void many_small_chunks(void **state) {
+    (void)state;
+    for (long step = 3; step < 23; step++)
+        round_trip_chunks((int)(step & 1), 4096, step);
 }
 
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(direct_files),
         cmocka_unit_test(buffered_files),
+        cmocka_unit_test(many_small_chunks),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -480,9 +480,30 @@ static void remove_shm_leftovers(const char *job_id) {
     globfree(&g);
 }
 
+int sov_slurm_first_host(const char *nodelist, char *out, size_t cap) {
+    size_t prefix = strcspn(nodelist, "[,");
+    if (prefix == 0 || prefix >= cap)
+        return 0;
+    if (nodelist[prefix] != '[') { /* a plain name */
+        snprintf(out, cap, "%.*s", (int)prefix, nodelist);
+        return 1;
+    }
+    const char *first = nodelist + prefix + 1, *close = strchr(first, ']');
+    size_t digits = strspn(first, "0123456789");
+    if (!close || digits == 0 || prefix + digits >= cap)
+        return 0;
+    /* the first number of the range keeps its zero padding; a suffix after ']' belongs to every name */
+    snprintf(out, cap, "%.*s%.*s%.*s", (int)prefix, nodelist, (int)digits, first, (int)strcspn(close + 1, ","),
+             close + 1);
+    return 1;
+}
+
 /* MASTER_ADDR: the first host (rank 0 runs there), MASTER_PORT: a port free on this host right now. */
 static void set_master(const launch_opts *o) {
     char addr[256] = "127.0.0.1";
+    const char *nodelist = getenv("SLURM_JOB_NODELIST");
+    if (o->in_slurm && nodelist && !sov_slurm_first_host(nodelist, addr, sizeof addr))
+        snprintf(addr, sizeof addr, "127.0.0.1");
     if (o->hosts) {
         snprintf(addr, sizeof addr, "%.*s", (int)strcspn(o->hosts, ":,"), o->hosts);
     } else if (o->hostfile) {

@@ -150,9 +150,10 @@ grep -qE -- " (-H|--hostfile|--oversubscribe) " <<<"$line" && fail "a: dry run o
 echo "ok: dry run inside the allocation: $line"
 
 # --- b. torchrun's variables inside the allocation
-out=$(alloc -n 2 "$SOV" launch -- sh -c 'echo "RANK=$RANK WORLD_SIZE=$WORLD_SIZE LOCAL_RANK=$LOCAL_RANK"' 2>&1)
+# (MASTER_ADDR is the allocation's first node, where rank 0 runs)
+out=$(alloc -n 2 "$SOV" launch -- sh -c 'echo "RANK=$RANK WORLD_SIZE=$WORLD_SIZE LOCAL_RANK=$LOCAL_RANK MASTER_ADDR=$MASTER_ADDR"' 2>&1)
 for r in 0 1; do
-    grep -qx "\[rank $r\] RANK=$r WORLD_SIZE=2 LOCAL_RANK=$r" <<<"$out" || fail "b: rank $r's variables: $out"
+    grep -qx "\[rank $r\] RANK=$r WORLD_SIZE=2 LOCAL_RANK=$r MASTER_ADDR=$node" <<<"$out" || fail "b: rank $r's variables: $out"
 done
 echo "ok: torchrun variables: $(grep '^\[rank' <<<"$out" | sort | tr '\n' ' ')"
 

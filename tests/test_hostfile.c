@@ -56,8 +56,25 @@ static void missing_hostfile(void **state) {
     assert_non_null(strstr(sov_last_error(), "/nonexistent/hosts"));
 }
 
+static void slurm_first_host(void **state) {
+    (void)state;
+    char h[64];
+    assert_true(sov_slurm_first_host("vm", h, sizeof h));
+    assert_string_equal(h, "vm");
+    assert_true(sov_slurm_first_host("node[07-10,12],gpu3", h, sizeof h));
+    assert_string_equal(h, "node07");
+    assert_true(sov_slurm_first_host("gpu3,node[1-2]", h, sizeof h));
+    assert_string_equal(h, "gpu3");
+    assert_true(sov_slurm_first_host("rack[2-3]-a,x", h, sizeof h));
+    assert_string_equal(h, "rack2-a");
+    assert_false(sov_slurm_first_host("", h, sizeof h));
+    assert_false(sov_slurm_first_host("node[", h, sizeof h));
+    assert_false(sov_slurm_first_host("[1-2]", h, sizeof h));
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(slurm_first_host),
         cmocka_unit_test(valid_hostfile_sums_slots),
         cmocka_unit_test(malformed_hostfiles_are_refused),
         cmocka_unit_test(missing_hostfile),

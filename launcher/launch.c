@@ -159,6 +159,20 @@ static sov_status check_host_list(const char *list, int *slots) {
     return *slots ? SOV_OK : sov_fail(SOV_ERR_INVALID, "-H \"%s\" names no hosts", list);
 }
 
+/* The next host name of an (already checked) hostfile: its lines' first words, '#' comments left out. */
+static int next_hostfile_host(FILE *f, char *name, size_t cap) {
+    char line[1024];
+    while (f && fgets(line, sizeof line, f)) {
+        line[strcspn(line, "#")] = '\0';
+        char *save, *tok = strtok_r(line, " \t\r\n", &save);
+        if (tok) {
+            snprintf(name, cap, "%s", tok);
+            return 1;
+        }
+    }
+    return 0;
+}
+
 /* Hosts resolve and hold at least -np slots (unless --oversubscribe), before anything starts. */
 static sov_status check_placement(const launch_opts *o) {
     int slots = 0;
@@ -168,15 +182,11 @@ static sov_status check_placement(const launch_opts *o) {
     else if (o->hostfile) {
         SOV_CHECK(sov_hostfile_check(o->hostfile, &slots));
         FILE *f = fopen(o->hostfile, "r");
-        char line[1024], from[4200];
+        char host[256], from[4200];
         snprintf(from, sizeof from, "hostfile %s", o->hostfile);
         sov_status st = SOV_OK;
-        while (st == SOV_OK && f && fgets(line, sizeof line, f)) {
-            line[strcspn(line, "#")] = '\0';
-            char *tok = strtok(line, " \t\r\n");
-            if (tok)
-                st = check_host(tok, from);
-        }
+        while (st == SOV_OK && next_hostfile_host(f, host, sizeof host))
+            st = check_host(host, from);
         if (f)
             fclose(f);
         SOV_CHECK(st);
@@ -189,9 +199,6 @@ static sov_status check_placement(const launch_opts *o) {
     return SOV_OK;
 }
 
-/* Without -H or --hostfile the launcher adopts what its environment provides: a Kubeflow MPI Operator launcher
- * pod's hostfile (OMPI_MCA_orte_default_hostfile, e.g. /etc/mpi/hostfile; -np defaults to its slots), or a
- * Slurm allocation (-np defaults to SLURM_NTASKS; mpirun places the ranks on SLURM_JOB_NODELIST itself). */
 /* How many hosts the job spans: -H entries, hostfile lines, the Slurm allocation's nodes, or this one. */
 static int count_hosts(const launch_opts *o) {
     int n = 0;
@@ -202,11 +209,9 @@ static int count_hosts(const launch_opts *o) {
     }
     if (o->hostfile) {
         FILE *f = fopen(o->hostfile, "r");
-        char line[1024];
-        while (f && fgets(line, sizeof line, f)) {
-            line[strcspn(line, "#")] = '\0';
-            n += strtok(line, " \t\r\n") != NULL;
-        }
+        char host[256];
+        while (next_hostfile_host(f, host, sizeof host))
+            n++;
         if (f)
             fclose(f);
         return n ? n : 1;
@@ -230,6 +235,9 @@ static sov_status apply_nproc_per_node(launch_opts *o, int np_given) {
     return SOV_OK;
 }
 
+/* Without -H or --hostfile the launcher adopts what its environment provides: a Kubeflow MPI Operator launcher
+ * pod's hostfile (OMPI_MCA_orte_default_hostfile, e.g. /etc/mpi/hostfile; -np defaults to its slots), or a
+ * Slurm allocation (-np defaults to SLURM_NTASKS; mpirun places the ranks on SLURM_JOB_NODELIST itself). */
 static sov_status pick_up_environment(launch_opts *o) {
     int np_given = o->np > 0;
     const char *hostfile = getenv("OMPI_MCA_orte_default_hostfile");
@@ -502,20 +510,13 @@ int sov_slurm_first_host(const char *nodelist, char *out, size_t cap) {
 static void set_master(const launch_opts *o) {
     char addr[256] = "127.0.0.1";
     const char *nodelist = getenv("SLURM_JOB_NODELIST");
-    if (o->in_slurm && nodelist && !sov_slurm_first_host(nodelist, addr, sizeof addr))
-        snprintf(addr, sizeof addr, "127.0.0.1");
+    if (o->in_slurm && nodelist)
+        sov_slurm_first_host(nodelist, addr, sizeof addr); /* a malformed list leaves 127.0.0.1 */
     if (o->hosts) {
         snprintf(addr, sizeof addr, "%.*s", (int)strcspn(o->hosts, ":,"), o->hosts);
     } else if (o->hostfile) {
         FILE *f = fopen(o->hostfile, "r");
-        char line[512];
-        while (f && fgets(line, sizeof line, f)) {
-            char *tok = strtok(line, " \t\r\n");
-            if (tok && tok[0] != '#') {
-                snprintf(addr, sizeof addr, "%s", tok);
-                break;
-            }
-        }
+        next_hostfile_host(f, addr, sizeof addr);
         if (f)
             fclose(f);
     }

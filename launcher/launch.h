@@ -13,7 +13,7 @@ int sov_launch_main(int argc, char **argv);
 sov_status sov_hostfile_check(const char *path, int *total_slots);
 
 /* The first host of a Slurm node list ("node[07-10,12],gpu3" -> "node07"): where rank 0 runs, so MASTER_ADDR.
- * Returns 0 when the list is empty or malformed. */
+ * Returns 0, leaving out untouched, when the list is empty or malformed. */
 int sov_slurm_first_host(const char *nodelist, char *out, size_t cap);
 
 /* `sovtrain _rank CMD ARGS...`: what each rank runs first (sets torchrun's variables, then execs CMD). */

@@ -117,6 +117,10 @@ static sov_status emit_start(trainer *t) {
     return sov_metrics_emit(&t->metrics, ev);
 }
 
+/* Metric names of the held-out set: the test images, or the validation text. */
+static const char *held_out_loss_key(const trainer *t) { return t->lm ? "val_loss" : "test_loss"; }
+static const char *held_out_acc_key(const trainer *t) { return t->lm ? "val_acc" : "test_acc"; }
+
 /* Samples [first, first + m) of the held-out set (test images, or validation windows) as a batch. */
 static sov_batch held_out_batch(trainer *t, int first, int m, int32_t *idx) {
     if (t->lm) {
@@ -151,17 +155,14 @@ static sov_status evaluate(trainer *t, long step) {
     SOV_CHECK(sov_comm_allreduce(t->comm, sums, sums, 3, SOV_F64, SOV_SUM));
     t->test_loss = sums[0] / sums[2];
     t->test_acc = sums[1] / sums[2];
-    const char *set = t->lm ? "val" : "test";
     if (t->lm)
         sov_log("eval   step %ld: val loss %.4f nats/byte (%.3f bits/byte), next-byte accuracy %.4f", step,
                 t->test_loss, t->test_loss / log(2.0), t->test_acc);
     else
         sov_log("eval   step %ld: test loss %.4f, test accuracy %.4f", step, t->test_loss, t->test_acc);
-    char loss_key[16], acc_key[16];
-    snprintf(loss_key, sizeof loss_key, "%s_loss", set);
-    snprintf(acc_key, sizeof acc_key, "%s_acc", set);
-    return sov_metrics_emit(&t->metrics, json_pack("{s:s, s:I, s:f, s:f}", "event", "eval", "step", (json_int_t)step,
-                                                   loss_key, t->test_loss, acc_key, t->test_acc));
+    return sov_metrics_emit(&t->metrics,
+                            json_pack("{s:s, s:I, s:f, s:f}", "event", "eval", "step", (json_int_t)step,
+                                      held_out_loss_key(t), t->test_loss, held_out_acc_key(t), t->test_acc));
 }
 
 /* Averages the loss over the ranks and the steps since the last report, and prints the progress line. */
@@ -305,13 +306,10 @@ static sov_status finish(trainer *t, double wall) {
                 t->total_steps, resumed, wall, t->test_acc, t->test_loss, sps, t->world.size, plural, hex);
     if (t->world.rank == 0 && t->args.dump_params)
         SOV_CHECK(dump_params(t));
-    const char *set = t->lm ? "val" : "test";
-    char loss_key[16], acc_key[16];
-    snprintf(loss_key, sizeof loss_key, "%s_loss", set);
-    snprintf(acc_key, sizeof acc_key, "%s_acc", set);
     json_t *ev = json_pack("{s:s, s:I, s:f, s:f, s:f, s:f, s:f, s:i, s:s}", "event", "done", "step",
-                           (json_int_t)t->total_steps, loss_key, t->test_loss, acc_key, t->test_acc, "samples_per_s", sps,
-                           "train_s", t->train_seconds, "wall_s", wall, "world_size", t->world.size, "params_xxh3", hex);
+                           (json_int_t)t->total_steps, held_out_loss_key(t), t->test_loss, held_out_acc_key(t),
+                           t->test_acc, "samples_per_s", sps, "train_s", t->train_seconds, "wall_s", wall, "world_size",
+                           t->world.size, "params_xxh3", hex);
     if (t->lm)
         json_object_set_new(ev, "tokens_per_s", json_real(tps));
     return sov_metrics_emit(&t->metrics, ev);

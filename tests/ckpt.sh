@@ -6,11 +6,6 @@
 need_data
 
 C=(--hidden 32,16 --batch 64 --steps 40 --warmup-steps 5 --log-every 1 --threads 1 --eval-every 0)
-losses() { python3 -c "
-import json, sys
-for l in open(sys.argv[1]):
-    e = json.loads(l)
-    if e['event'] == 'step' and e['step'] > int(sys.argv[2]): print(e['step'], e['loss'].hex())" "$1" "$2"; }
 
 # --- bit-exact resume: 40 steps straight vs resumed from the step-20 checkpoint of the same run
 launch -np 2 -- sovtrain train "${C[@]}" --run-dir "$tmp/a" --ckpt-every 20 --keep 5 --dump-params "$tmp/pa" \

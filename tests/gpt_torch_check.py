@@ -2,14 +2,14 @@
 
 Usage: gpt_torch_check.py PATH_TO_GPT_DUMP
 
-Runs gpt_dump (one train_step on a fixed model and batch), loads its parameters into a PyTorch model written here
-from the architecture's definition, computes the loss and gradients in float64, and compares:
+Runs gpt_dump (one train_step on a fixed model and batch), loads its parameters into the PyTorch model of
+bench/peers/torch_gpt.py (the benchmark's peer, written from the architecture's definition, not from the C code),
+computes the loss and gradients in float64, and compares:
   |loss_c - loss_torch| < 1e-5, and per tensor max|g_c - g_t| <= 1e-7 + 2e-5 * max|g_t|.
 (The C side computes in float32: measured worst errors are 2e-7 in the loss and 8e-7 * max|g_t| in the
 gradients, so these bounds leave a margin of 25x or more, while a wrong term in any gradient is off by far more.)
 Exits 77 (skipped) when PyTorch or NumPy cannot be imported."""
 import json
-import math
 import os
 import struct
 import subprocess
@@ -22,7 +22,6 @@ GRAD_ABS, GRAD_REL = 1e-7, 2e-5
 try:
     import numpy as np
     import torch
-    import torch.nn as nn
     import torch.nn.functional as F
 except ImportError as e:
     # Debian's python3-torch lives under /usr/bin/python3, which may not be the python3 first on PATH.
@@ -33,6 +32,9 @@ except ImportError as e:
         os.execv(system, [system] + sys.argv)
     print(f"gpt_torch_check: skipped: {e} (install python3-torch python3-numpy)")
     sys.exit(77)
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "bench", "peers"))
+from torch_gpt import GPT  # noqa: E402  (after the import check above)
 
 
 def load_safetensors(path):
@@ -50,61 +52,6 @@ def load_safetensors(path):
         arr = np.frombuffer(data[begin:end], dtype="<f4").reshape(info["shape"])
         out[name] = torch.from_numpy(arr.astype(np.float64))
     return out
-
-
-class Block(nn.Module):
-    def __init__(self, C, NH):
-        super().__init__()
-        self.C, self.NH = C, NH
-        self.ln_1 = nn.LayerNorm(C, eps=1e-5)
-        self.ln_2 = nn.LayerNorm(C, eps=1e-5)
-        self.c_attn = nn.Linear(C, 3 * C)
-        self.attn_proj = nn.Linear(C, C)
-        self.c_fc = nn.Linear(C, 4 * C)
-        self.mlp_proj = nn.Linear(4 * C, C)
-
-    def attn(self, x):
-        B, T, C = x.shape
-        hs = C // self.NH
-        q, k, v = self.c_attn(x).split(C, dim=2)
-        q, k, v = (t.view(B, T, self.NH, hs).transpose(1, 2) for t in (q, k, v))
-        scores = q @ k.transpose(-2, -1) / math.sqrt(hs)
-        mask = torch.tril(torch.ones(T, T, dtype=torch.bool))
-        scores = scores.masked_fill(~mask, float("-inf"))
-        y = F.softmax(scores, dim=-1) @ v
-        return self.attn_proj(y.transpose(1, 2).reshape(B, T, C))
-
-    def forward(self, x):
-        x = x + self.attn(self.ln_1(x))
-        return x + self.mlp_proj(F.gelu(self.c_fc(self.ln_2(x)), approximate="tanh"))
-
-
-class GPT(nn.Module):
-    def __init__(self, V, T, C, NH, L):
-        super().__init__()
-        self.wte = nn.Embedding(V, C)
-        self.wpe = nn.Embedding(T, C)
-        self.h = nn.ModuleList(Block(C, NH) for _ in range(L))
-        self.ln_f = nn.LayerNorm(C, eps=1e-5)
-
-    def forward(self, tokens, targets):
-        T = tokens.shape[1]
-        x = self.wte(tokens) + self.wpe(torch.arange(T))
-        for block in self.h:
-            x = block(x)
-        logits = self.ln_f(x) @ self.wte.weight.t()  # tied output embedding
-        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
-
-    def by_name(self):
-        """The model's parameters under the C model's (HF GPT-2) names."""
-        out = {"wte.weight": self.wte.weight, "wpe.weight": self.wpe.weight,
-               "ln_f.weight": self.ln_f.weight, "ln_f.bias": self.ln_f.bias}
-        for l, b in enumerate(self.h):
-            for ours, mod in (("ln_1", b.ln_1), ("ln_2", b.ln_2), ("attn.c_attn", b.c_attn),
-                              ("attn.c_proj", b.attn_proj), ("mlp.c_fc", b.c_fc), ("mlp.c_proj", b.mlp_proj)):
-                out[f"h.{l}.{ours}.weight"] = mod.weight
-                out[f"h.{l}.{ours}.bias"] = mod.bias
-        return out
 
 
 def main():
@@ -139,7 +86,8 @@ def main():
                 print(f"gpt_torch_check: {name}: C shape {tuple(params[name].shape)}, torch {tuple(p.shape)}")
                 return 1
             p.copy_(params[name])
-    loss = model(tokens, targets)
+    logits = model(tokens)
+    loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
     loss.backward()
 
     failed = False

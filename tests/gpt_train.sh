@@ -9,11 +9,6 @@ data=/usr/share/games/fortunes
 
 C=(--model gpt --layers 2 --heads 2 --width 32 --context 32 --batch 8 --steps 24 --lr 3e-3 --warmup-steps 4
    --log-every 1 --eval-every 0 --threads 1)
-losses() { python3 -c "
-import json, sys
-for l in open(sys.argv[1]):
-    e = json.loads(l)
-    if e['event'] == 'step' and e['step'] > int(sys.argv[2]): print(e['step'], e['loss'].hex())" "$1" "$2"; }
 
 # --- world sizes and buckets
 "$SOV" train "${C[@]}" --run-dir "$tmp/one" --dump-params "$tmp/p_one" >"$tmp/one.log" 2>&1 \

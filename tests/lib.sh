@@ -32,6 +32,14 @@ expect_error() {
     fi
 }
 
+# losses METRICS STEP: "step loss" (the loss as exact hex) of every step after STEP in a metrics.jsonl, for
+# bit-exact comparisons of runs.
+losses() { python3 -c "
+import json, sys
+for l in open(sys.argv[1]):
+    e = json.loads(l)
+    if e['event'] == 'step' and e['step'] > int(sys.argv[2]): print(e['step'], e['loss'].hex())" "$1" "$2"; }
+
 # launch ARGS...: `sovtrain launch ARGS...`. Under the sanitizer build, leak checking is off inside MPI jobs:
 # Open MPI unloads its plugins at MPI_Finalize, so LeakSanitizer sees their deliberate at-exit allocations as
 # "<unknown module>" frames that no suppression can match. Single-process runs and unit tests keep it on.

@@ -27,7 +27,6 @@ import argparse
 import json
 import math
 import os
-import socket
 import sys
 import time
 
@@ -40,6 +39,8 @@ except ImportError as e:
     print(f"torch_gpt: PyTorch is not importable ({e}); apt-get install python3-torch, run with /usr/bin/python3",
           file=sys.stderr)
     sys.exit(77)
+
+from spawn_ranks import spawn_ranks  # noqa: E402  (bench/peers, beside this script)
 
 WARMUP = 5           # untimed steps, as sovtrain's UNTIMED_STEPS
 VOCAB = 256          # bytes
@@ -122,6 +123,17 @@ class GPT(nn.Module):
         for block in self.h:
             x = block(x)
         return F.linear(self.ln_f(x), self.wte.weight)  # tied output embedding
+
+    def by_name(self):
+        """The parameters under runtime/gpt.c's (HF GPT-2) tensor names, as its safetensors export has them."""
+        out = {"wte.weight": self.wte.weight, "wpe.weight": self.wpe.weight,
+               "ln_f.weight": self.ln_f.weight, "ln_f.bias": self.ln_f.bias}
+        for l, b in enumerate(self.h):
+            for ours, mod in (("ln_1", b.ln_1), ("ln_2", b.ln_2), ("attn.c_attn", b.c_attn),
+                              ("attn.c_proj", b.attn_proj), ("mlp.c_fc", b.c_fc), ("mlp.c_proj", b.mlp_proj)):
+                out[f"h.{l}.{ours}.weight"] = mod.weight
+                out[f"h.{l}.{ours}.bias"] = mod.bias
+        return out
 
 
 def lr_at(args, step):
@@ -242,21 +254,13 @@ def main():
     p.add_argument("--data", default="/usr/share/games/fortunes")
     p.add_argument("--seed", type=int, default=1)
     args = p.parse_args()
-    import torch.multiprocessing as mp
     if args.ranks < 1 or args.batch_per_rank < 1 or args.steps < 1 or args.width % args.heads:
         sys.exit("torch_gpt: need --ranks >= 1, --batch-per-rank >= 1, --steps >= 1, --heads dividing --width")
     if args.seconds is not None and args.seconds <= 0:
         sys.exit("torch_gpt: --seconds must be positive")
     try:
         load_corpus(args.data, args.context)
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
-        os.environ["OMP_NUM_THREADS"] = "1"
-        result = mp.get_context("spawn").SimpleQueue()
-        mp.spawn(worker, args=(args, port, result), nprocs=args.ranks)
-        r = result.get()
+        r = spawn_ranks(worker, args, args.ranks)
     except Exception as e:
         print(f"torch_gpt: {e}", file=sys.stderr)
         sys.exit(1)

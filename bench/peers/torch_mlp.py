@@ -13,7 +13,6 @@ import argparse
 import gzip
 import json
 import os
-import socket
 import sys
 import time
 
@@ -24,6 +23,8 @@ except ImportError as e:
     print(f"torch_mlp: PyTorch is not importable ({e}); apt-get install python3-torch, run with /usr/bin/python3",
           file=sys.stderr)
     sys.exit(77)
+
+from spawn_ranks import spawn_ranks  # noqa: E402  (bench/peers, beside this script)
 
 WARMUP = 5
 
@@ -105,20 +106,12 @@ def main():
     p.add_argument("--data", default="/usr/share/datasets/fashion-mnist")
     p.add_argument("--seed", type=int, default=1)
     args = p.parse_args()
-    import torch.multiprocessing as mp
     if args.ranks < 1 or args.batch_per_rank < 1 or args.steps <= WARMUP:
         sys.exit(f"torch_mlp: need --ranks >= 1, --batch-per-rank >= 1, --steps > {WARMUP}")
     try:
         for stem in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"):
             find(args.data, stem)
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
-        os.environ["OMP_NUM_THREADS"] = "1"
-        result = mp.get_context("spawn").SimpleQueue()
-        mp.spawn(worker, args=(args, port, result), nprocs=args.ranks)
-        sps = result.get()
+        sps = spawn_ranks(worker, args, args.ranks)
     except Exception as e:
         print(f"torch_mlp: {e}", file=sys.stderr)
         sys.exit(1)

@@ -11,21 +11,28 @@ same run, PyTorch (DDP over gloo) on the same model, batch and ranks where Debia
   scaling efficiency >= 0.90, sovtrain/PyTorch tokens/s >= 0.8 at 1 rank and >= 1.3 at 2 ranks, and sovtrain's
   val_loss <= PyTorch's after the same time.
 --model all (default): both.
+--device cuda: the MLP on GPUs, one per rank (`sovtrain train --device cuda`; the PyTorch peer on cuda:LOCAL_RANK
+  with DDP over NCCL and the training set resident on the GPU); world sizes above the number of GPUs PyTorch sees
+  are skipped. The GPT benchmark is CPU-only (sovtrain's GPT has no CUDA implementation).
+--python: the interpreter of the PyTorch peers (default: this one where it can import torch, else Debian's
+  /usr/bin/python3, where python3-torch installs).
 
-Prints tables and JSON lines {"bench":"train","impl","ranks",...} ("model":"gpt" ones carry tokens_per_s,
+Prints tables and JSON lines {"bench":"train","impl","ranks","device",...} ("model":"gpt" ones carry tokens_per_s,
 efficiency and val_loss). Throughput is each job's own figure: global samples (tokens) over the time spent in
 training steps (forward, backward, gradient allreduce, optimizer) after the first 5 warm-up steps, excluding
 start-up and evaluation."""
 import argparse
+import importlib.util
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-TORCH_PYTHON = "/usr/bin/python3"  # Debian's interpreter, where python3-torch installs
+DEBIAN_PYTHON = "/usr/bin/python3"  # Debian's interpreter, where python3-torch installs
 
 
 def run(cmd, timeout):
@@ -41,10 +48,11 @@ def run(cmd, timeout):
     return proc.returncode, out, err
 
 
-def sovtrain_done(sovtrain, ranks, train_args, run_dir, timeout):
-    """The "done" event of `sovtrain launch -np ranks -- sovtrain train train_args --run-dir run_dir`."""
-    cmd = [sovtrain, "launch", "-np", str(ranks), "--", "sovtrain", "train"] + train_args + ["--run-dir", run_dir]
-    rc, out, err = run(cmd, timeout)
+def sovtrain_done(sovtrain, ranks, train_args, run_dir, args):
+    """The "done" event of `sovtrain launch -np ranks -- sovtrain train train_args --device D --run-dir run_dir`."""
+    cmd = [sovtrain, "launch", "-np", str(ranks), "--", "sovtrain", "train"] + train_args + [
+        "--device", args.device, "--run-dir", run_dir]
+    rc, out, err = run(cmd, args.timeout)
     if rc != 0:
         sys.exit(f"bench/train: {' '.join(cmd)} failed ({rc}):\n{out}{err}")
     events = [json.loads(line) for line in open(os.path.join(run_dir, "metrics.jsonl"))]
@@ -55,24 +63,26 @@ def run_sovtrain(sovtrain, ranks, args, run_dir, extra):
     train_args = ["--model", "mlp", "--hidden", args.hidden, "--batch", str(args.batch_per_rank * ranks),
                   "--steps", str(args.steps), "--threads", "1", "--log-every", str(args.steps),
                   "--eval-every", str(10 * args.steps)] + extra
-    return sovtrain_done(sovtrain, ranks, train_args, run_dir, args.timeout)["samples_per_s"]
+    return sovtrain_done(sovtrain, ranks, train_args, run_dir, args)["samples_per_s"]
 
 
 def run_torch(ranks, args):
     """samples/s of the PyTorch DDP peer, or None (with the reason) where torch is missing."""
-    if not os.path.exists(TORCH_PYTHON):
-        return None, f"{TORCH_PYTHON} missing"
-    cmd = [TORCH_PYTHON, os.path.join(HERE, "peers", "torch_mlp.py"), "--ranks", str(ranks), "--hidden", args.hidden,
-           "--batch-per-rank", str(args.batch_per_rank), "--steps", str(args.steps)]
-    result, note = run_peer(cmd, args.timeout)
+    result, note = run_peer(args, "torch_mlp.py", [
+        "--ranks", str(ranks), "--hidden", args.hidden, "--batch-per-rank", str(args.batch_per_rank),
+        "--steps", str(args.steps), "--device", args.device])
     return (result["samples_per_s"] if result else None), note
 
 
-def run_peer(cmd, timeout):
-    """The JSON line a peer prints, or None (with the reason) where torch is missing."""
-    rc, out, err = run(cmd, timeout)
+def run_peer(args, script, peer_args):
+    """The JSON line bench/peers/<script> prints under args.python, or None (with the reason) where torch is
+    missing."""
+    if not shutil.which(args.python):
+        return None, f"{args.python} missing"
+    cmd = [args.python, os.path.join(HERE, "peers", script)] + peer_args
+    rc, out, err = run(cmd, args.timeout)
     if rc == 77:
-        return None, "python3-torch is not installed (apt-get install python3-torch)"
+        return None, f"{args.python} cannot import torch (apt-get install python3-torch, or see --python)"
     if rc != 0:
         sys.exit(f"bench/train: {' '.join(cmd)} failed ({rc}):\n{out}{err}")
     return json.loads(out.strip().splitlines()[-1]), None
@@ -91,16 +101,14 @@ def gpt_train_args(args, ranks):
 
 def run_torch_gpt(ranks, args, seconds=None):
     """The GPT peer's JSON result at `ranks` ranks (--steps mode, or --seconds), or None with the reason."""
-    if not os.path.exists(TORCH_PYTHON):
-        return None, f"{TORCH_PYTHON} missing"
-    cmd = [TORCH_PYTHON, os.path.join(HERE, "peers", "torch_gpt.py"), "--ranks", str(ranks),
-           "--layers", str(args.gpt_layers), "--heads", str(args.gpt_heads), "--width", str(args.gpt_width),
-           "--context", str(args.gpt_context), "--batch-per-rank", str(args.gpt_batch_per_rank),
-           "--steps", str(args.gpt_steps), "--lr", repr(args.gpt_lr), "--warmup-steps", str(args.gpt_warmup_steps),
-           "--data", args.gpt_data, "--seed", str(args.seed)]
+    peer_args = ["--ranks", str(ranks), "--layers", str(args.gpt_layers), "--heads", str(args.gpt_heads),
+                 "--width", str(args.gpt_width), "--context", str(args.gpt_context),
+                 "--batch-per-rank", str(args.gpt_batch_per_rank), "--steps", str(args.gpt_steps),
+                 "--lr", repr(args.gpt_lr), "--warmup-steps", str(args.gpt_warmup_steps),
+                 "--data", args.gpt_data, "--seed", str(args.seed)]
     if seconds is not None:
-        cmd += ["--seconds", f"{seconds:.3f}"]
-    return run_peer(cmd, args.timeout)
+        peer_args += ["--seconds", f"{seconds:.3f}"]
+    return run_peer(args, "torch_gpt.py", peer_args)
 
 
 def gpt_params(L, C, T, V=256):
@@ -114,7 +122,7 @@ def bench_gpt(args, sovtrain, ranks, tmp):
     sov = {}
     for n in ranks:
         done = sovtrain_done(sovtrain, n, gpt_train_args(args, n) + args.sovtrain_args.split(),
-                             os.path.join(tmp, f"gpt-r{n}"), args.timeout)
+                             os.path.join(tmp, f"gpt-r{n}"), args)
         sov[n] = done
         rows.append(("sovtrain", n, done["tokens_per_s"], done.get("val_loss"), done.get("step", args.gpt_steps)))
     if not args.no_torch:
@@ -172,7 +180,7 @@ def bench_gpt(args, sovtrain, ranks, tmp):
         ok = value >= bound if op == ">=" else value <= bound
         print(f"# target: {name:<46} {value:>8.3f} {op} {bound:<5g} {'PASS' if ok else 'FAIL'}")
     for impl, n, tps, vl, steps in rows:
-        print(json.dumps({"bench": "train", "model": "gpt", "impl": impl, "ranks": n,
+        print(json.dumps({"bench": "train", "model": "gpt", "impl": impl, "ranks": n, "device": "cpu",
                           "tokens_per_s": round(tps, 1), "efficiency": round(eff(impl, n, tps), 4),
                           "val_loss": round(vl, 5) if vl is not None else None, "steps": steps,
                           "batch_per_rank": args.gpt_batch_per_rank, "context": T}))
@@ -198,17 +206,39 @@ def bench_mlp(args, sovtrain, ranks, tmp):
     base = {impl: sps / n for impl, n, sps in rows if n == ranks[0]}
     ours = {n: sps for impl, n, sps in rows if impl == "sovtrain"}
     model = f"mlp 784-{args.hidden.replace(',', '-')}-10"
-    print(f"# bench/train: {model}, {args.batch_per_rank} samples per rank, {args.steps} steps, 1 thread per rank")
+    per_rank = "1 thread per rank" if args.device == "cpu" else "1 GPU per rank"
+    print(f"# bench/train: {model}, {args.batch_per_rank} samples per rank, {args.steps} steps, {per_rank}")
     print(f"# efficiency = samples/s(N) / (N x samples/s(1 rank)) of the same implementation (bound 1.00)")
-    print(f"# {'impl':<9} {'ranks':>5} {'samples/s':>11} {'efficiency':>11} {'sovtrain/this':>14}")
+    print(f"# {'impl':<9} {'ranks':>5} {'device':>6} {'samples/s':>11} {'efficiency':>11} {'sovtrain/this':>14}")
     for impl, n, sps in rows:
-        print(f"  {impl:<9} {n:>5} {sps:>11.0f} {sps / (n * base[impl]):>11.3f} {ours[n] / sps:>14.2f}")
+        print(f"  {impl:<9} {n:>5} {args.device:>6} {sps:>11.0f} {sps / (n * base[impl]):>11.3f} "
+              f"{ours[n] / sps:>14.2f}")
     if note:
         print(f"# PyTorch peer skipped: {note}")
     for impl, n, sps in rows:
-        print(json.dumps({"bench": "train", "model": model, "impl": impl, "ranks": n,
+        print(json.dumps({"bench": "train", "model": model, "impl": impl, "ranks": n, "device": args.device,
                           "batch_per_rank": args.batch_per_rank, "samples_per_s": round(sps, 1),
                           "efficiency": round(sps / (n * base[impl]), 4)}))
+
+
+def cuda_ranks(args, ranks):
+    """The world sizes of `ranks` that have a GPU per rank, as PyTorch under args.python counts them (it exits
+    where there is no GPU, or no torch to count them with)."""
+    count = "import torch; print(torch.cuda.device_count() if torch.cuda.is_available() else 0)"
+    if not shutil.which(args.python):
+        sys.exit(f"bench/train: {args.python} missing (see --python)")
+    rc, out, err = run([args.python, "-c", count], 300)
+    if rc != 0:
+        sys.exit(f"bench/train: --device cuda counts the GPUs with PyTorch, which {args.python} cannot import "
+                 f"({(err.strip().splitlines() or ['?'])[-1]}); see --python")
+    gpus = int(out.split()[-1])
+    if gpus == 0:
+        sys.exit(f"bench/train: --device cuda, but no CUDA GPU is usable here (torch.cuda.is_available() is False "
+                 f"under {args.python})")
+    skipped = [n for n in ranks if n > gpus]
+    if skipped:
+        print(f"# bench/train: skipping {','.join(map(str, skipped))} ranks: one GPU per rank, {gpus} visible")
+    return [n for n in ranks if n <= gpus]
 
 
 def main():
@@ -216,7 +246,12 @@ def main():
     p.add_argument("--sovtrain", default="build/sovtrain", help="the sovtrain binary (default build/sovtrain)")
     p.add_argument("--model", choices=("mlp", "gpt", "all"), default="all", help="which benchmark (default all)")
     p.add_argument("--ranks", default="1,2", help="comma-separated world sizes; the first is the baseline")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where the MLP trains, sovtrain "
+                   "and PyTorch alike (default cpu); cuda: one GPU per rank, MLP only")
     p.add_argument("--no-torch", action="store_true", help="skip the PyTorch peers")
+    p.add_argument("--python", default=sys.executable if importlib.util.find_spec("torch") else DEBIAN_PYTHON,
+                   help="interpreter of the PyTorch peers (default: this one where it can import torch, else "
+                   f"{DEBIAN_PYTHON})")
     p.add_argument("--sovtrain-args", default="", help="extra `sovtrain train` arguments, e.g. '--comm mpi'")
     p.add_argument("--seed", type=int, default=1, help="GPT: seed of both implementations (default 1)")
     p.add_argument("--timeout", type=float, default=1800, help="seconds one job may take (default 1800)")
@@ -240,10 +275,18 @@ def main():
     args = p.parse_args()
     sovtrain = os.path.abspath(args.sovtrain)
     ranks = [int(r) for r in args.ranks.split(",")]
+    if args.device == "cuda":
+        if args.model == "gpt":
+            p.error("--device cuda: the GPT benchmark is CPU-only (sovtrain's GPT has no CUDA implementation)")
+        ranks = cuda_ranks(args, ranks)
+        if args.model == "all":
+            print("# bench/train: --device cuda runs the MLP only (sovtrain's GPT has no CUDA implementation)")
+        if not ranks:
+            sys.exit("bench/train: no world size left to run (--ranks)")
     with tempfile.TemporaryDirectory(prefix="sovtrain-bench-") as tmp:
         if args.model in ("mlp", "all"):
             bench_mlp(args, sovtrain, ranks, tmp)
-        if args.model in ("gpt", "all"):
+        if args.model in ("gpt", "all") and args.device == "cpu":
             bench_gpt(args, sovtrain, ranks, tmp)
 
 

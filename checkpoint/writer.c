@@ -531,6 +531,50 @@ static size_t plan_share(sov_ckpt_writer *w, const sov_ckpt_state *s) {
     return bytes;
 }
 
+static void free_staging(sov_ckpt_writer *w) {
+    if (w->opt.free_host)
+        w->opt.free_host(w->opt.memory_ctx, w->staging);
+    else
+        free(w->staging);
+    w->staging = NULL;
+    w->staging_cap = 0;
+}
+
+static sov_status reserve_staging(sov_ckpt_writer *w, size_t share) {
+    if (share <= w->staging_cap)
+        return SOV_OK;
+    free_staging(w);
+    w->staging = w->opt.alloc_host ? w->opt.alloc_host(w->opt.memory_ctx, share) : sov_aligned_alloc(share);
+    if (!w->staging)
+        return SOV_ERR_NOMEM;
+    w->staging_cap = share;
+    return SOV_OK;
+}
+
+sov_status sov_ckpt_writer_reserve(sov_ckpt_writer *w, const sov_ckpt_state *s) {
+    if (w->running)
+        return sov_fail(SOV_ERR_INVALID, "checkpoint: reserve while a save is in flight");
+    return reserve_staging(w, plan_share(w, s));
+}
+
+/* The snapshot: one copy of this rank's share into staging (two threads copy no faster here); from a GPU, one
+ * device-to-host copy per piece into pinned memory. */
+static sov_status snapshot(sov_ckpt_writer *w, const sov_ckpt_state *s, size_t share) {
+    SOV_CHECK(reserve_staging(w, share));
+    size_t at = 0;
+    for (int p = 0; p < w->npieces; p++) {
+        const piece *pc = &w->pieces[p];
+        size_t elem = w->elem_bytes[pc->buffer], bytes = pc->count * elem;
+        const uint8_t *src = (const uint8_t *)s->buffers[pc->buffer].data + pc->offset * elem;
+        if (w->opt.copy_to_host)
+            SOV_CHECK(w->opt.copy_to_host(w->opt.memory_ctx, w->staging + at, src, bytes));
+        else
+            memcpy(w->staging + at, src, bytes);
+        at += bytes;
+    }
+    return SOV_OK;
+}
+
 sov_status sov_ckpt_save(sov_ckpt_writer *w, const sov_ckpt_state *s, uint64_t save_id, double *stall_s,
                          double *waited_s) {
     double t0 = sov_now();
@@ -547,21 +591,7 @@ sov_status sov_ckpt_save(sov_ckpt_writer *w, const sov_ckpt_state *s, uint64_t s
         if (s->buffers[b].dtype != SOV_CKPT_F32 && s->buffers[b].dtype != SOV_CKPT_BF16)
             return sov_fail(SOV_ERR_INVALID, "checkpoint: buffer \"%s\" has unknown dtype %d", s->buffers[b].name,
                             (int)s->buffers[b].dtype);
-    size_t share = plan_share(w, s);
-    if (share > w->staging_cap) {
-        free(w->staging);
-        w->staging_cap = 0;
-        if (!(w->staging = sov_aligned_alloc(share)))
-            return SOV_ERR_NOMEM;
-        w->staging_cap = share;
-    }
-    size_t at = 0; /* the snapshot: one copy of this rank's share (two threads copy no faster here) */
-    for (int p = 0; p < w->npieces; p++) {
-        const piece *pc = &w->pieces[p];
-        size_t elem = w->elem_bytes[pc->buffer];
-        memcpy(w->staging + at, (const uint8_t *)s->buffers[pc->buffer].data + pc->offset * elem, pc->count * elem);
-        at += pc->count * elem;
-    }
+    SOV_CHECK(snapshot(w, s, plan_share(w, s)));
     json_decref(w->manifest_base);
     w->manifest_base = w->rank == 0 ? manifest_base(w, s) : NULL;
     w->step = s->step;
@@ -586,6 +616,6 @@ void sov_ckpt_writer_close(sov_ckpt_writer *w) {
         free(w->out[i]);
     free(w->stream_buf);
     json_decref(w->manifest_base);
-    free(w->staging);
+    free_staging(w);
     free(w);
 }

@@ -124,6 +124,8 @@ void sov_comm_free(sov_comm *c, void *ptr) {
         free(ptr);
 }
 
+void sov_comm_set_stream(sov_comm *c, void *cuda_stream) { c->stream = cuda_stream; }
+
 void sov_comm_abort(sov_comm *c, int exit_code) {
     if (c && c->ops->abort)
         c->ops->abort(c, exit_code);
@@ -156,6 +158,8 @@ static sov_status issue(sov_comm *c, sov_op op, sov_request **req) {
         *req = NULL;
     SOV_CHECK(check(c, &op));
     op.seq = ++c->seq;
+    if (c->ops->issued)
+        c->ops->issued(c, &op);
     return sov_async_submit(c, &op, req);
 }
 

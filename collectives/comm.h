@@ -9,7 +9,8 @@
  *         in rank order, so every rank gets the same bits, run after run
  *   mpi   Open MPI's collectives, any placement (the portable fallback)
  *   hier  several hosts: shm inside each host, MPI between hosts
- *   nccl  GPU buffers (CUDA builds only): NCCL on a dedicated stream
+ *   nccl  GPU buffers (CUDA builds only): NCCL on a dedicated stream; host buffers (small control messages)
+ *         are staged through device memory. A one-rank nccl communicator needs no MPI.
  * AUTO picks self for one rank, nccl for GPU buffers, shm when all ranks share a host, else hier.
  *
  * Every operation has a blocking form and an asynchronous one (sov_comm_i*: a request to wait for or test).
@@ -87,6 +88,12 @@ sov_status sov_comm_ibarrier(sov_comm *comm, sov_request **req);
 sov_status sov_comm_wait(sov_request *req);
 /* Sets *done to 1 when the request has completed (then sov_comm_wait returns at once). */
 sov_status sov_comm_test(sov_request *req, int *done);
+
+/* GPU jobs: the CUDA stream (a cudaStream_t) on which the caller computes the buffers it passes. Every
+ * collective issued afterwards runs after the work issued on that stream up to the call (nccl records a CUDA
+ * event there and makes its own stream wait for it), so gradients can be reduced while later layers' backward
+ * still runs. Backends without GPU buffers ignore it. */
+void sov_comm_set_stream(sov_comm *comm, void *cuda_stream);
 
 /* Ends the whole job after an unrecoverable error on this rank, so that no other rank waits forever in a
  * collective this rank will never join. A one-rank communicator just returns. */

@@ -19,6 +19,7 @@ typedef struct sov_op {
     sov_redop redop;
     int root;
     uint64_t seq;
+    void *ready_event; /* nccl: a cudaEvent_t the collective must wait for (recorded on the caller's stream) */
 } sov_op;
 
 const char *sov_op_name(sov_op_kind kind);
@@ -29,6 +30,8 @@ typedef struct sov_comm_ops {
     void (*free)(sov_comm *c, void *ptr);
     void (*abort)(sov_comm *c, int exit_code);
     void (*destroy)(sov_comm *c);
+    /* Optional: called on the issuing thread as a collective is issued, before it is queued. */
+    void (*issued)(sov_comm *c, sov_op *op);
 } sov_comm_ops;
 
 /* The asynchronous engine: one progress thread per communicator, started at the first asynchronous call. */
@@ -59,6 +62,7 @@ struct sov_comm {
     double watchdog_grace; /* extra seconds for backends that detect their own timeouts and name the ranks */
     pthread_t watchdog;
     int watchdog_running;
+    void *stream;          /* sov_comm_set_stream: the caller's CUDA stream, or NULL */
     void *impl;
 };
 

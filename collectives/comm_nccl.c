@@ -1,9 +1,11 @@
 /* comm_nccl.c: collectives on GPU buffers through NCCL (CUDA builds only).
  *
- * Rank 0 makes the ncclUniqueId and broadcasts it over MPI; every rank then joins with ncclCommInitRankConfig on
- * the GPU of its local rank. Collectives run on a dedicated non-blocking stream; completion is polled together
- * with ncclCommGetAsyncError, so a failed or hung NCCL operation ends in ncclCommAbort and a message rather than
- * in a silent hang. */
+ * Rank 0 makes the ncclUniqueId and broadcasts it over MPI (a one-rank job needs no MPI); every rank then joins
+ * with ncclCommInitRankConfig on the GPU of its local rank. Collectives run on a dedicated non-blocking stream,
+ * after the caller's stream has passed the point where the collective was issued (a CUDA event per collective).
+ * Completion is polled together with ncclCommGetAsyncError, so a failed or hung NCCL operation ends in
+ * ncclCommAbort and a message rather than in a silent hang. Host buffers (the runtime's small control messages:
+ * losses, flags, hashes) are staged through device memory. */
 #include "comm_internal.h"
 
 #ifndef SOVTRAIN_HAVE_CUDA
@@ -21,13 +23,16 @@ sov_status sov_comm_nccl_init(sov_comm *c, const sov_world *world) {
 #include <nccl.h>
 #include <sched.h>
 #include <stdlib.h>
+#include <string.h>
 
 typedef struct nccl_state {
-    MPI_Comm world;
+    MPI_Comm world; /* MPI_COMM_NULL in a one-rank job */
     ncclComm_t comm;
     cudaStream_t stream;
     float *one; /* device scalar for barriers */
     int device;
+    uint8_t *stage; /* device staging for host buffers */
+    size_t stage_cap;
 } nccl_state;
 
 static sov_status cuda_error(const sov_comm *c, const char *what, cudaError_t err) {
@@ -50,7 +55,13 @@ static ncclDataType_t nccl_type(sov_dtype dt) {
     return ncclFloat32;
 }
 
-static ncclRedOp_t nccl_op(sov_redop op) { return op == SOV_MAX ? ncclMax : op == SOV_AVG ? ncclAvg : ncclSum; }
+/* An average over one rank is a sum: NCCL 2.28.9's one-rank ncclAvg out of place was seen (comm_check, H200)
+ * to leave the last count % (16 / element size) elements of the output unwritten, while ncclSum is right. */
+static ncclRedOp_t nccl_op(const sov_comm *c, sov_redop op) {
+    if (op == SOV_AVG && c->size == 1)
+        return ncclSum;
+    return op == SOV_MAX ? ncclMax : op == SOV_AVG ? ncclAvg : ncclSum;
+}
 
 /* Waits for the stream, watching NCCL's asynchronous error and the timeout. */
 static sov_status wait_stream(sov_comm *c, nccl_state *s, const sov_op *op) {
@@ -79,24 +90,117 @@ static sov_status wait_stream(sov_comm *c, nccl_state *s, const sov_op *op) {
     }
 }
 
-static sov_status nccl_run(sov_comm *c, const sov_op *op) {
+/* ---- host buffers, staged through device memory ---- */
+
+static int is_host(const void *p) {
+    struct cudaPointerAttributes a;
+    if (cudaPointerGetAttributes(&a, p) != cudaSuccess) {
+        cudaGetLastError(); /* older runtimes flag plain host pointers as an error: clear it */
+        return 1;
+    }
+    return a.type == cudaMemoryTypeUnregistered || a.type == cudaMemoryTypeHost;
+}
+
+static size_t send_bytes(const sov_comm *c, const sov_op *op) {
+    size_t n = op->kind == OP_REDUCE_SCATTER ? op->count * (size_t)c->size : op->count;
+    return n * sov_dtype_size(op->dtype);
+}
+
+static size_t recv_bytes(const sov_comm *c, const sov_op *op) {
+    size_t n = op->kind == OP_ALLGATHER ? op->count * (size_t)c->size : op->count;
+    return n * sov_dtype_size(op->dtype);
+}
+
+static sov_status grow_stage(sov_comm *c, nccl_state *s, size_t bytes) {
+    if (bytes <= s->stage_cap)
+        return SOV_OK;
+    cudaFree(s->stage);
+    s->stage = NULL;
+    s->stage_cap = 0;
+    cudaError_t err = cudaMalloc((void **)&s->stage, bytes);
+    if (err != cudaSuccess)
+        return cuda_error(c, "staging buffer for host data (cudaMalloc)", err);
+    s->stage_cap = bytes;
+    return SOV_OK;
+}
+
+/* Rewrites op's host buffers to device staging: recv first (its whole content, for in-place operations), then
+ * send, inside recv's staging when it lies in recv (in place), else after it. Sets *host_recv when the result
+ * must be copied back. */
+static sov_status stage_in(sov_comm *c, nccl_state *s, sov_op *op, void **host_recv) {
+    size_t sb = send_bytes(c, op), rb = recv_bytes(c, op);
+    int recv_host = rb && is_host(op->recv), send_host = sb && op->kind != OP_BARRIER && is_host(op->send);
+    *host_recv = NULL;
+    if (!recv_host && !send_host)
+        return SOV_OK;
+    SOV_CHECK(grow_stage(c, s, rb + sb + 256));
+    const uint8_t *send = op->send, *recv = op->recv;
+    uint8_t *stage_recv = s->stage, *stage_send = s->stage + ((rb + 255) & ~(size_t)255);
+    cudaError_t err = cudaSuccess;
+    if (recv_host) {
+        err = cudaMemcpyAsync(stage_recv, recv, rb, cudaMemcpyHostToDevice, s->stream);
+        *host_recv = op->recv;
+        op->recv = stage_recv;
+    }
+    if (send_host && err == cudaSuccess) {
+        if (recv_host && send >= recv && send + sb <= recv + rb) {
+            op->send = stage_recv + (send - recv);
+        } else {
+            err = cudaMemcpyAsync(stage_send, send, sb, cudaMemcpyHostToDevice, s->stream);
+            op->send = stage_send;
+        }
+    }
+    return err == cudaSuccess ? SOV_OK : cuda_error(c, "staging host data to the GPU", err);
+}
+
+/* ---- collectives ---- */
+
+static ncclResult_t enqueue(const sov_comm *c, nccl_state *s, const sov_op *op) {
+    ncclDataType_t dt = nccl_type(op->dtype);
+    switch (op->kind) {
+    case OP_ALLREDUCE: return ncclAllReduce(op->send, op->recv, op->count, dt, nccl_op(c, op->redop), s->comm, s->stream);
+    case OP_BROADCAST: return ncclBroadcast(op->recv, op->recv, op->count, dt, op->root, s->comm, s->stream);
+    case OP_ALLGATHER: return ncclAllGather(op->send, op->recv, op->count, dt, s->comm, s->stream);
+    case OP_REDUCE_SCATTER:
+        return ncclReduceScatter(op->send, op->recv, op->count, dt, nccl_op(c, op->redop), s->comm, s->stream);
+    case OP_BARRIER: return ncclAllReduce(s->one, s->one, 1, ncclFloat32, ncclSum, s->comm, s->stream);
+    }
+    return ncclInvalidArgument;
+}
+
+static sov_status nccl_run(sov_comm *c, const sov_op *issued) {
     nccl_state *s = c->impl;
+    sov_op op = *issued;
+    cudaSetDevice(s->device); /* this may be the progress thread */
+    if (op.ready_event) {
+        cudaStreamWaitEvent(s->stream, (cudaEvent_t)op.ready_event, 0);
+        cudaEventDestroy((cudaEvent_t)op.ready_event);
+    }
     if (!s->comm)
         return sov_fail(SOV_ERR_COMM, "rank %d: the NCCL communicator was aborted after an earlier failure", c->rank);
-    ncclDataType_t dt = nccl_type(op->dtype);
-    ncclResult_t r = ncclSuccess;
-    switch (op->kind) {
-    case OP_ALLREDUCE: r = ncclAllReduce(op->send, op->recv, op->count, dt, nccl_op(op->redop), s->comm, s->stream); break;
-    case OP_BROADCAST: r = ncclBroadcast(op->recv, op->recv, op->count, dt, op->root, s->comm, s->stream); break;
-    case OP_ALLGATHER: r = ncclAllGather(op->send, op->recv, op->count, dt, s->comm, s->stream); break;
-    case OP_REDUCE_SCATTER:
-        r = ncclReduceScatter(op->send, op->recv, op->count, dt, nccl_op(op->redop), s->comm, s->stream);
-        break;
-    case OP_BARRIER: r = ncclAllReduce(s->one, s->one, 1, ncclFloat32, ncclSum, s->comm, s->stream); break;
-    }
+    void *host_recv;
+    SOV_CHECK(stage_in(c, s, &op, &host_recv));
+    ncclResult_t r = enqueue(c, s, &op);
     if (r != ncclSuccess)
-        return nccl_error(c, sov_op_name(op->kind), r);
-    return wait_stream(c, s, op);
+        return nccl_error(c, sov_op_name(op.kind), r);
+    if (host_recv) {
+        cudaError_t err = cudaMemcpyAsync(host_recv, op.recv, recv_bytes(c, &op), cudaMemcpyDeviceToHost, s->stream);
+        if (err != cudaSuccess)
+            return cuda_error(c, "copying a staged result to the host", err);
+    }
+    return wait_stream(c, s, &op);
+}
+
+/* Records where the caller's stream is, so the collective starts after the work that produced its buffers. */
+static void nccl_issued(sov_comm *c, sov_op *op) {
+    cudaEvent_t ev;
+    if (!c->stream || cudaEventCreateWithFlags(&ev, cudaEventDisableTiming) != cudaSuccess)
+        return;
+    if (cudaEventRecord(ev, (cudaStream_t)c->stream) != cudaSuccess) {
+        cudaEventDestroy(ev);
+        return;
+    }
+    op->ready_event = ev;
 }
 
 static void *nccl_alloc(sov_comm *c, size_t bytes) {
@@ -120,7 +224,10 @@ static void nccl_abort(sov_comm *c, int exit_code) {
     nccl_state *s = c->impl;
     if (s && s->comm)
         ncclCommAbort(s->comm);
-    MPI_Abort(MPI_COMM_WORLD, exit_code);
+    if (s)
+        s->comm = NULL;
+    if (c->size > 1)
+        MPI_Abort(MPI_COMM_WORLD, exit_code);
 }
 
 static void nccl_destroy(sov_comm *c) {
@@ -129,17 +236,34 @@ static void nccl_destroy(sov_comm *c) {
         return;
     if (s->comm)
         ncclCommDestroy(s->comm);
-    if (s->one)
-        cudaFree(s->one);
+    cudaFree(s->one);
+    cudaFree(s->stage);
     if (s->stream)
         cudaStreamDestroy(s->stream);
-    MPI_Comm_free(&s->world);
+    if (s->world != MPI_COMM_NULL)
+        MPI_Comm_free(&s->world);
     free(s);
     c->impl = NULL;
 }
 
-static const sov_comm_ops nccl_ops = {
-    .run = nccl_run, .alloc = nccl_alloc, .free = nccl_free, .abort = nccl_abort, .destroy = nccl_destroy};
+static const sov_comm_ops nccl_ops = {.run = nccl_run, .alloc = nccl_alloc, .free = nccl_free, .abort = nccl_abort,
+                                      .destroy = nccl_destroy, .issued = nccl_issued};
+
+/* Rank 0's unique id, to every rank over MPI (nothing to send in a one-rank job). */
+static sov_status share_id(sov_comm *c, nccl_state *s, ncclUniqueId *id) {
+    ncclResult_t r = ncclSuccess;
+    if (c->rank == 0)
+        r = ncclGetUniqueId(id);
+    if (c->size == 1)
+        return r == ncclSuccess ? SOV_OK : nccl_error(c, "ncclGetUniqueId", r);
+    int ok = r == ncclSuccess;
+    MPI_Bcast(&ok, 1, MPI_INT, 0, s->world);
+    if (!ok)
+        return c->rank == 0 ? nccl_error(c, "ncclGetUniqueId", r)
+                            : sov_fail(SOV_ERR_COMM, "rank %d: rank 0 could not create the NCCL id", c->rank);
+    MPI_Bcast(id, sizeof *id, MPI_BYTE, 0, s->world);
+    return SOV_OK;
+}
 
 static sov_status nccl_setup(sov_comm *c, nccl_state *s, const sov_world *w) {
     int devices = 0;
@@ -148,6 +272,10 @@ static sov_status nccl_setup(sov_comm *c, nccl_state *s, const sov_world *w) {
         return cuda_error(c, "no usable GPU for the nccl backend: cudaGetDeviceCount", err);
     if (devices == 0)
         return sov_fail(SOV_ERR_UNSUPPORTED, "rank %d: the nccl backend needs a GPU and none is visible", c->rank);
+    if (w->local_size > devices)
+        return sov_fail(SOV_ERR_UNSUPPORTED, "rank %d: the nccl backend needs a GPU per rank, but %d ranks share this "
+                        "host's %d GPU(s) (NCCL refuses two ranks on one GPU): start fewer ranks per host or use "
+                        "--device cpu", c->rank, w->local_size, devices);
     s->device = w->local_rank % devices;
     if ((err = cudaSetDevice(s->device)) != cudaSuccess)
         return cuda_error(c, "cudaSetDevice", err);
@@ -156,17 +284,10 @@ static sov_status nccl_setup(sov_comm *c, nccl_state *s, const sov_world *w) {
     if (!(s->one = nccl_alloc(c, sizeof(float))))
         return SOV_ERR_COMM;
     ncclUniqueId id;
-    ncclResult_t r = ncclSuccess;
-    if (c->rank == 0)
-        r = ncclGetUniqueId(&id);
-    int ok = r == ncclSuccess;
-    MPI_Bcast(&ok, 1, MPI_INT, 0, s->world);
-    if (!ok)
-        return c->rank == 0 ? nccl_error(c, "ncclGetUniqueId", r)
-                            : sov_fail(SOV_ERR_COMM, "rank %d: rank 0 could not create the NCCL id", c->rank);
-    MPI_Bcast(&id, sizeof id, MPI_BYTE, 0, s->world);
+    SOV_CHECK(share_id(c, s, &id));
     ncclConfig_t config = NCCL_CONFIG_INITIALIZER;
-    if ((r = ncclCommInitRankConfig(&s->comm, c->size, id, c->rank, &config)) != ncclSuccess) {
+    ncclResult_t r = ncclCommInitRankConfig(&s->comm, c->size, id, c->rank, &config);
+    if (r != ncclSuccess) {
         s->comm = NULL;
         return nccl_error(c, "ncclCommInitRankConfig", r);
     }
@@ -174,13 +295,16 @@ static sov_status nccl_setup(sov_comm *c, nccl_state *s, const sov_world *w) {
 }
 
 sov_status sov_comm_nccl_init(sov_comm *c, const sov_world *world) {
-    SOV_CHECK(sov_mpi_ensure(c));
+    if (c->size > 1)
+        SOV_CHECK(sov_mpi_ensure(c));
     nccl_state *s = sov_calloc(1, sizeof *s);
     if (!s)
         return SOV_ERR_NOMEM;
+    s->world = MPI_COMM_NULL;
     c->impl = s;
     c->ops = &nccl_ops;
-    MPI_Comm_dup(MPI_COMM_WORLD, &s->world);
+    if (c->size > 1)
+        MPI_Comm_dup(MPI_COMM_WORLD, &s->world);
     sov_status st = nccl_setup(c, s, world);
     if (st != SOV_OK)
         nccl_destroy(c);

@@ -43,11 +43,14 @@ static void pin_gpu(int local_rank) {
             tok = strtok_r(NULL, ",", &save);
         if (tok)
             setenv("CUDA_VISIBLE_DEVICES", tok, 1);
+        set_int("SOVTRAIN_HOST_GPUS", n); /* what the rank's GPU was picked from: `train --device auto` reads it */
         return;
     }
     int gpus = driver_gpus();
-    if (gpus > 0)
+    if (gpus > 0) {
         set_int("CUDA_VISIBLE_DEVICES", local_rank % gpus);
+        set_int("SOVTRAIN_HOST_GPUS", gpus);
+    }
 }
 
 int sov_rank_main(int argc, char **argv) {

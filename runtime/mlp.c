@@ -2,7 +2,7 @@
  *
  * Layer l has weight W_l [out, in] (PyTorch's nn.Linear layout) and bias b_l [out], stored back to back in the
  * flat buffer, so each layer's gradients form one contiguous range that backward hands to the gradient hook. */
-#include "runtime.h"
+#include "mlp.h"
 #include "rng.h"
 
 #include <cblas.h>
@@ -12,8 +12,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define MLP_MAX_LAYERS 16
-
 typedef struct mlp {
     int layers;                   /* Linear layers */
     int dims[MLP_MAX_LAYERS + 1]; /* dims[0] input, dims[layers] classes */
@@ -22,39 +20,41 @@ typedef struct mlp {
     float *delta[2];                 /* ping-pong gradients w.r.t. layer outputs */
 } mlp;
 
-static sov_status parse_hidden(const char *spec, mlp *net, int input_dim, int classes) {
-    net->dims[0] = input_dim;
-    net->layers = 0;
-    const char *p = spec ? spec : "";
-    while (*p) {
+sov_status sov_mlp_dims(const sov_model_config *cfg, int *dims, int *layers) {
+    if (cfg->input_dim < 1 || cfg->classes < 2 || cfg->max_batch < 1)
+        return sov_fail(SOV_ERR_INVALID, "mlp: bad shape (input %d, classes %d, batch %d)", cfg->input_dim,
+                        cfg->classes, cfg->max_batch);
+    const char *spec = cfg->hidden ? cfg->hidden : "";
+    dims[0] = cfg->input_dim;
+    *layers = 0;
+    for (const char *p = spec; *p;) {
         char *end;
         errno = 0;
         long w = strtol(p, &end, 10);
         if (end == p || errno || w < 1 || w > 65536 || (*end && *end != ','))
             return sov_fail(SOV_ERR_INVALID, "--hidden \"%s\": expected comma-separated widths in 1..65536", spec);
-        if (net->layers + 1 >= MLP_MAX_LAYERS)
+        if (*layers + 1 >= MLP_MAX_LAYERS)
             return sov_fail(SOV_ERR_INVALID, "--hidden \"%s\": at most %d hidden layers", spec, MLP_MAX_LAYERS - 1);
-        net->dims[++net->layers] = (int)w;
+        dims[++*layers] = (int)w;
         p = *end ? end + 1 : end;
     }
-    net->dims[++net->layers] = classes;
+    dims[++*layers] = cfg->classes;
     return SOV_OK;
 }
 
-static sov_status describe_tensors(sov_model *m, const mlp *net) {
-    m->num_tensors = 2 * net->layers;
+sov_status sov_mlp_describe(sov_model *m, const int *dims, int layers) {
+    m->num_tensors = 2 * layers;
     m->tensors = sov_calloc((size_t)m->num_tensors, sizeof *m->tensors);
     if (!m->tensors)
         return SOV_ERR_NOMEM;
     size_t off = 0;
-    for (int l = 0; l < net->layers; l++) {
+    for (int l = 0; l < layers; l++) {
         sov_tensor *w = &m->tensors[2 * l], *b = &m->tensors[2 * l + 1];
-        *w = (sov_tensor){.offset = off, .count = (size_t)net->dims[l + 1] * (size_t)net->dims[l], .ndim = 2,
-                          .shape = {net->dims[l + 1], net->dims[l]}, .decay = 1};
+        *w = (sov_tensor){.offset = off, .count = (size_t)dims[l + 1] * (size_t)dims[l], .ndim = 2,
+                          .shape = {dims[l + 1], dims[l]}, .decay = 1};
         snprintf(w->name, sizeof w->name, "layers.%d.weight", l);
         off += w->count;
-        *b = (sov_tensor){.offset = off, .count = (size_t)net->dims[l + 1], .ndim = 1,
-                          .shape = {net->dims[l + 1]}, .decay = 0};
+        *b = (sov_tensor){.offset = off, .count = (size_t)dims[l + 1], .ndim = 1, .shape = {dims[l + 1]}, .decay = 0};
         snprintf(b->name, sizeof b->name, "layers.%d.bias", l);
         off += b->count;
     }
@@ -74,16 +74,13 @@ static void mlp_destroy(sov_model *m) {
 }
 
 static sov_status mlp_create(const sov_model_config *cfg, sov_model *m) {
-    if (cfg->input_dim < 1 || cfg->classes < 2 || cfg->max_batch < 1)
-        return sov_fail(SOV_ERR_INVALID, "mlp: bad shape (input %d, classes %d, batch %d)", cfg->input_dim,
-                        cfg->classes, cfg->max_batch);
     mlp *net = sov_calloc(1, sizeof *net);
     if (!net)
         return SOV_ERR_NOMEM;
     m->impl = net;
     net->max_batch = cfg->max_batch;
-    SOV_CHECK(parse_hidden(cfg->hidden, net, cfg->input_dim, cfg->classes));
-    SOV_CHECK(describe_tensors(m, net));
+    SOV_CHECK(sov_mlp_dims(cfg, net->dims, &net->layers));
+    SOV_CHECK(sov_mlp_describe(m, net->dims, net->layers));
     int widest = 0;
     for (int l = 0; l <= net->layers; l++)
         widest = net->dims[l] > widest ? net->dims[l] : widest;
@@ -97,7 +94,7 @@ static sov_status mlp_create(const sov_model_config *cfg, sov_model *m) {
 }
 
 /* PyTorch's nn.Linear default: weights and biases uniform in +-1/sqrt(fan_in). */
-static void mlp_init(sov_model *m, uint64_t seed) {
+void sov_mlp_init_params(sov_model *m, uint64_t seed) {
     for (int t = 0; t < m->num_tensors; t++) {
         const sov_tensor *ten = &m->tensors[t];
         int fan_in = (int)m->tensors[t & ~1].shape[1];
@@ -139,13 +136,12 @@ static float row_loss(const float *logits, int classes, int label, float *prob) 
     return logf(sum) - (logits[label] - mx);
 }
 
-static sov_status check_batch(const mlp *net, const sov_batch *b) {
-    if (b->n < 1 || b->n > net->max_batch)
-        return sov_fail(SOV_ERR_INVALID, "mlp: batch of %d samples outside 1..%d", b->n, net->max_batch);
+sov_status sov_mlp_check_batch(const sov_batch *b, int max_batch, int classes) {
+    if (b->n < 1 || b->n > max_batch)
+        return sov_fail(SOV_ERR_INVALID, "mlp: batch of %d samples outside 1..%d", b->n, max_batch);
     for (int i = 0; i < b->n; i++)
-        if (b->y[i] < 0 || b->y[i] >= net->dims[net->layers])
-            return sov_fail(SOV_ERR_INVALID, "mlp: label %d of sample %d outside 0..%d", b->y[i], i,
-                            net->dims[net->layers] - 1);
+        if (b->y[i] < 0 || b->y[i] >= classes)
+            return sov_fail(SOV_ERR_INVALID, "mlp: label %d of sample %d outside 0..%d", b->y[i], i, classes - 1);
     return SOV_OK;
 }
 
@@ -163,7 +159,7 @@ static void backward_layer(sov_model *m, int l, const float *delta, int n) {
 
 static sov_status mlp_train_step(sov_model *m, const sov_batch *b, float *loss, const sov_grad_hook *hook) {
     mlp *net = m->impl;
-    SOV_CHECK(check_batch(net, b));
+    SOV_CHECK(sov_mlp_check_batch(b, net->max_batch, net->dims[net->layers]));
     int n = b->n, classes = net->dims[net->layers];
     forward(m, b->x, n);
     float *delta = net->delta[0];
@@ -196,7 +192,7 @@ static sov_status mlp_train_step(sov_model *m, const sov_batch *b, float *loss, 
 
 static sov_status mlp_eval(sov_model *m, const sov_batch *b, double *loss_sum, long *correct) {
     mlp *net = m->impl;
-    SOV_CHECK(check_batch(net, b));
+    SOV_CHECK(sov_mlp_check_batch(b, net->max_batch, net->dims[net->layers]));
     int classes = net->dims[net->layers];
     forward(m, b->x, b->n);
     for (int i = 0; i < b->n; i++) {
@@ -213,7 +209,7 @@ static sov_status mlp_eval(sov_model *m, const sov_batch *b, double *loss_sum, l
 const sov_model_ops sov_mlp_ops = {
     .name = "mlp",
     .create = mlp_create,
-    .init = mlp_init,
+    .init = sov_mlp_init_params,
     .train_step = mlp_train_step,
     .eval = mlp_eval,
     .destroy = mlp_destroy,

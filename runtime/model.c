@@ -8,11 +8,25 @@ extern const sov_model_ops sov_mlp_ops;
 extern const sov_model_ops sov_gpt_ops;
 
 static const sov_model_ops *const builtin_models[] = {&sov_mlp_ops, &sov_gpt_ops};
+#ifdef SOVTRAIN_HAVE_CUDA
+extern const sov_model_ops sov_mlp_cuda_ops;
+static const sov_model_ops *const cuda_models[] = {&sov_mlp_cuda_ops};
+#endif
 
 const sov_model_ops *sov_model_find(const char *name) {
     for (size_t i = 0; i < sizeof builtin_models / sizeof *builtin_models; i++)
         if (strcmp(builtin_models[i]->name, name) == 0)
             return builtin_models[i];
+    return NULL;
+}
+
+const sov_model_ops *sov_model_find_cuda(const char *name) {
+#ifdef SOVTRAIN_HAVE_CUDA
+    for (size_t i = 0; i < sizeof cuda_models / sizeof *cuda_models; i++)
+        if (strcmp(cuda_models[i]->name, name) == 0)
+            return cuda_models[i];
+#endif
+    (void)name;
     return NULL;
 }
 
@@ -31,6 +45,9 @@ sov_status sov_model_create(const char *name, const sov_model_config *cfg, const
     const sov_model_ops *ops = sov_model_find(name);
     if (!ops)
         return sov_fail(SOV_ERR_INVALID, "unknown model \"%s\" (built-in: mlp, gpt)", name);
+    if (cfg->device && !(ops = sov_model_find_cuda(name)))
+        return sov_fail(SOV_ERR_UNSUPPORTED, "the %s model has no CUDA implementation yet (only mlp has); train it "
+                        "with --device cpu", name);
     sov_model *m = sov_calloc(1, sizeof *m);
     if (!m)
         return SOV_ERR_NOMEM;

@@ -25,19 +25,24 @@ typedef struct sov_optimizer {
     float *m;     /* SGD momentum buffer / AdamW first moment */
     float *v;     /* AdamW second moment (NULL for SGD) */
     long t;       /* steps taken */
+    sov_device *device; /* NULL: m, v and the model's buffers are host memory; else that GPU's */
+    double *norm_scratch; /* GPU: per-block partial sums of the gradient norm, then the total */
+    double *norm_host;    /* GPU: pinned landing place of the total */
 } sov_optimizer;
 
-sov_status sov_optim_init(sov_optimizer *opt, const sov_optim_config *cfg, size_t count);
+/* State for `count` parameters, in host memory or, with `device`, on that GPU (updates run there as kernels). */
+sov_status sov_optim_init(sov_optimizer *opt, const sov_optim_config *cfg, size_t count, sov_device *device);
 void sov_optim_free(sov_optimizer *opt);
 
 /* Learning rate at 0-based step `step`: linear warmup, then cosine decay. */
 float sov_lr_at(const sov_optim_config *cfg, long step);
 
-/* L2 norm of the whole gradient. */
+/* L2 norm of the whole gradient (host memory). */
 double sov_grad_norm(const float *grads, size_t count);
 
 /* One update of every tensor of `m` with learning rate `lr` (gradients already averaged across ranks).
- * Clips the global gradient norm first when configured; returns the norm before clipping. */
-double sov_optim_step(sov_optimizer *opt, sov_model *m, float lr);
+ * Clips the global gradient norm first when configured; *norm receives the norm before clipping. Fails only on
+ * a GPU error. */
+sov_status sov_optim_step(sov_optimizer *opt, sov_model *m, float lr, double *norm);
 
 #endif

@@ -7,6 +7,7 @@
 #ifndef SOV_RUNTIME_H
 #define SOV_RUNTIME_H
 
+#include "device.h"
 #include "sov.h"
 
 typedef struct sov_tensor {
@@ -43,6 +44,9 @@ typedef struct sov_model_config {
     int heads;          /* attention heads (GPT) */
     int width;          /* embedding width (GPT); a multiple of heads */
     int context;        /* tokens per sequence (GPT) */
+    sov_device *device; /* NULL: compute on the CPU; else the GPU whose memory params and grads live in */
+    int bf16;           /* GPU only: matrix products on bf16 copies of weights and activations, accumulated in
+                         * f32; parameters (the master copy), gradients and optimizer state stay f32 */
 } sov_model_config;
 
 typedef struct sov_model sov_model;
@@ -86,8 +90,11 @@ struct sov_model {
 
 /* Built-in models by name ("mlp"); NULL when unknown. */
 const sov_model_ops *sov_model_find(const char *name);
+/* The CUDA implementation of a built-in model ("mlp"); NULL when it has none (or the build has no CUDA). */
+const sov_model_ops *sov_model_find_cuda(const char *name);
 /* Creates a model and its flat parameter and gradient buffers (64-byte aligned, zeroed) from `allocator`
- * (NULL: host memory). */
+ * (NULL: host memory). With cfg->device set, the model's CUDA implementation is used, and `allocator` must give
+ * that GPU's memory. */
 sov_status sov_model_create(const char *name, const sov_model_config *cfg, const sov_allocator *allocator,
                             sov_model **out);
 void sov_model_destroy(sov_model *m);

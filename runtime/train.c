@@ -59,27 +59,70 @@ static sov_status plan_steps(trainer *t) {
     return SOV_OK;
 }
 
-/* Parameters and gradients live in the communicator's memory, so collectives read them in place. */
+/* Parameters and gradients live in the communicator's memory, so collectives read them in place; on a GPU, in
+ * its memory (which is what NCCL reads). */
 static void *comm_alloc(void *ctx, size_t bytes) { return sov_comm_alloc(ctx, bytes); }
 static void comm_free(void *ctx, void *ptr) { sov_comm_free(ctx, ptr); }
+static void *device_alloc(void *ctx, size_t bytes) { return sov_device_alloc(ctx, bytes); }
+static void device_free(void *ctx, void *ptr) { sov_device_free(ctx, ptr); }
+
+float *sov_trainer_host_params(trainer *t) {
+    if (!t->dev)
+        return t->model->params;
+    size_t bytes = t->model->num_params * sizeof(float);
+    float *host = sov_aligned_alloc(bytes);
+    if (host && sov_device_to_host(t->dev, host, t->model->params, bytes) != SOV_OK) {
+        free(host);
+        return NULL;
+    }
+    return host;
+}
+
+void sov_trainer_release_params(trainer *t, float *host) {
+    if (t->dev)
+        free(host);
+}
+
+sov_status sov_trainer_upload(trainer *t, float *dst, const float *host, size_t count) {
+    if (!t->dev) {
+        if (dst != host)
+            memcpy(dst, host, count * sizeof(float));
+        return SOV_OK;
+    }
+    return sov_device_from_host(t->dev, dst, host, count * sizeof(float));
+}
+
+/* --init-from: the safetensors file's tensors, read on the host and placed wherever the parameters live. */
+static sov_status init_from_file(trainer *t) {
+    float *host = sov_trainer_host_params(t);
+    if (!host)
+        return SOV_ERR_NOMEM;
+    sov_status st = sov_safetensors_load(t->args.init_from, t->model->tensors, t->model->num_tensors, host);
+    if (st == SOV_OK)
+        st = sov_trainer_upload(t, t->model->params, host, t->model->num_params);
+    sov_trainer_release_params(t, host);
+    SOV_CHECK(st);
+    sov_log("parameters from %s", t->args.init_from);
+    return SOV_OK;
+}
 
 static sov_status build_model(trainer *t) {
     const sov_train_args *a = &t->args;
     sov_model_config cfg = {.input_dim = t->train.dim, .classes = t->lm ? 256 : t->train.classes, .hidden = a->hidden,
                             .max_batch = t->local_batch, .layers = a->layers, .heads = a->heads, .width = a->width,
-                            .context = a->context};
-    sov_allocator comm_memory = {.alloc = comm_alloc, .free = comm_free, .ctx = t->comm};
-    SOV_CHECK(sov_model_create(t->args.model, &cfg, &comm_memory, &t->model));
+                            .context = a->context, .device = t->dev, .bf16 = a->bf16};
+    sov_allocator memory = {.alloc = comm_alloc, .free = comm_free, .ctx = t->comm};
+    if (t->dev)
+        memory = (sov_allocator){.alloc = device_alloc, .free = device_free, .ctx = t->dev};
+    SOV_CHECK(sov_model_create(t->args.model, &cfg, &memory, &t->model));
     sov_buckets_init(&t->buckets, t->comm, t->model->grads, t->model->num_params,
                      (size_t)(t->args.bucket_cap_mb * 1048576.0));
     t->model->ops->init(t->model, t->args.seed);
-    if (t->args.init_from) {
-        SOV_CHECK(sov_safetensors_load(t->args.init_from, t->model->tensors, t->model->num_tensors, t->model->params));
-        sov_log("parameters from %s", t->args.init_from);
-    }
+    if (t->args.init_from)
+        SOV_CHECK(init_from_file(t));
     /* Same seed gives the same weights everywhere; broadcasting rank 0's makes replicas identical regardless. */
     SOV_CHECK(sov_comm_broadcast(t->comm, t->model->params, t->model->num_params, SOV_F32, 0));
-    SOV_CHECK(sov_optim_init(&t->opt, &t->args.optim, t->model->num_params));
+    SOV_CHECK(sov_optim_init(&t->opt, &t->args.optim, t->model->num_params, t->dev));
     size_t per_sample = (size_t)t->model->predictions_per_sample;
     if (t->lm)
         t->tokens = sov_calloc((size_t)t->local_batch * per_sample, sizeof *t->tokens);
@@ -91,9 +134,13 @@ static sov_status build_model(trainer *t) {
 
 static sov_status emit_start(trainer *t) {
     const sov_train_args *a = &t->args;
-    sov_log("sovtrain %s: %s model, %zu parameters, %d rank%s (%s comm), global batch %d (%d per rank), %ld steps "
-            "(%.2f epochs), %s lr %.2e",
-            SOVTRAIN_VERSION, a->model, t->model->num_params, t->world.size, t->world.size > 1 ? "s" : "",
+    char where[300] = "cpu";
+    if (t->dev)
+        snprintf(where, sizeof where, "GPU %d (%s%s)", sov_device_ordinal(t->dev), sov_device_name(t->dev),
+                 a->bf16 ? ", bf16 products" : "");
+    sov_log("sovtrain %s: %s model on %s, %zu parameters, %d rank%s (%s comm), global batch %d (%d per rank), %ld "
+            "steps (%.2f epochs), %s lr %.2e",
+            SOVTRAIN_VERSION, a->model, where, t->model->num_params, t->world.size, t->world.size > 1 ? "s" : "",
             sov_comm_backend_name(sov_comm_backend_of(t->comm)), a->batch, t->local_batch, t->total_steps,
             (double)t->total_steps / (double)t->steps_per_epoch,
             a->optim.kind == SOV_OPTIM_ADAMW ? "adamw" : "sgd", (double)a->optim.lr);
@@ -114,6 +161,10 @@ static sov_status emit_start(trainer *t) {
         json_object_set_new(ev, "hidden", json_string(a->hidden));
     }
     json_object_set_new(ev, "bucket_cap_mb", json_real(a->bucket_cap_mb));
+    json_object_set_new(ev, "device", json_string(t->dev ? "cuda" : "cpu"));
+    json_object_set_new(ev, "precision", json_string(a->bf16 ? "bf16" : "f32"));
+    if (t->dev)
+        json_object_set_new(ev, "gpu", json_string(sov_device_name(t->dev)));
     return sov_metrics_emit(&t->metrics, ev);
 }
 
@@ -214,8 +265,7 @@ static sov_status train_step(trainer *t, long step, float *loss, float *lr, doub
     SOV_CHECK(st);
     SOV_CHECK(reduced);
     *lr = sov_lr_at(&t->opt.cfg, step);
-    *grad_norm = sov_optim_step(&t->opt, t->model, *lr);
-    return SOV_OK;
+    return sov_optim_step(&t->opt, t->model, *lr, grad_norm);
 }
 
 /* Trains from t->start_step; returns with *stopped set when a signal ended training early. */
@@ -254,7 +304,11 @@ static sov_status train_loop(trainer *t, int *stopped) {
 
 /* All ranks hash their parameters; every rank compares every hash with rank 0's. */
 static sov_status check_replicas(trainer *t, uint64_t *hash_out) {
-    uint64_t mine = XXH3_64bits(t->model->params, t->model->num_params * sizeof(float));
+    float *params = sov_trainer_host_params(t);
+    if (!params)
+        return SOV_ERR_NOMEM;
+    uint64_t mine = XXH3_64bits(params, t->model->num_params * sizeof(float));
+    sov_trainer_release_params(t, params);
     uint64_t *all = sov_calloc((size_t)t->world.size, sizeof *all);
     if (!all)
         return SOV_ERR_NOMEM;
@@ -268,14 +322,16 @@ static sov_status check_replicas(trainer *t, uint64_t *hash_out) {
     return st;
 }
 
-static sov_status dump_params(const trainer *t) {
+static sov_status dump_params(trainer *t) {
     char tmp[4200];
     snprintf(tmp, sizeof tmp, "%s.tmp", t->args.dump_params);
     FILE *f = fopen(tmp, "wb");
     if (!f)
         return sov_fail(SOV_ERR_IO, "--dump-params: cannot create %s: %s", tmp, strerror(errno));
     size_t n = t->model->num_params;
-    int bad = fwrite(t->model->params, sizeof(float), n, f) != n;
+    float *params = sov_trainer_host_params(t);
+    int bad = !params || fwrite(params, sizeof(float), n, f) != n;
+    sov_trainer_release_params(t, params);
     bad |= fclose(f) != 0;
     if (bad || rename(tmp, t->args.dump_params) != 0) {
         int e = errno;
@@ -349,6 +405,38 @@ static void teardown(trainer *t) {
     free(t->x);
     free(t->y);
     sov_comm_destroy(t->comm);
+    sov_device_close(t->dev);
+}
+
+/* --device auto: the GPU when every rank on this host gets one of its own (`sovtrain launch` says in
+ * SOVTRAIN_HOST_GPUS how many the rank's was picked from) and the model has a CUDA implementation. */
+static sov_device_kind auto_device(const trainer *t) {
+    char why[256];
+    int visible = sov_gpu_count(why, sizeof why);
+    const char *host = getenv("SOVTRAIN_HOST_GPUS");
+    long on_host = host && *host ? strtol(host, NULL, 10) : visible;
+    if (visible < 1 || on_host < t->world.local_size || !sov_model_find_cuda(t->args.model))
+        return SOV_DEVICE_CPU;
+    return SOV_DEVICE_CUDA;
+}
+
+static sov_status choose_device(trainer *t) {
+    sov_device_kind kind = t->args.device == SOV_DEVICE_AUTO ? auto_device(t) : t->args.device;
+    if (kind != SOV_DEVICE_CUDA)
+        return t->args.bf16 ? sov_fail(SOV_ERR_INVALID, "--precision bf16 runs on a GPU only, and this job computes "
+                                       "on the CPU (--device %s): use --device cuda or --precision f32",
+                                       sov_device_kind_name(t->args.device))
+                            : SOV_OK;
+    if (!sov_device_cuda_built())
+        return sov_device_open(&t->dev, t->world.local_rank); /* fails, saying this build has no CUDA */
+    if (!sov_model_find_cuda(t->args.model))
+        return sov_fail(SOV_ERR_INVALID, "--device cuda: the %s model has no CUDA implementation yet (only mlp has); "
+                        "use --device cpu", t->args.model);
+    sov_comm_backend b = t->args.comm;
+    if (t->world.size > 1 && b != SOV_COMM_AUTO && b != SOV_COMM_NCCL)
+        return sov_fail(SOV_ERR_INVALID, "--device cuda keeps gradients in GPU memory, which the %s backend cannot "
+                        "reduce: use --comm nccl (or auto), or --device cpu", sov_comm_backend_name(b));
+    return sov_device_open(&t->dev, t->world.local_rank);
 }
 
 int sov_train_main(int argc, char **argv) {
@@ -368,11 +456,20 @@ int sov_train_main(int argc, char **argv) {
     }
     sov_log_set_rank(t.world.rank, t.world.size);
     sov_trainer_install_signals();
-    sov_comm_config comm_cfg = {.backend = t.args.comm, .timeout_s = t.args.comm_timeout};
+    sov_status dst = choose_device(&t);
+    if (dst != SOV_OK) {
+        sov_log_error("rank %d: %s", t.world.rank, sov_last_error());
+        sov_device_close(t.dev);
+        return dst == SOV_ERR_INVALID ? 2 : 1;
+    }
+    sov_comm_config comm_cfg = {.backend = t.args.comm, .timeout_s = t.args.comm_timeout, .gpu = t.dev != NULL};
     if (sov_comm_init(&t.comm, &t.world, &comm_cfg) != SOV_OK) {
         sov_log_error("%s", sov_last_error());
+        sov_device_close(t.dev);
         return 1;
     }
+    if (t.dev)
+        sov_comm_set_stream(t.comm, sov_device_stream(t.dev));
     sov_status st = run(&t);
     if (st != SOV_OK) {
         sov_log_error("rank %d: %s", t.world.rank, sov_last_error());

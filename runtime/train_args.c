@@ -42,8 +42,16 @@ void sov_train_usage(FILE *out) {
             "  --beta1 X --beta2 X   AdamW moment decay rates (default 0.9, 0.999)\n"
             "  --clip-grad X         clip the global gradient norm to X; 0 disables (default 0)\n"
             "runtime:\n"
+            "  --device cpu|cuda|auto\n"
+            "                        where the model computes (default auto, or $SOVTRAIN_DEVICE): auto picks cuda\n"
+            "                        when every rank on this host gets a GPU of its own and the model has a CUDA\n"
+            "                        implementation (mlp), else cpu; cuda fails with the reason when it cannot\n"
+            "  --precision f32|bf16  bf16: matrix products on bf16 copies of weights and activations, accumulated\n"
+            "                        in f32, with f32 master weights, gradients and optimizer state (GPU only;\n"
+            "                        default f32)\n"
             "  --comm NAME           collectives backend: auto, self, shm, mpi, hier, nccl (default auto, or\n"
-            "                        $SOVTRAIN_COMM): auto picks shm on one host, hier across hosts\n"
+            "                        $SOVTRAIN_COMM): auto picks nccl for GPU jobs, shm on one host, hier across\n"
+            "                        hosts\n"
             "  --comm-timeout S      a collective not complete after S seconds ends the job, naming the ranks\n"
             "                        that never arrived (default 300)\n"
             "  --bucket-cap-mb X     gradient buckets of X MiB all-reduced while backward runs (first one\n"
@@ -99,7 +107,7 @@ enum {
     OPT_MODEL = 256, OPT_HIDDEN, OPT_DATA, OPT_SEED, OPT_BATCH, OPT_EPOCHS, OPT_STEPS, OPT_OPTIMIZER, OPT_LR,
     OPT_WARMUP, OPT_MINLR, OPT_WD, OPT_MOMENTUM, OPT_BETA1, OPT_BETA2, OPT_CLIP, OPT_COMM, OPT_THREADS,
     OPT_RUNDIR, OPT_EVAL, OPT_LOG, OPT_DUMP, OPT_COMM_TIMEOUT, OPT_BUCKET, OPT_CKPT_DIR, OPT_CKPT_EVERY, OPT_CKPT_EVERY_S, OPT_KEEP, OPT_CKPT_THREADS,
-    OPT_RESUME, OPT_ON_CKPT_ERROR, OPT_INIT_FROM, OPT_LAYERS, OPT_HEADS, OPT_WIDTH, OPT_CONTEXT
+    OPT_RESUME, OPT_ON_CKPT_ERROR, OPT_INIT_FROM, OPT_LAYERS, OPT_HEADS, OPT_WIDTH, OPT_CONTEXT, OPT_DEVICE, OPT_PRECISION
 };
 
 static const struct option long_opts[] = {
@@ -121,7 +129,7 @@ static const struct option long_opts[] = {
     {"on-ckpt-error", required_argument, 0, OPT_ON_CKPT_ERROR}, {"init-from", required_argument, 0, OPT_INIT_FROM},
     {"layers", required_argument, 0, OPT_LAYERS}, {"heads", required_argument, 0, OPT_HEADS},
     {"width", required_argument, 0, OPT_WIDTH}, {"context", required_argument, 0, OPT_CONTEXT},
-    {"help", no_argument, 0, 'h'}, {0, 0, 0, 0},
+    {"device", required_argument, 0, OPT_DEVICE}, {"precision", required_argument, 0, OPT_PRECISION}, {"help", no_argument, 0, 'h'}, {0, 0, 0, 0},
 };
 
 static sov_status apply(int opt, const char *v, sov_train_args *a) {
@@ -152,6 +160,12 @@ static sov_status apply(int opt, const char *v, sov_train_args *a) {
     case OPT_BETA2: return parse_float("--beta2", v, 0.0, 0.999999, &a->optim.beta2);
     case OPT_CLIP: return parse_float("--clip-grad", v, 0.0, 1e9, &a->optim.clip_norm);
     case OPT_COMM: return sov_comm_backend_parse(v, &a->comm);
+    case OPT_DEVICE: return sov_device_kind_parse(v, &a->device);
+    case OPT_PRECISION:
+        if (strcmp(v, "f32") != 0 && strcmp(v, "bf16") != 0)
+            return sov_fail(SOV_ERR_INVALID, "--precision \"%s\": choose f32 or bf16", v);
+        a->bf16 = strcmp(v, "bf16") == 0;
+        return SOV_OK;
     case OPT_CKPT_DIR: a->ckpt_dir = v; return SOV_OK;
     case OPT_RESUME: a->resume = v; return SOV_OK;
     case OPT_INIT_FROM: a->init_from = v; return SOV_OK;
@@ -185,6 +199,9 @@ sov_status sov_train_args_parse(int argc, char **argv, sov_train_args *a) {
     const char *env = getenv("SOVTRAIN_COMM");
     if (env && *env)
         SOV_CHECK(sov_comm_backend_parse(env, &a->comm));
+    env = getenv("SOVTRAIN_DEVICE");
+    if (env && *env)
+        SOV_CHECK(sov_device_kind_parse(env, &a->device));
     env = getenv("SOVTRAIN_RESUME"); /* set by `sovtrain launch` when it restarts a failed job */
     if (env && *env)
         a->resume = env;

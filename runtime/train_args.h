@@ -3,6 +3,7 @@
 #define SOV_TRAIN_ARGS_H
 
 #include "comm.h"
+#include "device.h"
 #include "optim.h"
 
 #include <stdio.h>
@@ -21,6 +22,8 @@ typedef struct sov_train_args {
     long eval_every;   /* steps; 0 = once per epoch */
     long log_every;    /* steps */
     int threads;       /* OpenBLAS threads per rank; 0 = cores / ranks on this host */
+    sov_device_kind device; /* where the model computes: auto (a GPU per local rank when there are enough), cpu, cuda */
+    int bf16;               /* --precision bf16: products in bf16 on the GPU, f32 master weights */
     sov_comm_backend comm;
     double comm_timeout; /* seconds before a stuck collective ends the job */
     double bucket_cap_mb; /* gradient bucket size; 0 = one allreduce after backward */

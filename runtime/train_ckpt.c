@@ -62,6 +62,13 @@ static void fill_state(trainer *t, long step, sov_ckpt_state *s, json_t *m) {
 
 /* ---- saving ---- */
 
+/* The writer's view of GPU memory (sov_ckpt_options): the stall of a save is the device-to-host copy. */
+static sov_status copy_from_gpu(void *dev, void *dst, const void *src, size_t bytes) {
+    return sov_device_to_host(dev, dst, src, bytes);
+}
+static void *pinned_alloc(void *dev, size_t bytes) { return sov_device_alloc_host(dev, bytes); }
+static void pinned_free(void *dev, void *ptr) { sov_device_free_host(dev, ptr); }
+
 /* Tells `sovtrain launch` (through SOVTRAIN_STATUS_DIR) which checkpoint the job last committed. */
 static void report_to_launcher(const char *path) {
     const char *dir = getenv("SOVTRAIN_STATUS_DIR");
@@ -153,6 +160,21 @@ void sov_trainer_ckpt_close(trainer *t) {
 
 /* ---- resuming ---- */
 
+/* One f32 buffer of the checkpoint into the model or optimizer, through host memory when that is on a GPU:
+ * the stored state is the same wherever it was computed, so a GPU job resumes a CPU job's checkpoint and back. */
+static sov_status read_buffer(trainer *t, sov_ckpt *c, const sov_ckpt_buffer *b) {
+    if (!t->dev)
+        return sov_ckpt_read_buffer(c, b->name, b->dtype, b->data, b->count);
+    float *host = sov_aligned_alloc(b->count * sizeof(float));
+    if (!host)
+        return SOV_ERR_NOMEM;
+    sov_status st = sov_ckpt_read_buffer(c, b->name, b->dtype, host, b->count);
+    if (st == SOV_OK)
+        st = sov_trainer_upload(t, b->data, host, b->count);
+    free(host);
+    return st;
+}
+
 /* Loads checkpoint `path` into the model and optimizer, after checking it belongs to this job's shape. */
 static sov_status load(trainer *t, const char *path) {
     sov_ckpt *c;
@@ -170,7 +192,7 @@ static sov_status load(trainer *t, const char *path) {
     json_t *scratch = meta(t);
     fill_state(t, 0, &s, scratch);
     for (int b = 0; b < s.num_buffers && st == SOV_OK; b++)
-        st = sov_ckpt_read_buffer(c, s.buffers[b].name, s.buffers[b].dtype, s.buffers[b].data, s.buffers[b].count);
+        st = read_buffer(t, c, &s.buffers[b]);
     json_decref(scratch);
     if (st == SOV_OK) {
         t->start_step = sov_ckpt_step(c);
@@ -245,7 +267,21 @@ sov_status sov_trainer_ckpt_init(trainer *t) {
         snprintf(t->ckpt_dir, sizeof t->ckpt_dir, "%s/checkpoints", t->args.run_dir);
     sov_ckpt_options o = {.keep = t->args.keep, .threads = t->args.ckpt_threads, .chunk_bytes = (size_t)4 << 20,
                           .commit_timeout_s = t->args.comm_timeout};
+    if (t->dev) { /* state on the GPU: snapshot through pinned host memory */
+        o.copy_to_host = copy_from_gpu;
+        o.alloc_host = pinned_alloc;
+        o.free_host = pinned_free;
+        o.memory_ctx = t->dev;
+    }
     SOV_CHECK(sov_ckpt_writer_open(&t->ckpt, t->ckpt_dir, t->world.rank, t->world.size, &o));
+    if (t->dev) { /* pinned staging now, not in the first save's stall */
+        json_t *m = meta(t);
+        sov_ckpt_state s;
+        fill_state(t, 0, &s, m);
+        sov_status st = sov_ckpt_writer_reserve(t->ckpt, &s);
+        json_decref(m);
+        SOV_CHECK(st);
+    }
     if (t->args.resume)
         SOV_CHECK(resume(t));
     t->last_saved_step = t->start_step > 0 ? t->start_step : -1;

@@ -15,6 +15,7 @@ typedef struct trainer {
     sov_train_args args;
     sov_world world;
     sov_comm *comm;
+    sov_device *dev;       /* the rank's GPU, or NULL when the model computes on the CPU */
     int lm;                /* a language model on text; else a classifier on Fashion-MNIST */
     sov_dataset train, test;
     sov_sampler sampler;
@@ -38,6 +39,13 @@ typedef struct trainer {
     long last_saved_step;  /* -1: none this run */
     double last_save_time;
 } trainer;
+
+/* The parameters in host memory: the model's own buffer on the CPU, else a fresh copy from the GPU (free it
+ * with sov_trainer_release_params). NULL on failure. */
+float *sov_trainer_host_params(trainer *t);
+void sov_trainer_release_params(trainer *t, float *host);
+/* Copies `count` floats from host memory into the model's (or optimizer's) buffer `dst`, wherever it lives. */
+sov_status sov_trainer_upload(trainer *t, float *dst, const float *host, size_t count);
 
 /* Opens the checkpoint writer and, with --resume, loads the newest usable checkpoint (every rank the same). */
 sov_status sov_trainer_ckpt_init(trainer *t);

@@ -8,6 +8,19 @@ expect_error 2 'unknown option "--bogus"' "$SOV" train --bogus
 expect_error 2 '--batch "12x": expected an integer' "$SOV" train --batch 12x
 expect_error 2 '--batch "0": expected an integer in 1..' "$SOV" train --batch 0
 expect_error 2 '--lr "-1": expected a number' "$SOV" train --lr -1
+expect_error 2 '--device "gpu": choose cpu, cuda or auto' "$SOV" train --device gpu
+expect_error 2 'choose cpu, cuda or auto' env SOVTRAIN_DEVICE=tpu "$SOV" train
+if "$SOV" version | grep -q 'built without CUDA'; then
+    expect_error 1 'needs a CUDA build of sovtrain' "$SOV" train --model gpt --device cuda
+else
+    expect_error 2 'the gpt model has no CUDA implementation' "$SOV" train --model gpt --device cuda
+fi
+expect_error 2 '--precision "fp8": choose f32 or bf16' "$SOV" train --precision fp8
+expect_error 2 '--precision bf16 runs on a GPU only' "$SOV" train --device cpu --precision bf16
+# --device cuda where no GPU is usable (no driver, or a build without CUDA): a failure that says so, not a crash
+if ! "$SOV" version 2>/dev/null | grep -q '^GPUs: [1-9]'; then
+    expect_error 1 'use --device cpu' "$SOV" train --device cuda --steps 1
+fi
 expect_error 2 '--lr "nan": expected a number' "$SOV" train --lr nan
 expect_error 2 '--optimizer "lamb": choose adamw or sgd' "$SOV" train --optimizer lamb
 expect_error 2 'unknown communicator backend "carrier-pigeon"' "$SOV" train --comm carrier-pigeon

@@ -10,6 +10,9 @@ cleanup() {
 }
 trap cleanup EXIT
 failures=0
+# The CPU suites compare runs bit for bit across world sizes; on a machine with GPUs, --device auto would put a
+# 1-rank run on the GPU and a 2-rank run on the CPU. GPU tests ask for --device cuda explicitly.
+export SOVTRAIN_DEVICE=cpu
 
 fail() {
     echo "FAIL: $*" >&2
@@ -54,6 +57,15 @@ need_data() {
         echo "SKIP: $DATA missing (run scripts/setup.sh)"
         exit 77
     fi
+}
+
+# need_gpu: skip (exit 77) unless the driver lists a GPU and this build of sovtrain can use it.
+need_gpu() {
+    local line
+    line=$("$SOV" version 2>/dev/null | grep '^GPUs:')
+    case "$line" in
+    "GPUs: 0"* | "GPUs: none"* | "") echo "SKIP: no usable GPU (${line:-sovtrain version printed no GPUs line})"; exit 77 ;;
+    esac
 }
 
 finish() {

@@ -37,15 +37,16 @@ static void sgd_momentum_matches_pytorch(void **state) {
     float p[3] = {1.0f, -2.0f, 0.5f}, g[3] = {0.5f, 1.0f, -1.0f};
     sov_optim_config c = {.kind = SOV_OPTIM_SGD, .lr = 0.1f, .momentum = 0.9f, .weight_decay = 0.01f};
     sov_optimizer opt;
-    assert_int_equal(sov_optim_init(&opt, &c, 3), SOV_OK);
+    assert_int_equal(sov_optim_init(&opt, &c, 3, NULL), SOV_OK);
     sov_model *m = tiny_model(p, g);
-    sov_optim_step(&opt, m, 0.1f);
+    double norm;
+    assert_int_equal(sov_optim_step(&opt, m, 0.1f, &norm), SOV_OK);
     /* step 1: buf = g + wd*p (weights only); p -= lr*buf */
     float b0 = 0.5f + 0.01f * 1.0f, b2 = -1.0f;
     assert_float_equal(p[0], 1.0f - 0.1f * b0, 1e-6);
     assert_float_equal(p[2], 0.5f - 0.1f * b2, 1e-6);
     float p0 = p[0];
-    sov_optim_step(&opt, m, 0.1f);
+    assert_int_equal(sov_optim_step(&opt, m, 0.1f, &norm), SOV_OK);
     /* step 2: buf = 0.9*buf + g + wd*p */
     float b0_2 = 0.9f * b0 + 0.5f + 0.01f * p0;
     assert_float_equal(p[0], p0 - 0.1f * b0_2, 1e-6);
@@ -58,16 +59,17 @@ static void adamw_matches_pytorch(void **state) {
     sov_optim_config c = {.kind = SOV_OPTIM_ADAMW, .lr = 0.01f, .beta1 = 0.9f, .beta2 = 0.999f, .eps = 1e-8f,
                           .weight_decay = 0.1f};
     sov_optimizer opt;
-    assert_int_equal(sov_optim_init(&opt, &c, 3), SOV_OK);
+    assert_int_equal(sov_optim_init(&opt, &c, 3, NULL), SOV_OK);
     sov_model *m = tiny_model(p, g);
-    sov_optim_step(&opt, m, 0.01f);
+    double norm;
+    assert_int_equal(sov_optim_step(&opt, m, 0.01f, &norm), SOV_OK);
     /* first step: m_hat = g, v_hat = g^2, so the update is lr*g/(|g|+eps), plus decoupled decay on weights */
     assert_float_equal(p[0], 1.0f * (1.0f - 0.01f * 0.1f) - 0.01f * 0.5f / (0.5f + 1e-8f), 1e-6);
     assert_float_equal(p[1], -2.0f * (1.0f - 0.01f * 0.1f) - 0.01f, 1e-6);
     assert_float_equal(p[2], 0.5f + 0.01f, 1e-6); /* bias: no decay */
     /* second step with the same gradient: m_hat = g, v_hat = g^2 again (bias correction) */
     float before = p[2];
-    sov_optim_step(&opt, m, 0.01f);
+    assert_int_equal(sov_optim_step(&opt, m, 0.01f, &norm), SOV_OK);
     assert_float_equal(p[2], before + 0.01f, 1e-5);
     sov_optim_free(&opt);
 }
@@ -77,8 +79,9 @@ static void clipping_scales_the_global_norm(void **state) {
     float p[3] = {0, 0, 0}, g[3] = {3.0f, 4.0f, 0.0f}; /* norm 5 */
     sov_optim_config c = {.kind = SOV_OPTIM_SGD, .lr = 1.0f, .clip_norm = 1.0f};
     sov_optimizer opt;
-    assert_int_equal(sov_optim_init(&opt, &c, 3), SOV_OK);
-    double norm = sov_optim_step(&opt, tiny_model(p, g), 1.0f);
+    assert_int_equal(sov_optim_init(&opt, &c, 3, NULL), SOV_OK);
+    double norm;
+    assert_int_equal(sov_optim_step(&opt, tiny_model(p, g), 1.0f, &norm), SOV_OK);
     assert_float_equal(norm, 5.0, 1e-9);
     assert_float_equal(p[0], -0.6f, 1e-5);
     assert_float_equal(p[1], -0.8f, 1e-5);

@@ -1,8 +1,8 @@
 """bench/peers/spawn_ranks: starts a PyTorch peer's worker on N local ranks.
 
 worker(rank, args, port, result) runs in N processes (torch.multiprocessing, "spawn"), with a free localhost port
-for the gloo rendezvous (MASTER_PORT), gloo on the loopback device and one OpenMP thread per rank; rank 0 puts
-its figures in `result`, which spawn_ranks returns."""
+for the gloo or NCCL rendezvous (MASTER_PORT), gloo on the loopback device and one OpenMP thread per rank; rank 0
+puts its figures in `result`, which spawn_ranks returns."""
 import os
 import socket
 

@@ -74,6 +74,10 @@ state = 3 * 4 * start["num_params"]
 print(f"   checkpoint stalls {['%.1f' % s for s in stalls]} ms for {state / 1e6:.0f} MB of state: "
       f"{state / (min(stalls) * 1e-3) / 1e9:.1f} GB/s device-to-host at best")
 PY
+# The README's main job (examples/demo.args) on the GPU, one rank: its accuracy target is >= 0.88.
+step "the main job on the GPU (examples/demo.args, 1 rank)" /tmp/sovtrain-demo-gpu.log \
+    build/sovtrain train $(cat examples/demo.args) --device cuda --run-dir /tmp/sovtrain-demo-gpu
+grep -h "^done" /tmp/sovtrain-demo-gpu.log >>"$summary"
 # The bound of that stall: one device-to-host copy of the same bytes into pinned memory, timed by PyTorch.
 python3 - >>"$summary" 2>&1 <<'PY'
 import time, torch

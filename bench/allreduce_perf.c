@@ -133,10 +133,7 @@ static sov_comm *make_comm(sov_comm_backend kind, const char *stagger) {
 static int gpus_for_every_rank(void) {
     char why[256];
     sov_world w;
-    int gpus = sov_gpu_count(why, sizeof why);
-    const char *host = getenv("SOVTRAIN_HOST_GPUS"); /* `sovtrain launch` pins one GPU per rank */
-    if (host && *host)
-        gpus = gpus > 0 ? atoi(host) : 0;
+    int gpus = sov_host_gpus(sov_gpu_count(why, sizeof why));
     return sov_world_from_env(&w) == SOV_OK && gpus >= w.local_size;
 }
 
@@ -156,6 +153,7 @@ int main(int argc, char **argv) {
     size_t min_bytes = 4096, max_bytes = (size_t)256 << 20;
     double target_s = 0.25;
     const char *only = NULL;
+    int any_wrong = 0;
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--max") == 0 && i + 1 < argc)
             max_bytes = strtoull(argv[++i], NULL, 10);
@@ -197,6 +195,7 @@ int main(int argc, char **argv) {
             double us;
             long wrong;
             measure(&backends[b], bytes, target_s, &us, &wrong);
+            any_wrong |= wrong != 0;
             if (b == 0)
                 peer_us = us;
             double algbw = (double)bytes / (us * 1e-6) / 1e9;
@@ -215,5 +214,7 @@ int main(int argc, char **argv) {
     sov_comm_destroy(mpi);
     sov_comm_destroy(nccl);
     MPI_Finalize();
-    return 0;
+    if (rank == 0 && any_wrong)
+        fprintf(stderr, "allreduce_perf: some results were wrong (the 'wrong' column)\n");
+    return any_wrong ? 1 : 0;
 }

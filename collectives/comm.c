@@ -159,7 +159,7 @@ static sov_status issue(sov_comm *c, sov_op op, sov_request **req) {
     SOV_CHECK(check(c, &op));
     op.seq = ++c->seq;
     if (c->ops->issued)
-        c->ops->issued(c, &op);
+        SOV_CHECK(c->ops->issued(c, &op));
     return sov_async_submit(c, &op, req);
 }
 

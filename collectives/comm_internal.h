@@ -30,8 +30,9 @@ typedef struct sov_comm_ops {
     void (*free)(sov_comm *c, void *ptr);
     void (*abort)(sov_comm *c, int exit_code);
     void (*destroy)(sov_comm *c);
-    /* Optional: called on the issuing thread as a collective is issued, before it is queued. */
-    void (*issued)(sov_comm *c, sov_op *op);
+    /* Optional: called on the issuing thread as a collective is issued, before it is queued; a failure fails
+     * the collective. */
+    sov_status (*issued)(sov_comm *c, sov_op *op);
 } sov_comm_ops;
 
 /* The asynchronous engine: one progress thread per communicator, started at the first asynchronous call. */

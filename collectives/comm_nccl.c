@@ -31,9 +31,13 @@ typedef struct nccl_state {
     cudaStream_t stream;
     float *one; /* device scalar for barriers */
     int device;
-    uint8_t *stage; /* device staging for host buffers */
+    uint8_t *stage;      /* device staging for host buffers */
+    uint8_t *host_stage; /* its pinned twin: copies between it and `stage` never block on the NCCL stream */
     size_t stage_cap;
 } nccl_state;
+
+/* Takes the communicator for an abort or destroy, so the progress thread and the main thread never both do. */
+static ncclComm_t take_comm(nccl_state *s) { return __atomic_exchange_n(&s->comm, NULL, __ATOMIC_ACQ_REL); }
 
 static sov_status cuda_error(const sov_comm *c, const char *what, cudaError_t err) {
     return sov_fail(SOV_ERR_COMM, "rank %d: %s: %s (%s)", c->rank, what, cudaGetErrorString(err),
@@ -75,13 +79,15 @@ static sov_status wait_stream(sov_comm *c, nccl_state *s, const sov_op *op) {
         ncclResult_t async;
         ncclCommGetAsyncError(s->comm, &async);
         if (async != ncclSuccess && async != ncclInProgress) {
-            ncclCommAbort(s->comm);
-            s->comm = NULL;
+            ncclComm_t dead = take_comm(s);
+            if (dead)
+                ncclCommAbort(dead);
             return nccl_error(c, sov_op_name(op->kind), async);
         }
         if (sov_now() - start > c->timeout_s) {
-            ncclCommAbort(s->comm);
-            s->comm = NULL;
+            ncclComm_t dead = take_comm(s);
+            if (dead)
+                ncclCommAbort(dead);
             return sov_fail(SOV_ERR_COMM, "rank %d: NCCL %s #%llu did not complete within %.0f s (--comm-timeout): a "
                             "rank stopped calling collectives or hangs; communicator aborted", c->rank,
                             sov_op_name(op->kind), (unsigned long long)op->seq, c->timeout_s);
@@ -115,18 +121,27 @@ static sov_status grow_stage(sov_comm *c, nccl_state *s, size_t bytes) {
     if (bytes <= s->stage_cap)
         return SOV_OK;
     cudaFree(s->stage);
-    s->stage = NULL;
+    cudaFreeHost(s->host_stage);
+    s->stage = s->host_stage = NULL;
     s->stage_cap = 0;
     cudaError_t err = cudaMalloc((void **)&s->stage, bytes);
+    if (err == cudaSuccess)
+        err = cudaMallocHost((void **)&s->host_stage, bytes);
     if (err != cudaSuccess)
-        return cuda_error(c, "staging buffer for host data (cudaMalloc)", err);
+        return cuda_error(c, "staging buffers for host data (cudaMalloc, cudaMallocHost)", err);
     s->stage_cap = bytes;
     return SOV_OK;
 }
 
+/* Host bytes to device staging at `off`, through the pinned twin. */
+static cudaError_t stage_copy_in(nccl_state *s, size_t off, const void *src, size_t n) {
+    memcpy(s->host_stage + off, src, n);
+    return cudaMemcpyAsync(s->stage + off, s->host_stage + off, n, cudaMemcpyHostToDevice, s->stream);
+}
+
 /* Rewrites op's host buffers to device staging: recv first (its whole content, for in-place operations), then
  * send, inside recv's staging when it lies in recv (in place), else after it. Sets *host_recv when the result
- * must be copied back. */
+ * must be copied back (from the pinned twin of stage[0, recv bytes), once the stream is done). */
 static sov_status stage_in(sov_comm *c, nccl_state *s, sov_op *op, void **host_recv) {
     size_t sb = send_bytes(c, op), rb = recv_bytes(c, op);
     int recv_host = rb && is_host(op->recv), send_host = sb && op->kind != OP_BARRIER && is_host(op->send);
@@ -135,19 +150,19 @@ static sov_status stage_in(sov_comm *c, nccl_state *s, sov_op *op, void **host_r
         return SOV_OK;
     SOV_CHECK(grow_stage(c, s, rb + sb + 256));
     const uint8_t *send = op->send, *recv = op->recv;
-    uint8_t *stage_recv = s->stage, *stage_send = s->stage + ((rb + 255) & ~(size_t)255);
+    size_t send_off = (rb + 255) & ~(size_t)255;
     cudaError_t err = cudaSuccess;
     if (recv_host) {
-        err = cudaMemcpyAsync(stage_recv, recv, rb, cudaMemcpyHostToDevice, s->stream);
+        err = stage_copy_in(s, 0, recv, rb);
         *host_recv = op->recv;
-        op->recv = stage_recv;
+        op->recv = s->stage;
     }
     if (send_host && err == cudaSuccess) {
         if (recv_host && send >= recv && send + sb <= recv + rb) {
-            op->send = stage_recv + (send - recv);
+            op->send = s->stage + (send - recv);
         } else {
-            err = cudaMemcpyAsync(stage_send, send, sb, cudaMemcpyHostToDevice, s->stream);
-            op->send = stage_send;
+            err = stage_copy_in(s, send_off, send, sb);
+            op->send = s->stage + send_off;
         }
     }
     return err == cudaSuccess ? SOV_OK : cuda_error(c, "staging host data to the GPU", err);
@@ -168,39 +183,53 @@ static ncclResult_t enqueue(const sov_comm *c, nccl_state *s, const sov_op *op) 
     return ncclInvalidArgument;
 }
 
+/* Makes the NCCL stream wait for the point the caller's stream had reached when the collective was issued. */
+static sov_status wait_for_issuer(sov_comm *c, nccl_state *s, const sov_op *op) {
+    cudaError_t err = cudaSetDevice(s->device); /* this may be the progress thread */
+    if (err == cudaSuccess && op->ready_event)
+        err = cudaStreamWaitEvent(s->stream, (cudaEvent_t)op->ready_event, 0);
+    if (op->ready_event)
+        cudaEventDestroy((cudaEvent_t)op->ready_event);
+    return err == cudaSuccess ? SOV_OK : cuda_error(c, "ordering a collective after the caller's stream", err);
+}
+
 static sov_status nccl_run(sov_comm *c, const sov_op *issued) {
     nccl_state *s = c->impl;
     sov_op op = *issued;
-    cudaSetDevice(s->device); /* this may be the progress thread */
-    if (op.ready_event) {
-        cudaStreamWaitEvent(s->stream, (cudaEvent_t)op.ready_event, 0);
-        cudaEventDestroy((cudaEvent_t)op.ready_event);
-    }
-    if (!s->comm)
+    SOV_CHECK(wait_for_issuer(c, s, &op));
+    if (!__atomic_load_n(&s->comm, __ATOMIC_ACQUIRE))
         return sov_fail(SOV_ERR_COMM, "rank %d: the NCCL communicator was aborted after an earlier failure", c->rank);
     void *host_recv;
     SOV_CHECK(stage_in(c, s, &op, &host_recv));
     ncclResult_t r = enqueue(c, s, &op);
     if (r != ncclSuccess)
         return nccl_error(c, sov_op_name(op.kind), r);
+    size_t rb = recv_bytes(c, &op);
     if (host_recv) {
-        cudaError_t err = cudaMemcpyAsync(host_recv, op.recv, recv_bytes(c, &op), cudaMemcpyDeviceToHost, s->stream);
+        cudaError_t err = cudaMemcpyAsync(s->host_stage, op.recv, rb, cudaMemcpyDeviceToHost, s->stream);
         if (err != cudaSuccess)
             return cuda_error(c, "copying a staged result to the host", err);
     }
-    return wait_stream(c, s, &op);
+    SOV_CHECK(wait_stream(c, s, &op));
+    if (host_recv)
+        memcpy(host_recv, s->host_stage, rb);
+    return SOV_OK;
 }
 
-/* Records where the caller's stream is, so the collective starts after the work that produced its buffers. */
-static void nccl_issued(sov_comm *c, sov_op *op) {
+/* Records where the caller's stream is (the legacy default stream when none was set: that is where a plain
+ * cudaMemcpy lands), so the collective starts after the work that produced its buffers. */
+static sov_status nccl_issued(sov_comm *c, sov_op *op) {
     cudaEvent_t ev;
-    if (!c->stream || cudaEventCreateWithFlags(&ev, cudaEventDisableTiming) != cudaSuccess)
-        return;
-    if (cudaEventRecord(ev, (cudaStream_t)c->stream) != cudaSuccess) {
+    cudaError_t err = cudaEventCreateWithFlags(&ev, cudaEventDisableTiming);
+    if (err != cudaSuccess)
+        return cuda_error(c, "cudaEventCreate (ordering a collective after the caller's stream)", err);
+    err = cudaEventRecord(ev, c->stream ? (cudaStream_t)c->stream : cudaStreamLegacy);
+    if (err != cudaSuccess) {
         cudaEventDestroy(ev);
-        return;
+        return cuda_error(c, "cudaEventRecord (ordering a collective after the caller's stream)", err);
     }
     op->ready_event = ev;
+    return SOV_OK;
 }
 
 static void *nccl_alloc(sov_comm *c, size_t bytes) {
@@ -222,10 +251,9 @@ static void nccl_free(sov_comm *c, void *p) {
 
 static void nccl_abort(sov_comm *c, int exit_code) {
     nccl_state *s = c->impl;
-    if (s && s->comm)
-        ncclCommAbort(s->comm);
-    if (s)
-        s->comm = NULL;
+    ncclComm_t comm = s ? take_comm(s) : NULL;
+    if (comm)
+        ncclCommAbort(comm);
     if (c->size > 1)
         MPI_Abort(MPI_COMM_WORLD, exit_code);
 }
@@ -234,10 +262,12 @@ static void nccl_destroy(sov_comm *c) {
     nccl_state *s = c->impl;
     if (!s)
         return;
-    if (s->comm)
-        ncclCommDestroy(s->comm);
+    ncclComm_t comm = take_comm(s);
+    if (comm)
+        ncclCommDestroy(comm);
     cudaFree(s->one);
     cudaFree(s->stage);
+    cudaFreeHost(s->host_stage);
     if (s->stream)
         cudaStreamDestroy(s->stream);
     if (s->world != MPI_COMM_NULL)
@@ -272,10 +302,10 @@ static sov_status nccl_setup(sov_comm *c, nccl_state *s, const sov_world *w) {
         return cuda_error(c, "no usable GPU for the nccl backend: cudaGetDeviceCount", err);
     if (devices == 0)
         return sov_fail(SOV_ERR_UNSUPPORTED, "rank %d: the nccl backend needs a GPU and none is visible", c->rank);
-    if (w->local_size > devices)
+    if (w->local_size > sov_host_gpus(devices))
         return sov_fail(SOV_ERR_UNSUPPORTED, "rank %d: the nccl backend needs a GPU per rank, but %d ranks share this "
                         "host's %d GPU(s) (NCCL refuses two ranks on one GPU): start fewer ranks per host or use "
-                        "--device cpu", c->rank, w->local_size, devices);
+                        "--device cpu", c->rank, w->local_size, sov_host_gpus(devices));
     s->device = w->local_rank % devices;
     if ((err = cudaSetDevice(s->device)) != cudaSuccess)
         return cuda_error(c, "cudaSetDevice", err);

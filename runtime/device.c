@@ -91,9 +91,11 @@ static sov_status open_device(sov_device *d, int local_rank) {
         d->blas = NULL;
         return sov_fail(SOV_ERR_IO, "cuBLAS: cublasCreate failed (status %d) on GPU %d", (int)bs, d->ordinal);
     }
-    cublasSetStream(d->blas, d->stream);
     /* FP32 products stay FP32: no TF32 tensor-core rounding, so results track the CPU's within float error. */
-    cublasSetMathMode(d->blas, CUBLAS_DEFAULT_MATH);
+    if ((bs = cublasSetStream(d->blas, d->stream)) != CUBLAS_STATUS_SUCCESS ||
+        (bs = cublasSetMathMode(d->blas, CUBLAS_DEFAULT_MATH)) != CUBLAS_STATUS_SUCCESS)
+        return sov_fail(SOV_ERR_IO, "cuBLAS: setting the stream and math mode on GPU %d failed: %s", d->ordinal,
+                        cublasGetStatusString(bs));
     return SOV_OK;
 }
 

@@ -14,6 +14,7 @@
 
 #include <cublas_v2.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -30,6 +31,8 @@ typedef struct mlp_cuda {
     int32_t *row_correct;
     float *host_loss;                /* pinned copies of the two above */
     int32_t *host_correct;
+    sov_status init_status;             /* a failed init, reported by the next step (init returns nothing) */
+    char init_error[512];
     int bf16;                           /* products on bf16 operands */
     uint16_t *params16;                 /* bf16: the parameters, cast at the start of each forward */
     uint16_t *acts16[MLP_MAX_LAYERS + 1]; /* bf16: acts[l] cast (not the logits) */
@@ -44,10 +47,11 @@ typedef struct operand {
 
 static const float one = 1.0f, zero = 0.0f;
 
-static sov_status blas_check(cublasStatus_t st, const char *what) {
+static sov_status blas_check(const mlp_cuda *net, cublasStatus_t st, const char *what, int m, int n, int k) {
     if (st == CUBLAS_STATUS_SUCCESS)
         return SOV_OK;
-    return sov_fail(SOV_ERR_IO, "cuBLAS: %s failed: %s", what, cublasGetStatusString(st));
+    return sov_fail(SOV_ERR_IO, "cuBLAS on GPU %d: the %s (%d x %d x %d, %s) failed: %s", sov_device_ordinal(net->dev),
+                    what, m, n, k, net->bf16 ? "bf16" : "f32", cublasGetStatusString(st));
 }
 
 /* C (f32, overwritten) = op(A) op(B) in cuBLAS's column-major terms, on f32 or, in a bf16 model, bf16 operands. */
@@ -55,9 +59,11 @@ static sov_status product(const mlp_cuda *net, cublasOperation_t ta, cublasOpera
                           operand a, int lda, operand b, int ldb, float *c, int ldc, const char *what) {
     cublasHandle_t h = sov_device_blas(net->dev);
     if (!net->bf16)
-        return blas_check(cublasSgemm(h, ta, tb, m, n, k, &one, a.f32, lda, b.f32, ldb, &zero, c, ldc), what);
-    return blas_check(cublasGemmEx(h, ta, tb, m, n, k, &one, a.bf16, CUDA_R_16BF, lda, b.bf16, CUDA_R_16BF, ldb, &zero,
-                                   c, CUDA_R_32F, ldc, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT), what);
+        return blas_check(net, cublasSgemm(h, ta, tb, m, n, k, &one, a.f32, lda, b.f32, ldb, &zero, c, ldc), what, m, n,
+                          k);
+    return blas_check(net, cublasGemmEx(h, ta, tb, m, n, k, &one, a.bf16, CUDA_R_16BF, lda, b.bf16, CUDA_R_16BF, ldb,
+                                        &zero, c, CUDA_R_32F, ldc, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+                      what, m, n, k);
 }
 
 /* The bf16 copy of `count` floats, in a bf16 model. */
@@ -140,20 +146,23 @@ static sov_status mlp_cuda_create(const sov_model_config *cfg, sov_model *m) {
 static void mlp_cuda_init(sov_model *m, uint64_t seed) {
     mlp_cuda *net = m->impl;
     float *host = sov_aligned_alloc(m->num_params * sizeof(float));
-    if (!host) {
-        sov_log_error("mlp (CUDA): no host memory to initialise %zu parameters", m->num_params);
-        return;
+    net->init_status = host ? SOV_OK : SOV_ERR_NOMEM;
+    if (host) {
+        sov_model view = *m;
+        view.params = host;
+        sov_mlp_init_params(&view, seed);
+        net->init_status = sov_device_from_host(net->dev, m->params, host, m->num_params * sizeof(float));
+        free(host);
     }
-    sov_model view = *m;
-    view.params = host;
-    sov_mlp_init_params(&view, seed);
-    if (sov_device_from_host(net->dev, m->params, host, m->num_params * sizeof(float)) != SOV_OK)
-        sov_log_error("mlp (CUDA): initialising the parameters: %s", sov_last_error());
-    free(host);
+    if (net->init_status != SOV_OK)
+        snprintf(net->init_error, sizeof net->init_error, "mlp (CUDA): initialising %zu parameters failed: %s",
+                 m->num_params, sov_last_error());
 }
 
 /* Uploads the batch: inputs and labels. */
 static sov_status upload(mlp_cuda *net, const sov_batch *b) {
+    if (net->init_status != SOV_OK)
+        return sov_fail(net->init_status, "%s", net->init_error);
     SOV_CHECK(sov_mlp_check_batch(b, net->max_batch, net->dims[net->layers]));
     SOV_CHECK(sov_device_from_host_async(net->dev, net->x, b->x, (size_t)b->n * net->dims[0] * sizeof(float)));
     return sov_device_from_host_async(net->dev, net->labels, b->y, (size_t)b->n * sizeof(int32_t));

@@ -69,6 +69,11 @@ typedef struct sov_world {
     const char *source;         /* where the identity came from: "openmpi", "torchrun", "single" */
 } sov_world;
 
+/* The GPUs of this host that its ranks share out, given the `visible` count this process sees:
+ * SOVTRAIN_HOST_GPUS where `sovtrain launch` pinned one GPU per rank (each rank then sees only its own), else
+ * `visible`. A GPU job needs at least local_size of them (NCCL refuses two ranks on one GPU). */
+int sov_host_gpus(int visible);
+
 /* Reads the rank identity from Open MPI's variables (OMPI_COMM_WORLD_*), else torchrun's (RANK, WORLD_SIZE,
  * LOCAL_RANK, LOCAL_WORLD_SIZE); without either it is a single rank. Fails on inconsistent values. */
 sov_status sov_world_from_env(sov_world *world);

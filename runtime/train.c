@@ -330,7 +330,12 @@ static sov_status dump_params(trainer *t) {
         return sov_fail(SOV_ERR_IO, "--dump-params: cannot create %s: %s", tmp, strerror(errno));
     size_t n = t->model->num_params;
     float *params = sov_trainer_host_params(t);
-    int bad = !params || fwrite(params, sizeof(float), n, f) != n;
+    if (!params) {
+        fclose(f);
+        unlink(tmp);
+        return sov_fail(SOV_ERR_IO, "--dump-params: cannot copy the parameters from the GPU: %s", sov_last_error());
+    }
+    int bad = fwrite(params, sizeof(float), n, f) != n;
     sov_trainer_release_params(t, params);
     bad |= fclose(f) != 0;
     if (bad || rename(tmp, t->args.dump_params) != 0) {
@@ -413,9 +418,7 @@ static void teardown(trainer *t) {
 static sov_device_kind auto_device(const trainer *t) {
     char why[256];
     int visible = sov_gpu_count(why, sizeof why);
-    const char *host = getenv("SOVTRAIN_HOST_GPUS");
-    long on_host = host && *host ? strtol(host, NULL, 10) : visible;
-    if (visible < 1 || on_host < t->world.local_size || !sov_model_find_cuda(t->args.model))
+    if (visible < 1 || sov_host_gpus(visible) < t->world.local_size || !sov_model_find_cuda(t->args.model))
         return SOV_DEVICE_CPU;
     return SOV_DEVICE_CUDA;
 }
@@ -433,7 +436,7 @@ static sov_status choose_device(trainer *t) {
         return sov_fail(SOV_ERR_INVALID, "--device cuda: the %s model has no CUDA implementation yet (only mlp has); "
                         "use --device cpu", t->args.model);
     sov_comm_backend b = t->args.comm;
-    if (t->world.size > 1 && b != SOV_COMM_AUTO && b != SOV_COMM_NCCL)
+    if (b != SOV_COMM_AUTO && b != SOV_COMM_NCCL && b != SOV_COMM_SELF)
         return sov_fail(SOV_ERR_INVALID, "--device cuda keeps gradients in GPU memory, which the %s backend cannot "
                         "reduce: use --comm nccl (or auto), or --device cpu", sov_comm_backend_name(b));
     return sov_device_open(&t->dev, t->world.local_rank);

@@ -49,3 +49,11 @@ sov_status sov_world_from_env(sov_world *w) {
     *w = (sov_world){.rank = 0, .size = 1, .local_rank = 0, .local_size = 1, .source = "single"};
     return SOV_OK;
 }
+
+int sov_host_gpus(int visible) {
+    const char *pinned = getenv("SOVTRAIN_HOST_GPUS");
+    long n = 0;
+    if (visible < 1 || !pinned || sov_parse_long("SOVTRAIN_HOST_GPUS", pinned, 1, 1 << 20, &n) != SOV_OK)
+        return visible;
+    return (int)n;
+}

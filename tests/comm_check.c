@@ -6,7 +6,8 @@
  * match it bit for bit; MPI-based backends within a tolerance). Every rank's output must be bitwise identical to
  * every other rank's, checked through MPI directly, not through the communicator under test.
  * Buffers come both from sov_comm_alloc (zero-copy) and from malloc (copied); for nccl, from CUDA managed memory,
- * which NCCL reads on the GPU and this test reads on the host (exit 77, a skip, where no GPU serves every rank).
+ * which NCCL reads on the GPU and this test reads on the host, and from malloc (staged through the GPU by the
+ * backend) (exit 77, a skip, where no GPU serves every rank).
  * Prints one line per failure and a summary; exits 1 on any failure. */
 #include "comm.h"
 #include "runtime.h"
@@ -287,7 +288,7 @@ int main(int argc, char **argv) {
     check_status("world", sov_world_from_env(&world));
     if (cfg0.backend == SOV_COMM_NCCL) {
         char why[256];
-        int devices = sov_gpu_count(why, sizeof why);
+        int devices = sov_host_gpus(sov_gpu_count(why, sizeof why));
         if (devices < world.local_size) {
             if (rank == 0)
                 printf("SKIP: nccl needs a GPU per rank: %d rank(s) here, %d GPU(s) (%s)\n", world.local_size, devices,
@@ -307,8 +308,6 @@ int main(int argc, char **argv) {
             for (int mode = 0; mode < 8; mode++) {
                 cfg c = {.dt = dtypes[d], .n = counts[k], .exact = mode & 1, .reg = (mode >> 1) & 1,
                          .inplace = (mode >> 2) & 1};
-                if (gpu && !c.reg) /* NCCL reads GPU-visible memory only */
-                    continue;
                 if (c.dt == SOV_U8) {
                     if (c.exact) test_allreduce(&c, SOV_SUM);
                 } else {

@@ -190,9 +190,11 @@ static void sovtrain_save_restore(const bench_case *c, const char *dir, int thre
     double t0 = sov_now();
     if (sov_ckpt_open(path, &ck) != SOV_OK)
         die("open");
+    sov_ckpt_buffer want[3];
     for (int b = 0; b < c->nbuf; b++)
-        if (sov_ckpt_read_buffer(ck, c->names[b], dtype, dst[b], c->bytes[b] / (size_t)c->elem) != SOV_OK)
-            die("restore");
+        want[b] = (sov_ckpt_buffer){c->names[b], dst[b], c->bytes[b] / (size_t)c->elem, dtype};
+    if (sov_ckpt_read_buffers(ck, want, c->nbuf) != SOV_OK)
+        die("restore");
     *restore_gbs = total_bytes(c) / (sov_now() - t0) / 1e9;
     for (int b = 0; b < c->nbuf; b++) {
         if (memcmp(dst[b], c->data[b], c->bytes[b]) != 0) {

@@ -90,6 +90,9 @@ const char *sov_ckpt_path(const sov_ckpt *c);
 size_t sov_ckpt_buffer_count(const sov_ckpt *c, const char *name);
 /* Decodes buffer `name`, which must hold count elements of dtype, into dst, verifying every chunk. */
 sov_status sov_ckpt_read_buffer(sov_ckpt *c, const char *name, sov_ckpt_dtype dtype, void *dst, size_t count);
+/* The same for several buffers in one pass: their chunks are read in file order by one set of threads, so a
+ * restore of a model and its optimizer state pays for one start-up and keeps every thread busy. */
+sov_status sov_ckpt_read_buffers(sov_ckpt *c, const sov_ckpt_buffer *buffers, int num_buffers);
 /* Reads and checks every chunk of every file. Stops at the first damage, naming file and chunk. */
 sov_status sov_ckpt_verify(sov_ckpt *c);
 

@@ -167,11 +167,20 @@ typedef struct chunk_ref {
     size_t elem_offset, elems;
     size_t elem_bytes; /* of the chunk's buffer */
     uint64_t file_offset, bytes;
+    uint8_t *dst;     /* the start of the buffer it decodes into; NULL: verify only */
 } chunk_ref;
 
 static int by_offset(const void *a, const void *b) {
     const chunk_ref *x = a, *y = b;
     return x->elem_offset < y->elem_offset ? -1 : x->elem_offset > y->elem_offset;
+}
+
+/* File order: the threads of a restore then read each file front to back, whatever buffers its chunks hold. */
+static int by_place(const void *a, const void *b) {
+    const chunk_ref *x = a, *y = b;
+    if (x->file != y->file)
+        return x->file < y->file ? -1 : 1;
+    return x->file_offset < y->file_offset ? -1 : x->file_offset > y->file_offset;
 }
 
 /* The chunks of buffer `name` (all when name is NULL), checked: within the buffer, sizes plausible. */
@@ -233,7 +242,7 @@ typedef struct read_job {
     sov_ckpt *c;
     const chunk_ref *refs;
     size_t n, next;
-    uint8_t *dst; /* NULL: verify only */
+    int verify_only; /* decode into scratch and drop (the refs have no dst) */
     pthread_mutex_t lock;
     sov_status status; /* the first failure, with its message */
     char error[1024];
@@ -307,7 +316,7 @@ static sov_status read_chunk(read_job *j, decoder *d, size_t i, int *fd, size_t 
     SOV_CHECK(read_span(*fd, d->direct, d, r->file_offset, (size_t)r->bytes, path, &stored));
     size_t got = 0;
     SOV_CHECK(sov_chunk_decode(d->codec, stored, (size_t)r->bytes,
-                               j->dst ? j->dst + r->elem_offset * r->elem_bytes : d->scratch, r->elems * r->elem_bytes,
+                               r->dst ? r->dst + r->elem_offset * r->elem_bytes : d->scratch, r->elems * r->elem_bytes,
                                &got, where));
     if (got != r->elems * r->elem_bytes)
         return sov_fail(SOV_ERR_FORMAT, "%s: decodes to %zu bytes, the manifest says %zu elements", where, got,
@@ -321,7 +330,7 @@ static void *read_worker_main(void *arg) {
     int fd = -1;
     size_t open_file = (size_t)-1;
     char path[4400] = "";
-    sov_status st = decoder_ready(rw->d, j->c->chunk_bytes, j->dst == NULL);
+    sov_status st = decoder_ready(rw->d, j->c->chunk_bytes, j->verify_only);
     for (;;) {
         pthread_mutex_lock(&j->lock);
         if (st != SOV_OK && j->status == SOV_OK) {
@@ -347,9 +356,9 @@ static int read_threads(size_t chunks) {
     return (int)(chunks < t ? (chunks ? chunks : 1) : t);
 }
 
-/* Reads and decodes the chunks in refs, writing each to dst + elem_offset (dst NULL: verify only). */
-static sov_status decode_chunks(sov_ckpt *c, const chunk_ref *refs, size_t n, void *dst) {
-    read_job j = {.c = c, .refs = refs, .n = n, .dst = dst, .status = SOV_OK};
+/* Reads and decodes the chunks in refs, each into its dst + elem_offset (verify_only: into scratch). */
+static sov_status decode_chunks(sov_ckpt *c, const chunk_ref *refs, size_t n, int verify_only) {
+    read_job j = {.c = c, .refs = refs, .n = n, .verify_only = verify_only, .status = SOV_OK};
     pthread_mutex_init(&j.lock, NULL);
     int threads = read_threads(n), started = 1;
     pthread_t tids[MAX_READ_THREADS];
@@ -366,20 +375,51 @@ static sov_status decode_chunks(sov_ckpt *c, const chunk_ref *refs, size_t n, vo
     return j.status == SOV_OK ? SOV_OK : sov_fail(j.status, "%s", j.error);
 }
 
-sov_status sov_ckpt_read_buffer(sov_ckpt *c, const char *name, sov_ckpt_dtype dtype, void *dst, size_t count) {
-    size_t have = sov_ckpt_buffer_count(c, name);
-    if (have != count)
+/* The chunks of one buffer the caller asked for, checked against its count and dtype, appended to *all. */
+static sov_status add_buffer_chunks(sov_ckpt *c, const sov_ckpt_buffer *b, chunk_ref **all, size_t *n_all) {
+    size_t have = sov_ckpt_buffer_count(c, b->name);
+    if (have != b->count)
         return sov_fail(SOV_ERR_INVALID, "%s: buffer \"%s\" has %zu elements, %zu expected (a different model or "
-                        "optimizer?)", c->path, name, have, count);
-    if (buffer_elem_bytes(c, name) != sov_ckpt_dtype_bytes(dtype))
-        return sov_fail(SOV_ERR_INVALID, "%s: buffer \"%s\" holds %s elements, %s expected", c->path, name,
-                        json_string_value(json_object_get(buffer_entry(c, name), "dtype")), sov_ckpt_dtype_name(dtype));
+                        "optimizer?)", c->path, b->name, have, b->count);
+    if (buffer_elem_bytes(c, b->name) != sov_ckpt_dtype_bytes(b->dtype))
+        return sov_fail(SOV_ERR_INVALID, "%s: buffer \"%s\" holds %s elements, %s expected", c->path, b->name,
+                        json_string_value(json_object_get(buffer_entry(c, b->name), "dtype")),
+                        sov_ckpt_dtype_name(b->dtype));
     chunk_ref *refs;
     size_t n;
-    SOV_CHECK(collect_chunks(c, name, count, &refs, &n));
-    sov_status st = decode_chunks(c, refs, n, dst);
+    SOV_CHECK(collect_chunks(c, b->name, b->count, &refs, &n));
+    chunk_ref *grown = realloc(*all, (*n_all + n + 1) * sizeof *grown);
+    if (!grown) {
+        free(refs);
+        return sov_fail(SOV_ERR_NOMEM, "reading %s: out of memory", c->path);
+    }
+    for (size_t i = 0; i < n; i++) {
+        grown[*n_all + i] = refs[i];
+        grown[*n_all + i].dst = b->data;
+    }
+    *all = grown;
+    *n_all += n;
+    free(refs);
+    return SOV_OK;
+}
+
+sov_status sov_ckpt_read_buffers(sov_ckpt *c, const sov_ckpt_buffer *buffers, int num_buffers) {
+    chunk_ref *refs = NULL;
+    size_t n = 0;
+    sov_status st = SOV_OK;
+    for (int b = 0; b < num_buffers && st == SOV_OK; b++)
+        st = add_buffer_chunks(c, &buffers[b], &refs, &n);
+    if (st == SOV_OK && n)
+        qsort(refs, n, sizeof *refs, by_place);
+    if (st == SOV_OK)
+        st = decode_chunks(c, refs, n, 0);
     free(refs);
     return st;
+}
+
+sov_status sov_ckpt_read_buffer(sov_ckpt *c, const char *name, sov_ckpt_dtype dtype, void *dst, size_t count) {
+    sov_ckpt_buffer b = {.name = name, .data = dst, .count = count, .dtype = dtype};
+    return sov_ckpt_read_buffers(c, &b, 1);
 }
 
 sov_status sov_ckpt_verify(sov_ckpt *c) {
@@ -407,7 +447,7 @@ sov_status sov_ckpt_verify(sov_ckpt *c) {
     chunk_ref *refs;
     size_t n;
     SOV_CHECK(collect_chunks(c, NULL, 0, &refs, &n));
-    sov_status st = decode_chunks(c, refs, n, NULL);
+    sov_status st = decode_chunks(c, refs, n, 1);
     free(refs);
     return st;
 }

@@ -160,18 +160,27 @@ void sov_trainer_ckpt_close(trainer *t) {
 
 /* ---- resuming ---- */
 
-/* One f32 buffer of the checkpoint into the model or optimizer, through host memory when that is on a GPU:
- * the stored state is the same wherever it was computed, so a GPU job resumes a CPU job's checkpoint and back. */
-static sov_status read_buffer(trainer *t, sov_ckpt *c, const sov_ckpt_buffer *b) {
+/* The checkpoint's f32 buffers into the model and optimizer in one pass, through host memory when those are on
+ * a GPU: the stored state is the same wherever it was computed, so a GPU job resumes a CPU job's checkpoint and
+ * the other way round. */
+static sov_status read_buffers(trainer *t, sov_ckpt *c, const sov_ckpt_buffer *bufs, int n) {
     if (!t->dev)
-        return sov_ckpt_read_buffer(c, b->name, b->dtype, b->data, b->count);
-    float *host = sov_aligned_alloc(b->count * sizeof(float));
-    if (!host)
-        return SOV_ERR_NOMEM;
-    sov_status st = sov_ckpt_read_buffer(c, b->name, b->dtype, host, b->count);
+        return sov_ckpt_read_buffers(c, bufs, n);
+    sov_ckpt_buffer host[SOV_CKPT_MAX_BUFFERS];
+    sov_status st = SOV_OK;
+    for (int b = 0; b < n; b++) {
+        host[b] = bufs[b];
+        host[b].data = sov_aligned_alloc(bufs[b].count * sizeof(float));
+        if (!host[b].data)
+            st = SOV_ERR_NOMEM;
+    }
     if (st == SOV_OK)
-        st = sov_trainer_upload(t, b->data, host, b->count);
-    free(host);
+        st = sov_ckpt_read_buffers(c, host, n);
+    for (int b = 0; b < n; b++) {
+        if (st == SOV_OK)
+            st = sov_trainer_upload(t, bufs[b].data, host[b].data, bufs[b].count);
+        free(host[b].data);
+    }
     return st;
 }
 
@@ -191,8 +200,8 @@ static sov_status load(trainer *t, const char *path) {
     sov_ckpt_state s;
     json_t *scratch = meta(t);
     fill_state(t, 0, &s, scratch);
-    for (int b = 0; b < s.num_buffers && st == SOV_OK; b++)
-        st = read_buffer(t, c, &s.buffers[b]);
+    if (st == SOV_OK)
+        st = read_buffers(t, c, s.buffers, s.num_buffers);
     json_decref(scratch);
     if (st == SOV_OK) {
         t->start_step = sov_ckpt_step(c);

@@ -24,7 +24,7 @@ const char *sov_op_name(sov_op_kind kind) {
     return (unsigned)kind < sizeof names / sizeof *names ? names[kind] : "?";
 }
 
-static const char *backend_names[] = {"auto", "self", "shm", "mpi", "hier", "nccl"};
+static const char *backend_names[] = {"auto", "self", "shm", "mpi", "hier", "nccl", "tcp"};
 
 sov_status sov_comm_backend_parse(const char *name, sov_comm_backend *out) {
     for (int i = 0; i < (int)(sizeof backend_names / sizeof *backend_names); i++)
@@ -32,8 +32,8 @@ sov_status sov_comm_backend_parse(const char *name, sov_comm_backend *out) {
             *out = (sov_comm_backend)i;
             return SOV_OK;
         }
-    return sov_fail(SOV_ERR_INVALID, "unknown communicator backend \"%s\" (choose auto, self, shm, mpi, hier or nccl)",
-                    name);
+    return sov_fail(SOV_ERR_INVALID, "unknown communicator backend \"%s\" (choose auto, self, shm, mpi, hier, nccl or "
+                    "tcp)", name);
 }
 
 const char *sov_comm_backend_name(sov_comm_backend b) {
@@ -47,6 +47,8 @@ static sov_comm_backend choose(const sov_world *w, const sov_comm_config *cfg) {
         return SOV_COMM_SELF;
     if (cfg->gpu)
         return SOV_COMM_NCCL;
+    if (sov_world_without_mpi(w))
+        return SOV_COMM_TCP;
     return w->local_size == w->size ? SOV_COMM_SHM : SOV_COMM_HIER;
 }
 
@@ -64,6 +66,7 @@ static sov_status init_backend(sov_comm *c, const sov_world *w) {
     case SOV_COMM_MPI: return sov_comm_mpi_init(c);
     case SOV_COMM_HIER: return sov_comm_hier_init(c, w);
     case SOV_COMM_NCCL: return sov_comm_nccl_init(c, w);
+    case SOV_COMM_TCP: return sov_comm_tcp_init(c, w);
     case SOV_COMM_AUTO: break;
     }
     return sov_fail(SOV_ERR_INTERNAL, "no backend chosen");
@@ -86,8 +89,9 @@ sov_status sov_comm_init(sov_comm **out, const sov_world *world, const sov_comm_
         free(c);
         return st;
     }
-    /* shm waits time out by themselves and name the missing ranks: give them the first word */
-    c->watchdog_grace = c->backend == SOV_COMM_SHM || c->backend == SOV_COMM_HIER ? 2.0 : 0.0;
+    /* shm and tcp waits time out by themselves and name the missing ranks: give them the first word */
+    c->watchdog_grace = c->backend == SOV_COMM_SHM || c->backend == SOV_COMM_HIER || c->backend == SOV_COMM_TCP ? 2.0
+                                                                                                          : 0.0;
     if (c->size > 1)
         sov_watchdog_start(c);
     *out = c;

@@ -10,8 +10,12 @@
  *   mpi   Open MPI's collectives, any placement (the portable fallback)
  *   hier  several hosts: shm inside each host, MPI between hosts
  *   nccl  GPU buffers (CUDA builds only): NCCL on a dedicated stream; host buffers (small control messages)
- *         are staged through device memory. A one-rank nccl communicator needs no MPI.
- * AUTO picks self for one rank, nccl for GPU buffers, shm when all ranks share a host, else hier.
+ *         are staged through device memory. A one-rank nccl communicator needs no MPI; ranks started without
+ *         mpirun share NCCL's id through the rendezvous at MASTER_ADDR:MASTER_PORT.
+ *   tcp   ranks started without mpirun (a Kubernetes indexed Job: torchrun-style RANK, WORLD_SIZE, MASTER_ADDR,
+ *         MASTER_PORT): they meet at MASTER_ADDR:MASTER_PORT, then reduce around a ring of TCP connections
+ * AUTO picks self for one rank; without mpirun, nccl for GPU buffers, else tcp; under mpirun, nccl for GPU
+ * buffers, shm when all ranks share a host, else hier.
  *
  * Every operation has a blocking form and an asynchronous one (sov_comm_i*: a request to wait for or test).
  * Requests complete in the order they were issued. A collective that does not complete within the timeout
@@ -29,7 +33,8 @@ typedef enum sov_comm_backend {
     SOV_COMM_SHM,
     SOV_COMM_MPI,
     SOV_COMM_HIER,
-    SOV_COMM_NCCL
+    SOV_COMM_NCCL,
+    SOV_COMM_TCP
 } sov_comm_backend;
 
 typedef struct sov_comm sov_comm;
@@ -44,7 +49,7 @@ typedef struct sov_comm_config {
 size_t sov_dtype_size(sov_dtype dtype);
 const char *sov_dtype_name(sov_dtype dtype);
 
-/* Parses "auto", "self", "shm", "mpi", "hier" or "nccl". */
+/* Parses "auto", "self", "shm", "mpi", "hier", "nccl" or "tcp". */
 sov_status sov_comm_backend_parse(const char *name, sov_comm_backend *out);
 const char *sov_comm_backend_name(sov_comm_backend backend);
 

@@ -78,6 +78,23 @@ sov_status sov_comm_mpi_init(sov_comm *c);
 sov_status sov_comm_shm_init(sov_comm *c, const sov_world *world);
 sov_status sov_comm_hier_init(sov_comm *c, const sov_world *world);
 sov_status sov_comm_nccl_init(sov_comm *c, const sov_world *world);
+sov_status sov_comm_tcp_init(sov_comm *c, const sov_world *world);
+
+/* ---- jobs started without mpirun (rendezvous.c) ---- */
+struct sockaddr_in;
+/* Every rank's `bytes`-byte blob, in rank order, into all (size x bytes), and in addrs[r] the address rank r can be
+ * reached at; the ranks meet at MASTER_ADDR:MASTER_PORT, where rank 0 listens, within timeout_s. */
+sov_status sov_rendezvous(const sov_world *w, const void *mine, size_t bytes, void *all, struct sockaddr_in *addrs,
+                          double timeout_s);
+/* 1 when this job was started without mpirun, so its ranks meet through sov_rendezvous rather than MPI. */
+int sov_world_without_mpi(const sov_world *w);
+/* Socket helpers: a whole send, or a whole receive, before the deadline; a listener (port 0: any free one); a connection,
+ * retried until the deadline while nobody listens; TCP_NODELAY. */
+sov_status sov_tcp_send(int fd, const void *buf, size_t n, double deadline, const char *what);
+sov_status sov_tcp_recv(int fd, void *buf, size_t n, double deadline, const char *what);
+sov_status sov_tcp_listen(const struct sockaddr_in *addr, int backlog, int *fd, struct sockaddr_in *bound);
+sov_status sov_tcp_connect(const struct sockaddr_in *addr, double deadline, const char *what, int *fd);
+void sov_tcp_tune(int fd);
 
 /* The shared-memory engine over the ranks of one host (comm_shm.c), used by the shm and hier backends.
  * `local` is an MPI communicator of exactly those ranks (passed as a pointer so this header needs no mpi.h);

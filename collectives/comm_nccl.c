@@ -21,6 +21,7 @@ sov_status sov_comm_nccl_init(sov_comm *c, const sov_world *world) {
 #include <cuda_runtime.h>
 #include <mpi.h>
 #include <nccl.h>
+#include <netinet/in.h>
 #include <sched.h>
 #include <stdlib.h>
 #include <string.h>
@@ -254,7 +255,7 @@ static void nccl_abort(sov_comm *c, int exit_code) {
     ncclComm_t comm = s ? take_comm(s) : NULL;
     if (comm)
         ncclCommAbort(comm);
-    if (c->size > 1)
+    if (s && s->world != MPI_COMM_NULL)
         MPI_Abort(MPI_COMM_WORLD, exit_code);
 }
 
@@ -279,13 +280,28 @@ static void nccl_destroy(sov_comm *c) {
 static const sov_comm_ops nccl_ops = {.run = nccl_run, .alloc = nccl_alloc, .free = nccl_free, .abort = nccl_abort,
                                       .destroy = nccl_destroy, .issued = nccl_issued};
 
-/* Rank 0's unique id, to every rank over MPI (nothing to send in a one-rank job). */
-static sov_status share_id(sov_comm *c, nccl_state *s, ncclUniqueId *id) {
+/* Rank 0's unique id, to every rank through the rendezvous of a job started without mpirun. */
+static sov_status share_id_by_rendezvous(sov_comm *c, const sov_world *w, ncclUniqueId *id) {
+    ncclUniqueId *all = sov_calloc((size_t)c->size, sizeof *all);
+    struct sockaddr_in *addrs = sov_calloc((size_t)c->size, sizeof(struct sockaddr_in));
+    sov_status st = all && addrs ? sov_rendezvous(w, id, sizeof *id, all, addrs, c->timeout_s) : SOV_ERR_NOMEM;
+    if (st == SOV_OK)
+        *id = all[0];
+    free(all);
+    free(addrs);
+    return st;
+}
+
+/* Rank 0's unique id, to every rank over MPI or the rendezvous (nothing to send in a one-rank job). */
+static sov_status share_id(sov_comm *c, nccl_state *s, const sov_world *w, ncclUniqueId *id) {
     ncclResult_t r = ncclSuccess;
+    memset(id, 0, sizeof *id);
     if (c->rank == 0)
         r = ncclGetUniqueId(id);
-    if (c->size == 1)
+    if (c->size == 1 || (r != ncclSuccess && sov_world_without_mpi(w)))
         return r == ncclSuccess ? SOV_OK : nccl_error(c, "ncclGetUniqueId", r);
+    if (sov_world_without_mpi(w))
+        return share_id_by_rendezvous(c, w, id);
     int ok = r == ncclSuccess;
     MPI_Bcast(&ok, 1, MPI_INT, 0, s->world);
     if (!ok)
@@ -314,7 +330,7 @@ static sov_status nccl_setup(sov_comm *c, nccl_state *s, const sov_world *w) {
     if (!(s->one = nccl_alloc(c, sizeof(float))))
         return SOV_ERR_COMM;
     ncclUniqueId id;
-    SOV_CHECK(share_id(c, s, &id));
+    SOV_CHECK(share_id(c, s, w, &id));
     ncclConfig_t config = NCCL_CONFIG_INITIALIZER;
     ncclResult_t r = ncclCommInitRankConfig(&s->comm, c->size, id, c->rank, &config);
     if (r != ncclSuccess) {
@@ -325,7 +341,8 @@ static sov_status nccl_setup(sov_comm *c, nccl_state *s, const sov_world *w) {
 }
 
 sov_status sov_comm_nccl_init(sov_comm *c, const sov_world *world) {
-    if (c->size > 1)
+    int mpi = c->size > 1 && !sov_world_without_mpi(world);
+    if (mpi)
         SOV_CHECK(sov_mpi_ensure(c));
     nccl_state *s = sov_calloc(1, sizeof *s);
     if (!s)
@@ -333,7 +350,7 @@ sov_status sov_comm_nccl_init(sov_comm *c, const sov_world *world) {
     s->world = MPI_COMM_NULL;
     c->impl = s;
     c->ops = &nccl_ops;
-    if (c->size > 1)
+    if (mpi)
         MPI_Comm_dup(MPI_COMM_WORLD, &s->world);
     sov_status st = nccl_setup(c, s, world);
     if (st != SOV_OK)

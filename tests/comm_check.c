@@ -282,7 +282,7 @@ int main(int argc, char **argv) {
     sov_world world;
     sov_comm_config cfg0 = {.timeout_s = 60};
     if (argc < 2 || sov_comm_backend_parse(argv[1], &cfg0.backend) != SOV_OK) {
-        fprintf(stderr, "usage: comm_check self|shm|mpi|hier\n");
+        fprintf(stderr, "usage: comm_check self|shm|mpi|hier|nccl|tcp\n");
         return 2;
     }
     check_status("world", sov_world_from_env(&world));

@@ -1,0 +1,319 @@
+/* comm_tcp.c: collectives over TCP between ranks started without mpirun (Kubernetes indexed Jobs, torchrun-style
+ * variables): the CPU backend for pods that share no MPI job.
+ *
+ * Set-up: each rank listens on a free port and meets the others at MASTER_ADDR:MASTER_PORT (rendezvous.c), which
+ * tells every rank where the others are; then each connects to the next rank of a ring and accepts the previous.
+ * Allreduce is the ring algorithm: a reduce-scatter in which every block is reduced along one fixed path, then an
+ * allgather of the finished blocks, so every rank gets the same bits, run after run. bf16 and f16 travel and sum
+ * in f32 and are rounded once at the end, as the other backends promise. Every transfer has the collective's
+ * deadline; a rank that stops sending, or whose process ends, is named. */
+#include "comm_internal.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#define BROADCAST_PIECE ((size_t)1 << 20)
+
+typedef struct tcp_state {
+    int next_fd, prev_fd; /* to rank + 1 (sent to), from rank - 1 (received from) */
+    int next, prev;       /* their ranks */
+    uint8_t *work, *scratch; /* the accumulation buffer of a reduction, and one incoming block */
+    size_t work_cap, scratch_cap;
+} tcp_state;
+
+/* ---- transfers ---- */
+
+/* Sends sbytes to next while receiving rbytes from prev, until both are done or the deadline passes. */
+static sov_status exchange(sov_comm *c, const sov_op *op, const void *sbuf, size_t sbytes, void *rbuf,
+                           size_t rbytes, double deadline) {
+    tcp_state *s = c->impl;
+    const uint8_t *sp = sbuf;
+    uint8_t *rp = rbuf;
+    while (sbytes || rbytes) {
+        struct pollfd pfd[2] = {{.fd = sbytes ? s->next_fd : -1, .events = POLLOUT},
+                                {.fd = rbytes ? s->prev_fd : -1, .events = POLLIN}};
+        double left = deadline - sov_now();
+        if (left <= 0)
+            return sov_fail(SOV_ERR_COMM, "rank %d: tcp %s #%llu did not complete within %.0f s (--comm-timeout): "
+                            "waiting for rank %d", c->rank, sov_op_name(op->kind), (unsigned long long)op->seq,
+                            c->timeout_s, rbytes ? s->prev : s->next);
+        if (poll(pfd, 2, (int)(left * 1000) + 1) < 0)
+            continue; /* EINTR */
+        for (int k = 0; k < 2; k++) {
+            if (!pfd[k].revents)
+                continue;
+            ssize_t n = k == 0 ? send(s->next_fd, sp, sbytes, MSG_NOSIGNAL | MSG_DONTWAIT)
+                               : recv(s->prev_fd, rp, rbytes, MSG_DONTWAIT);
+            if (n > 0 && k == 0) {
+                sp += n;
+                sbytes -= (size_t)n;
+            } else if (n > 0) {
+                rp += n;
+                rbytes -= (size_t)n;
+            } else if (n == 0 || (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)) {
+                return sov_fail(SOV_ERR_COMM, "rank %d: tcp %s #%llu: the connection to rank %d broke (%s): its "
+                                "process ended or failed", c->rank, sov_op_name(op->kind), (unsigned long long)op->seq,
+                                k == 0 ? s->next : s->prev, n == 0 ? "closed" : strerror(errno));
+            }
+        }
+    }
+    return SOV_OK;
+}
+
+/* Elements [*off, *off + *n) of block i when count elements are cut into size blocks. */
+static void block(size_t count, int size, int i, size_t *off, size_t *n) {
+    size_t lo = count * (size_t)i / (size_t)size, hi = count * (size_t)(i + 1) / (size_t)size;
+    *off = lo;
+    *n = hi - lo;
+}
+
+static int ring(int i, int size) { return ((i % size) + size) % size; }
+
+static sov_status grow(uint8_t **buf, size_t *cap, size_t bytes) {
+    if (bytes <= *cap)
+        return SOV_OK;
+    free(*buf);
+    *cap = 0;
+    if (!(*buf = sov_malloc(bytes)))
+        return SOV_ERR_NOMEM;
+    *cap = bytes;
+    return SOV_OK;
+}
+
+/* ---- the ring ---- */
+
+/* Reduce-scatter over work (count elements of acc): after it, block `rank` holds the op over all ranks. */
+static sov_status ring_reduce_scatter(sov_comm *c, const sov_op *op, uint8_t *work, size_t count, sov_dtype acc,
+                                      sov_redop rop, double deadline) {
+    tcp_state *s = c->impl;
+    size_t esz = sov_dtype_size(acc);
+    for (int step = 0; step < c->size - 1; step++) {
+        size_t so, sn, ro, rn;
+        block(count, c->size, ring(c->rank - 1 - step, c->size), &so, &sn);
+        block(count, c->size, ring(c->rank - 2 - step, c->size), &ro, &rn);
+        SOV_CHECK(exchange(c, op, work + so * esz, sn * esz, s->scratch, rn * esz, deadline));
+        const void *in[2] = {work + ro * esz, s->scratch};
+        sov_reduce(work + ro * esz, in, 2, rn, acc, rop, 1);
+    }
+    return SOV_OK;
+}
+
+/* Allgather over work: block `rank` is this rank's; after it, every block is everyone's. */
+static sov_status ring_allgather(sov_comm *c, const sov_op *op, uint8_t *work, size_t count, size_t esz,
+                                 double deadline) {
+    for (int step = 0; step < c->size - 1; step++) {
+        size_t so, sn, ro, rn;
+        block(count, c->size, ring(c->rank - step, c->size), &so, &sn);
+        block(count, c->size, ring(c->rank - step - 1, c->size), &ro, &rn);
+        SOV_CHECK(exchange(c, op, work + so * esz, sn * esz, work + ro * esz, rn * esz, deadline));
+    }
+    return SOV_OK;
+}
+
+/* bf16 and f16 are summed in f32; the others in their own type. */
+static sov_dtype accumulator(sov_dtype dt) { return dt == SOV_BF16 || dt == SOV_F16 ? SOV_F32 : dt; }
+
+static void widen(float *dst, const uint16_t *src, size_t n, sov_dtype dt) {
+    for (size_t i = 0; i < n; i++)
+        dst[i] = dt == SOV_BF16 ? sov_bf16_to_f32(src[i]) : sov_f16_to_f32(src[i]);
+}
+
+static void narrow(uint16_t *dst, const float *src, size_t n, sov_dtype dt) {
+    for (size_t i = 0; i < n; i++)
+        dst[i] = dt == SOV_BF16 ? sov_f32_to_bf16(src[i]) : sov_f32_to_f16(src[i]);
+}
+
+/* The op over every rank's `elems` elements of send, in the accumulation type: afterwards block `rank` of work
+ * is final (averages divided by the ranks). */
+static sov_status reduce_into_work(sov_comm *c, const sov_op *op, const void *send, size_t elems, sov_dtype *acc_out,
+                                   double deadline) {
+    tcp_state *s = c->impl;
+    sov_dtype acc = accumulator(op->dtype);
+    size_t esz = sov_dtype_size(acc), widest = elems / (size_t)c->size + 1;
+    SOV_CHECK(grow(&s->work, &s->work_cap, elems * esz + 1));
+    SOV_CHECK(grow(&s->scratch, &s->scratch_cap, widest * esz + 1));
+    if (acc != op->dtype)
+        widen((float *)s->work, send, elems, op->dtype);
+    else
+        memcpy(s->work, send, elems * esz);
+    sov_redop rop = op->redop == SOV_AVG ? SOV_SUM : op->redop;
+    SOV_CHECK(ring_reduce_scatter(c, op, s->work, elems, acc, rop, deadline));
+    if (op->redop == SOV_AVG) { /* divided once, by its owner */
+        size_t off, n;
+        block(elems, c->size, c->rank, &off, &n);
+        const void *in[1] = {s->work + off * esz};
+        sov_reduce(s->work + off * esz, in, 1, n, acc, SOV_AVG, c->size);
+    }
+    *acc_out = acc;
+    return SOV_OK;
+}
+
+/* Elements [off, off + n) of work (in acc) into dst (in dt), rounded once. */
+static void work_out(const tcp_state *s, void *dst, size_t off, size_t n, sov_dtype dt, sov_dtype acc) {
+    size_t esz = sov_dtype_size(acc);
+    if (acc != dt)
+        narrow(dst, (const float *)(s->work + off * esz), n, dt);
+    else
+        memcpy(dst, s->work + off * esz, n * esz);
+}
+
+static sov_status tcp_allreduce(sov_comm *c, const sov_op *op, double deadline) {
+    tcp_state *s = c->impl;
+    sov_dtype acc;
+    SOV_CHECK(reduce_into_work(c, op, op->send, op->count, &acc, deadline));
+    SOV_CHECK(ring_allgather(c, op, s->work, op->count, sov_dtype_size(acc), deadline));
+    work_out(s, op->recv, 0, op->count, op->dtype, acc);
+    return SOV_OK;
+}
+
+/* recv = block `rank` of the op over send (size x count elements). The ring's blocks are exactly those. */
+static sov_status tcp_reduce_scatter(sov_comm *c, const sov_op *op, double deadline) {
+    tcp_state *s = c->impl;
+    sov_dtype acc;
+    SOV_CHECK(reduce_into_work(c, op, op->send, op->count * (size_t)c->size, &acc, deadline));
+    work_out(s, op->recv, op->count * (size_t)c->rank, op->count, op->dtype, acc);
+    return SOV_OK;
+}
+
+static sov_status tcp_allgather(sov_comm *c, const sov_op *op, double deadline) {
+    size_t esz = sov_dtype_size(op->dtype), bytes = op->count * esz;
+    uint8_t *mine = (uint8_t *)op->recv + (size_t)c->rank * bytes;
+    if (op->send != mine)
+        memmove(mine, op->send, bytes);
+    return ring_allgather(c, op, op->recv, op->count * (size_t)c->size, esz, deadline);
+}
+
+/* A chain from the root around the ring, in pieces, so that every link carries data at once. */
+static sov_status tcp_broadcast(sov_comm *c, const sov_op *op, double deadline) {
+    tcp_state *s = c->impl;
+    size_t total = op->count * sov_dtype_size(op->dtype);
+    uint8_t *buf = op->recv;
+    for (size_t at = 0; at < total; at += BROADCAST_PIECE) {
+        size_t n = total - at < BROADCAST_PIECE ? total - at : BROADCAST_PIECE;
+        if (c->rank != op->root)
+            SOV_CHECK(exchange(c, op, NULL, 0, buf + at, n, deadline));
+        if (s->next != op->root)
+            SOV_CHECK(exchange(c, op, buf + at, n, NULL, 0, deadline));
+    }
+    return SOV_OK;
+}
+
+static sov_status tcp_run(sov_comm *c, const sov_op *op) {
+    double deadline = sov_now() + c->timeout_s;
+    if (c->size == 1 || (op->count == 0 && op->kind != OP_BARRIER)) {
+        size_t bytes = op->count * sov_dtype_size(op->dtype);
+        if (op->kind != OP_BARRIER && op->kind != OP_BROADCAST && op->send != op->recv)
+            memmove(op->recv, op->send, bytes);
+        return SOV_OK;
+    }
+    switch (op->kind) {
+    case OP_ALLREDUCE: return tcp_allreduce(c, op, deadline);
+    case OP_REDUCE_SCATTER: return tcp_reduce_scatter(c, op, deadline);
+    case OP_ALLGATHER: return tcp_allgather(c, op, deadline);
+    case OP_BROADCAST: return tcp_broadcast(c, op, deadline);
+    case OP_BARRIER: {
+        uint8_t one = 1;
+        sov_op b = {.kind = OP_BARRIER, .send = &one, .recv = &one, .count = 1, .dtype = SOV_U8, .seq = op->seq};
+        return tcp_allreduce(c, &b, deadline);
+    }
+    }
+    return sov_fail(SOV_ERR_INTERNAL, "tcp: unknown collective %d", (int)op->kind);
+}
+
+static void close_all(tcp_state *s) {
+    if (s->next_fd >= 0)
+        close(s->next_fd);
+    if (s->prev_fd >= 0)
+        close(s->prev_fd);
+    s->next_fd = s->prev_fd = -1;
+}
+
+/* The peers see the connections close and fail at once, naming this rank. */
+static void tcp_abort(sov_comm *c, int exit_code) {
+    (void)exit_code;
+    if (c->impl)
+        close_all(c->impl);
+}
+
+static void tcp_destroy(sov_comm *c) {
+    tcp_state *s = c->impl;
+    if (!s)
+        return;
+    close_all(s);
+    free(s->work);
+    free(s->scratch);
+    free(s);
+    c->impl = NULL;
+}
+
+static const sov_comm_ops tcp_ops = {.run = tcp_run, .abort = tcp_abort, .destroy = tcp_destroy};
+
+/* The ring's links: connect to the next rank's listener, accept the previous rank (who says which it is). */
+static sov_status link_ring(sov_comm *c, tcp_state *s, int lfd, const uint32_t *ports, struct sockaddr_in *addrs,
+                            double deadline) {
+    char what[160];
+    struct sockaddr_in to = addrs[s->next];
+    to.sin_port = htons((uint16_t)ports[s->next]);
+    snprintf(what, sizeof what, "rank %d: tcp: connecting to rank %d at %s:%u", c->rank, s->next,
+             inet_ntoa(to.sin_addr), ports[s->next]);
+    SOV_CHECK(sov_tcp_connect(&to, deadline, what, &s->next_fd));
+    uint32_t me = (uint32_t)c->rank, them = 0;
+    SOV_CHECK(sov_tcp_send(s->next_fd, &me, sizeof me, deadline, what));
+    for (;;) {
+        struct pollfd pfd = {.fd = lfd, .events = POLLIN};
+        double left = deadline - sov_now();
+        if (left <= 0)
+            return sov_fail(SOV_ERR_COMM, "rank %d: tcp: rank %d never connected within the timeout", c->rank, s->prev);
+        if (poll(&pfd, 1, (int)(left * 1000) + 1) <= 0)
+            continue;
+        int fd = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
+        if (fd < 0)
+            continue;
+        snprintf(what, sizeof what, "rank %d: tcp: greeting from rank %d", c->rank, s->prev);
+        if (sov_tcp_recv(fd, &them, sizeof them, deadline, what) == SOV_OK && them == (uint32_t)s->prev) {
+            sov_tcp_tune(fd);
+            s->prev_fd = fd;
+            return SOV_OK;
+        }
+        close(fd); /* not the previous rank: a stray connection */
+    }
+}
+
+static sov_status tcp_setup(sov_comm *c, tcp_state *s, const sov_world *w) {
+    double deadline = sov_now() + c->timeout_s;
+    struct sockaddr_in any = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_ANY)}, bound;
+    int lfd;
+    SOV_CHECK(sov_tcp_listen(&any, 4, &lfd, &bound));
+    uint32_t mine = ntohs(bound.sin_port), *ports = sov_calloc((size_t)c->size, sizeof *ports);
+    struct sockaddr_in *addrs = sov_calloc((size_t)c->size, sizeof *addrs);
+    sov_status st = ports && addrs ? SOV_OK : SOV_ERR_NOMEM;
+    if (st == SOV_OK)
+        st = sov_rendezvous(w, &mine, sizeof mine, ports, addrs, c->timeout_s);
+    if (st == SOV_OK)
+        st = link_ring(c, s, lfd, ports, addrs, deadline);
+    close(lfd);
+    free(ports);
+    free(addrs);
+    return st;
+}
+
+sov_status sov_comm_tcp_init(sov_comm *c, const sov_world *world) {
+    tcp_state *s = sov_calloc(1, sizeof *s);
+    if (!s)
+        return SOV_ERR_NOMEM;
+    *s = (tcp_state){.next_fd = -1, .prev_fd = -1, .next = (c->rank + 1) % c->size,
+                     .prev = (c->rank + c->size - 1) % c->size};
+    c->impl = s;
+    c->ops = &tcp_ops;
+    sov_status st = c->size > 1 ? tcp_setup(c, s, world) : SOV_OK;
+    if (st != SOV_OK)
+        tcp_destroy(c);
+    return st;
+}

@@ -1,0 +1,227 @@
+/* rendezvous.c: the ranks of a job started without mpirun (a Kubernetes indexed Job, torchrun-style variables)
+ * meet at MASTER_ADDR:MASTER_PORT. Rank 0 listens there; every other rank connects, retrying until the timeout
+ * (pods start in any order), and sends a hello: a magic word, the world size, its rank and its blob. Rank 0
+ * checks each hello, then answers every rank with the table of all blobs in rank order and the address each
+ * rank connected from, which is where the others can reach it. */
+#include "comm_internal.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#define HELLO_MAGIC 0x736f7672656e6476ULL /* "sovrendv" */
+
+typedef struct hello {
+    uint64_t magic;
+    uint32_t world_size, rank;
+    uint64_t blob_bytes;
+} hello;
+
+/* ---- sockets with a deadline ---- */
+
+static sov_status tcp_io(int fd, uint8_t *p, size_t n, int sending, double deadline, const char *what) {
+    while (n) {
+        double left = deadline - sov_now();
+        struct pollfd pfd = {.fd = fd, .events = sending ? POLLOUT : POLLIN};
+        if (left <= 0)
+            return sov_fail(SOV_ERR_COMM, "%s: timed out", what);
+        int r = poll(&pfd, 1, (int)(left * 1000) + 1);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r < 0)
+            return sov_fail(SOV_ERR_COMM, "%s: poll: %s", what, strerror(errno));
+        if (r == 0)
+            continue;
+        ssize_t k = sending ? send(fd, p, n, MSG_NOSIGNAL | MSG_DONTWAIT) : recv(fd, p, n, MSG_DONTWAIT);
+        if (k < 0 && (errno == EINTR || errno == EAGAIN || errno == EWOULDBLOCK))
+            continue;
+        if (k < 0)
+            return sov_fail(SOV_ERR_COMM, "%s: %s", what, strerror(errno));
+        if (k == 0)
+            return sov_fail(SOV_ERR_COMM, "%s: the peer closed the connection (its process ended?)", what);
+        p += k;
+        n -= (size_t)k;
+    }
+    return SOV_OK;
+}
+
+sov_status sov_tcp_send(int fd, const void *buf, size_t n, double deadline, const char *what) {
+    return tcp_io(fd, (uint8_t *)(uintptr_t)buf, n, 1, deadline, what); /* only read when sending */
+}
+
+sov_status sov_tcp_recv(int fd, void *buf, size_t n, double deadline, const char *what) {
+    return tcp_io(fd, buf, n, 0, deadline, what);
+}
+
+void sov_tcp_tune(int fd) {
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+}
+
+/* MASTER_ADDR:MASTER_PORT resolved to an IPv4 address. */
+static sov_status master_address(struct sockaddr_in *out) {
+    const char *host = getenv("MASTER_ADDR"), *port = getenv("MASTER_PORT");
+    long p = 0;
+    if (!host || !*host || !port || !*port)
+        return sov_fail(SOV_ERR_INVALID, "a job started without mpirun meets at MASTER_ADDR:MASTER_PORT, and %s is "
+                        "not set (a Kubernetes indexed Job sets them from its headless service; see "
+                        "docs/kubernetes.md)", !host || !*host ? "MASTER_ADDR" : "MASTER_PORT");
+    SOV_CHECK(sov_parse_long("MASTER_PORT", port, 1, 65535, &p));
+    struct addrinfo hints = {.ai_family = AF_INET, .ai_socktype = SOCK_STREAM}, *res = NULL;
+    int err = getaddrinfo(host, NULL, &hints, &res);
+    if (err != 0)
+        return sov_fail(SOV_ERR_COMM, "MASTER_ADDR=%s: cannot resolve it: %s (is rank 0's service up?)", host,
+                        gai_strerror(err));
+    *out = *(struct sockaddr_in *)res->ai_addr;
+    out->sin_port = htons((uint16_t)p);
+    freeaddrinfo(res);
+    return SOV_OK;
+}
+
+/* A socket listening on addr (port 0: any free port); its address in *bound. */
+sov_status sov_tcp_listen(const struct sockaddr_in *addr, int backlog, int *fd_out, struct sockaddr_in *bound) {
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0), one = 1;
+    if (fd < 0)
+        return sov_fail(SOV_ERR_COMM, "socket: %s", strerror(errno));
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    socklen_t len = sizeof *bound;
+    if (bind(fd, (const struct sockaddr *)addr, sizeof *addr) != 0 || listen(fd, backlog) != 0 ||
+        getsockname(fd, (struct sockaddr *)bound, &len) != 0) {
+        int e = errno;
+        close(fd);
+        return sov_fail(SOV_ERR_COMM, "listening on port %d: %s", ntohs(addr->sin_port), strerror(e));
+    }
+    *fd_out = fd;
+    return SOV_OK;
+}
+
+/* Connects to addr, retrying while nobody listens yet, until the deadline. */
+sov_status sov_tcp_connect(const struct sockaddr_in *addr, double deadline, const char *what, int *fd_out) {
+    for (int attempt = 0;; attempt++) {
+        int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        if (fd < 0)
+            return sov_fail(SOV_ERR_COMM, "%s: socket: %s", what, strerror(errno));
+        if (connect(fd, (const struct sockaddr *)addr, sizeof *addr) == 0) {
+            sov_tcp_tune(fd);
+            *fd_out = fd;
+            return SOV_OK;
+        }
+        int e = errno;
+        close(fd);
+        if (sov_now() > deadline)
+            return sov_fail(SOV_ERR_COMM, "%s: cannot connect to %s:%d: %s (gave up after %d attempts)", what,
+                            inet_ntoa(addr->sin_addr), ntohs(addr->sin_port), strerror(e), attempt + 1);
+        struct timespec pause = {0, 100 * 1000 * 1000}; /* the peer is not up yet: try again shortly */
+        nanosleep(&pause, NULL);
+    }
+}
+
+/* "3, 5, 6": the ranks that have not joined (fds[r] == 0). */
+static void list_missing(const int *fds, int size, char *out, size_t cap) {
+    size_t at = 0;
+    out[0] = '\0';
+    for (int r = 1; r < size && at + 16 < cap; r++)
+        if (!fds[r])
+            at += (size_t)snprintf(out + at, cap - at, "%s%d", at ? ", " : "", r);
+}
+
+/* Rank 0: one hello from each other rank, checked, then the table back to every one. */
+static sov_status serve(const sov_world *w, int lfd, const void *mine, size_t bytes, uint8_t *all,
+                        struct sockaddr_in *addrs, double deadline) {
+    int *fds = sov_calloc((size_t)w->size, sizeof *fds);
+    if (!fds)
+        return SOV_ERR_NOMEM;
+    sov_status st = SOV_OK;
+    memcpy(all, mine, bytes);
+    int joined = 1;
+    while (st == SOV_OK && joined < w->size) {
+        struct pollfd pfd = {.fd = lfd, .events = POLLIN};
+        double left = deadline - sov_now();
+        if (left <= 0) {
+            char missing[512];
+            list_missing(fds, w->size, missing, sizeof missing);
+            st = sov_fail(SOV_ERR_COMM, "rank 0: rendezvous: %d of %d ranks joined within the timeout; missing: %s",
+                          joined, w->size, missing);
+            break;
+        }
+        if (poll(&pfd, 1, (int)(left * 1000) + 1) <= 0)
+            continue;
+        struct sockaddr_in peer;
+        socklen_t len = sizeof peer;
+        int fd = accept4(lfd, (struct sockaddr *)&peer, &len, SOCK_CLOEXEC);
+        if (fd < 0)
+            continue;
+        sov_tcp_tune(fd);
+        hello h;
+        if (sov_tcp_recv(fd, &h, sizeof h, deadline, "rank 0: rendezvous: reading a hello") != SOV_OK ||
+            h.magic != HELLO_MAGIC || h.world_size != (uint32_t)w->size || h.rank == 0 || h.rank >= (uint32_t)w->size ||
+            h.blob_bytes != bytes || fds[h.rank]) {
+            sov_log_error("rank 0: rendezvous: ignoring a connection from %s (not a rank of this %d-rank job, or a "
+                          "rank that joined twice)", inet_ntoa(peer.sin_addr), w->size);
+            close(fd);
+            continue;
+        }
+        st = sov_tcp_recv(fd, all + (size_t)h.rank * bytes, bytes, deadline, "rank 0: rendezvous: reading a blob");
+        fds[h.rank] = fd;
+        addrs[h.rank] = peer;
+        joined++;
+    }
+    for (int r = 1; st == SOV_OK && r < w->size; r++) {
+        st = sov_tcp_send(fds[r], all, (size_t)w->size * bytes, deadline, "rank 0: rendezvous: answering");
+        if (st == SOV_OK)
+            st = sov_tcp_send(fds[r], addrs, (size_t)w->size * sizeof *addrs, deadline, "rank 0: rendezvous: answering");
+    }
+    for (int r = 1; r < w->size; r++)
+        if (fds[r])
+            close(fds[r]);
+    free(fds);
+    return st;
+}
+
+/* Another rank: connect, say hello, read the table. */
+static sov_status join(const sov_world *w, const struct sockaddr_in *master, const void *mine, size_t bytes,
+                       uint8_t *all, struct sockaddr_in *addrs, double deadline) {
+    char what[128];
+    snprintf(what, sizeof what, "rank %d: rendezvous with rank 0 at MASTER_ADDR:MASTER_PORT", w->rank);
+    int fd;
+    SOV_CHECK(sov_tcp_connect(master, deadline, what, &fd));
+    hello h = {.magic = HELLO_MAGIC, .world_size = (uint32_t)w->size, .rank = (uint32_t)w->rank, .blob_bytes = bytes};
+    sov_status st = sov_tcp_send(fd, &h, sizeof h, deadline, what);
+    if (st == SOV_OK)
+        st = sov_tcp_send(fd, mine, bytes, deadline, what);
+    if (st == SOV_OK)
+        st = sov_tcp_recv(fd, all, (size_t)w->size * bytes, deadline, what);
+    if (st == SOV_OK)
+        st = sov_tcp_recv(fd, addrs, (size_t)w->size * sizeof *addrs, deadline, what);
+    close(fd);
+    addrs[0] = *master; /* rank 0 is where this rank reached it */
+    return st;
+}
+
+int sov_world_without_mpi(const sov_world *w) { return w->size > 1 && strcmp(w->source, "openmpi") != 0; }
+
+sov_status sov_rendezvous(const sov_world *w, const void *mine, size_t bytes, void *all, struct sockaddr_in *addrs,
+                          double timeout_s) {
+    struct sockaddr_in master;
+    SOV_CHECK(master_address(&master));
+    double deadline = sov_now() + timeout_s;
+    memset(addrs, 0, (size_t)w->size * sizeof *addrs);
+    if (w->rank != 0)
+        return join(w, &master, mine, bytes, all, addrs, deadline);
+    struct sockaddr_in any = {.sin_family = AF_INET, .sin_port = master.sin_port, .sin_addr.s_addr = htonl(INADDR_ANY)},
+                       bound;
+    int lfd;
+    SOV_CHECK(sov_tcp_listen(&any, w->size, &lfd, &bound));
+    sov_status st = serve(w, lfd, mine, bytes, all, addrs, deadline);
+    close(lfd);
+    addrs[0] = master;
+    return st;
+}

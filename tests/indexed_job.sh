@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# A job started without mpirun, as a Kubernetes indexed Job starts it: every rank is a plain process with
+# torchrun-style RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT (examples/k8s/indexed-job.yaml). The ranks meet at
+# MASTER_ADDR:MASTER_PORT and reduce over TCP (--comm auto picks tcp): training matches the 1-rank run, replicas
+# are identical, ranks may start in any order, a missing rank is named at the rendezvous, and a rank killed in
+# the middle of training ends the others within the collective timeout, the rank next to it naming it.
+. "$(dirname "$0")/lib.sh"
+need_data
+
+C=(--hidden 64,32 --steps 40 --batch 48 --lr 2e-3 --warmup-steps 5 --log-every 10 --threads 1 --eval-every 0)
+free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+
+# pod N RANK PORT LOG ARGS...: one "pod" of an N-rank indexed Job, in the background
+pod() {
+    local n=$1 rank=$2 port=$3 log=$4
+    shift 4
+    env -u OMPI_COMM_WORLD_RANK RANK="$rank" WORLD_SIZE="$n" LOCAL_RANK=0 LOCAL_WORLD_SIZE=1 MASTER_ADDR=127.0.0.1 \
+        MASTER_PORT="$port" "$SOV" train "$@" >"$log" 2>&1 &
+}
+
+# --- 3 pods, the last ranks started first: trains, replicas identical, the same weights as 1 rank
+"$SOV" train "${C[@]}" --run-dir "$tmp/one" --dump-params "$tmp/p1" >"$tmp/one.log" 2>&1 || fail "1 rank: $(cat "$tmp/one.log")"
+port=$(free_port)
+pids=()
+for r in 2 1 0; do
+    pod 3 $r "$port" "$tmp/pod$r.log" "${C[@]}" --run-dir "$tmp/job$r" --dump-params "$tmp/p3"
+    pids+=($!)
+done
+for p in "${pids[@]}"; do wait "$p" || fail "a pod exited $?: $(cat "$tmp"/pod*.log)"; done
+grep -q "(tcp comm)" "$tmp/pod0.log" || fail "auto did not pick tcp without mpirun: $(head -n 2 "$tmp/pod0.log")"
+grep -q "parameters identical on all 3 ranks" "$tmp/pod0.log" || fail "no replica check: $(tail -n 3 "$tmp/pod0.log")"
+python3 - "$tmp/p1" "$tmp/p3" <<'PY' || fail "3 pods drifted from 1 rank"
+import array, sys
+a, b = (array.array("f", open(p, "rb").read()) for p in sys.argv[1:])
+d = max(abs(x - y) for x, y in zip(a, b))
+print(f"3 pods over tcp vs 1 rank, 40 steps: max |dw| = {d:.2e}")
+assert len(a) == len(b) and d < 1e-5
+PY
+
+# --- a rank that never comes: rank 0 names it when the rendezvous times out
+port=$(free_port)
+pod 3 0 "$port" "$tmp/lone0.log" "${C[@]}" --run-dir "$tmp/lone0" --comm-timeout 3
+p0=$!
+pod 3 1 "$port" "$tmp/lone1.log" "${C[@]}" --run-dir "$tmp/lone1" --comm-timeout 3
+p1=$!
+wait "$p0" && fail "rank 0 succeeded without rank 2"
+wait "$p1"
+grep -q "missing: 2" "$tmp/lone0.log" && echo "ok: $(grep -h "missing" "$tmp/lone0.log" | head -n 1)" \
+    || fail "rank 0 did not name the missing rank: $(cat "$tmp/lone0.log")"
+
+# --- kill -9 of rank 1 in the middle of training: ranks 0 and 2 stop within the timeout, naming rank 1
+port=$(free_port)
+pids=()
+for r in 0 1 2; do
+    pod 3 $r "$port" "$tmp/kill$r.log" "${C[@]}" --steps 100000 --log-every 1 --run-dir "$tmp/kill$r" --comm-timeout 10
+    pids+=($!)
+done
+for _ in $(seq 600); do # until training is under way (rank 0 logged step 5), at most 60 s
+    grep -q "step      5/" "$tmp/kill0.log" 2>/dev/null && break
+    sleep 0.1
+done
+grep -q "step      5/" "$tmp/kill0.log" || fail "the job did not start: $(cat "$tmp/kill0.log")"
+kill -9 "${pids[1]}"
+start=$SECONDS
+for r in 0 2; do
+    wait "${pids[$r]}" && fail "rank $r exited 0 after rank 1 was killed"
+done
+elapsed=$((SECONDS - start))
+[ "$elapsed" -le 12 ] || fail "the others took ${elapsed}s to stop (timeout 10 s)"
+# The neighbour that lost its link to rank 1 names it; the other may instead name that neighbour, which stopped.
+grep -h "error" "$tmp/kill0.log" "$tmp/kill2.log"
+grep -q "rank 1 broke" "$tmp/kill0.log" "$tmp/kill2.log" && echo "ok: ranks 0 and 2 stopped ${elapsed}s after the kill" \
+    || fail "no rank named rank 1: $(tail -n 3 "$tmp/kill0.log" "$tmp/kill2.log")"
+finish

@@ -2,8 +2,9 @@
 # A job started without mpirun, as a Kubernetes indexed Job starts it: every rank is a plain process with
 # torchrun-style RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT (examples/k8s/indexed-job.yaml). The ranks meet at
 # MASTER_ADDR:MASTER_PORT and reduce over TCP (--comm auto picks tcp): training matches the 1-rank run, replicas
-# are identical, ranks may start in any order, a missing rank is named at the rendezvous, and a rank killed in
-# the middle of training ends the others within the collective timeout, the rank next to it naming it.
+# are identical, ranks may start in any order, a missing rank is named at the rendezvous, a rank killed or hung in
+# the middle of training ends the others within the collective timeout, the rank next to it naming it, and
+# SIGTERM to one pod (its deletion) makes every rank save the same step and exit 0, from which a resume goes on.
 . "$(dirname "$0")/lib.sh"
 need_data
 
@@ -71,4 +72,59 @@ elapsed=$((SECONDS - start))
 grep -h "error" "$tmp/kill0.log" "$tmp/kill2.log"
 grep -q "rank 1 broke" "$tmp/kill0.log" "$tmp/kill2.log" && echo "ok: ranks 0 and 2 stopped ${elapsed}s after the kill" \
     || fail "no rank named rank 1: $(tail -n 3 "$tmp/kill0.log" "$tmp/kill2.log")"
+# wait_step LOG STEP: until the log shows training reached STEP (at most 60 s)
+wait_step() {
+    for _ in $(seq 600); do
+        grep -q "step *$2/" "$1" 2>/dev/null && return 0
+        sleep 0.1
+    done
+    return 1
+}
+
+# --- a rank that hangs (SIGSTOP: alive, its sockets open, silent): its neighbour names it within the timeout
+port=$(free_port)
+pids=()
+for r in 0 1 2; do
+    pod 3 $r "$port" "$tmp/hang$r.log" "${C[@]}" --steps 100000 --log-every 1 --run-dir "$tmp/hang$r" --comm-timeout 3
+    pids+=($!)
+done
+wait_step "$tmp/hang0.log" 5 || fail "the job did not start: $(cat "$tmp/hang0.log")"
+kill -STOP "${pids[1]}"
+start=$SECONDS
+for r in 0 2; do
+    wait "${pids[$r]}" && fail "rank $r exited 0 while rank 1 hung"
+done
+elapsed=$((SECONDS - start))
+kill -9 "${pids[1]}"
+wait "${pids[1]}" 2>/dev/null
+[ "$elapsed" -le 8 ] || fail "the others took ${elapsed}s to stop (timeout 3 s)"
+grep -q "waiting for rank 1" "$tmp/hang2.log" && echo "ok: ${elapsed}s after rank 1 hung: $(grep -h "waiting for rank 1" "$tmp/hang2.log")" \
+    || fail "rank 2 did not name the hung rank 1: $(tail -n 3 "$tmp/hang2.log")"
+
+# --- SIGTERM to one pod (pod deletion): every rank stops at the same step with a checkpoint, exit 0; resuming
+# continues from that step
+port=$(free_port)
+pids=()
+for r in 0 1; do
+    pod 2 $r "$port" "$tmp/term$r.log" "${C[@]}" --batch 64 --steps 100000 --log-every 1 --run-dir "$tmp/term$r" \
+        --ckpt-dir "$tmp/term-ckpt"
+    pids+=($!)
+done
+wait_step "$tmp/term0.log" 5 || fail "the job did not start: $(cat "$tmp/term0.log")"
+kill -TERM "${pids[1]}"
+for r in 0 1; do
+    wait "${pids[$r]}" || fail "rank $r exited $? after SIGTERM: $(tail -n 3 "$tmp/term$r.log")"
+done
+stopped=$(sed -n 's/.*stopping at step \([0-9]*\) .*/\1/p' "$tmp/term0.log")
+[ -n "$stopped" ] && [ -d "$tmp/term-ckpt/step-$stopped" ] && echo "ok: SIGTERM to rank 1: both ranks saved step $stopped and exited 0" \
+    || fail "no checkpoint at the stop: $(tail -n 4 "$tmp/term0.log")"
+port=$(free_port)
+pids=()
+for r in 0 1; do
+    pod 2 $r "$port" "$tmp/res$r.log" "${C[@]}" --batch 64 --run-dir "$tmp/res$r" --ckpt-dir "$tmp/term-ckpt" --resume latest
+    pids+=($!)
+done
+for r in 0 1; do wait "${pids[$r]}" || fail "resumed rank $r exited $?: $(tail -n 3 "$tmp/res$r.log")"; done
+grep -q "continuing from $tmp/term-ckpt/step-$stopped " "$tmp/res0.log" && echo "ok: resumed from step $stopped" \
+    || fail "the resumed job did not continue from step $stopped: $(grep -h resume "$tmp/res0.log")"
 finish

@@ -475,7 +475,10 @@ int sov_train_main(int argc, char **argv) {
         sov_comm_set_stream(t.comm, sov_device_stream(t.dev));
     sov_status st = run(&t);
     if (st != SOV_OK) {
-        sov_log_error("rank %d: %s", t.world.rank, sov_last_error());
+        char who[32]; /* messages from the collectives already say which rank they are about */
+        snprintf(who, sizeof who, "rank %d: ", t.world.rank);
+        const char *msg = sov_last_error();
+        sov_log_error("%s%s", strncmp(msg, who, strlen(who)) == 0 ? "" : who, msg);
         /* exit 2 for a bad configuration, which a restart would only repeat; 1 for anything else */
         sov_comm_abort(t.comm, st == SOV_ERR_INVALID ? 2 : 1); /* returns only for a one-rank job */
     }

@@ -121,7 +121,8 @@ stopped=$(sed -n 's/.*stopping at step \([0-9]*\) .*/\1/p' "$tmp/term0.log")
 port=$(free_port)
 pids=()
 for r in 0 1; do
-    pod 2 $r "$port" "$tmp/res$r.log" "${C[@]}" --batch 64 --run-dir "$tmp/res$r" --ckpt-dir "$tmp/term-ckpt" --resume latest
+    pod 2 $r "$port" "$tmp/res$r.log" "${C[@]}" --batch 64 --steps $((stopped + 5)) --run-dir "$tmp/res$r" \
+        --ckpt-dir "$tmp/term-ckpt" --resume latest
     pids+=($!)
 done
 for r in 0 1; do wait "${pids[$r]}" || fail "resumed rank $r exited $?: $(tail -n 3 "$tmp/res$r.log")"; done

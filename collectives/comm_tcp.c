@@ -44,8 +44,11 @@ static sov_status exchange(sov_comm *c, const sov_op *op, const void *sbuf, size
             return sov_fail(SOV_ERR_COMM, "rank %d: tcp %s #%llu did not complete within %.0f s (--comm-timeout): "
                             "waiting for rank %d", c->rank, sov_op_name(op->kind), (unsigned long long)op->seq,
                             c->timeout_s, rbytes ? s->prev : s->next);
-        if (poll(pfd, 2, (int)(left * 1000) + 1) < 0)
-            continue; /* EINTR */
+        if (poll(pfd, 2, (int)(left * 1000) + 1) < 0) {
+            if (errno == EINTR)
+                continue;
+            return sov_fail(SOV_ERR_COMM, "rank %d: tcp %s: poll: %s", c->rank, sov_op_name(op->kind), strerror(errno));
+        }
         for (int k = 0; k < 2; k++) {
             if (!pfd[k].revents)
                 continue;
@@ -235,11 +238,17 @@ static void close_all(tcp_state *s) {
     s->next_fd = s->prev_fd = -1;
 }
 
-/* The peers see the connections close and fail at once, naming this rank. */
+/* The peers see the connections end and fail at once, naming this rank. shutdown, not close: the progress thread
+ * may be inside a transfer on these sockets; it then fails at once too, and destroy closes them. */
 static void tcp_abort(sov_comm *c, int exit_code) {
+    tcp_state *s = c->impl;
     (void)exit_code;
-    if (c->impl)
-        close_all(c->impl);
+    if (!s)
+        return;
+    if (s->next_fd >= 0)
+        shutdown(s->next_fd, SHUT_RDWR);
+    if (s->prev_fd >= 0)
+        shutdown(s->prev_fd, SHUT_RDWR);
 }
 
 static void tcp_destroy(sov_comm *c) {
@@ -271,7 +280,10 @@ static sov_status link_ring(sov_comm *c, tcp_state *s, int lfd, const uint32_t *
         double left = deadline - sov_now();
         if (left <= 0)
             return sov_fail(SOV_ERR_COMM, "rank %d: tcp: rank %d never connected within the timeout", c->rank, s->prev);
-        if (poll(&pfd, 1, (int)(left * 1000) + 1) <= 0)
+        int ready = poll(&pfd, 1, (int)(left * 1000) + 1);
+        if (ready < 0 && errno != EINTR)
+            return sov_fail(SOV_ERR_COMM, "rank %d: tcp: poll: %s", c->rank, strerror(errno));
+        if (ready <= 0)
             continue;
         int fd = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
         if (fd < 0)
@@ -287,7 +299,6 @@ static sov_status link_ring(sov_comm *c, tcp_state *s, int lfd, const uint32_t *
 }
 
 static sov_status tcp_setup(sov_comm *c, tcp_state *s, const sov_world *w) {
-    double deadline = sov_now() + c->timeout_s;
     struct sockaddr_in any = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_ANY)}, bound;
     int lfd;
     SOV_CHECK(sov_tcp_listen(&any, 4, &lfd, &bound));
@@ -296,8 +307,8 @@ static sov_status tcp_setup(sov_comm *c, tcp_state *s, const sov_world *w) {
     sov_status st = ports && addrs ? SOV_OK : SOV_ERR_NOMEM;
     if (st == SOV_OK)
         st = sov_rendezvous(w, &mine, sizeof mine, ports, addrs, c->timeout_s);
-    if (st == SOV_OK)
-        st = link_ring(c, s, lfd, ports, addrs, deadline);
+    if (st == SOV_OK) /* the ring gets its own timeout: the rendezvous may have used most of the first */
+        st = link_ring(c, s, lfd, ports, addrs, sov_now() + c->timeout_s);
     close(lfd);
     free(ports);
     free(addrs);

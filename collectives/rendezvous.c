@@ -66,24 +66,32 @@ void sov_tcp_tune(int fd) {
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
 }
 
-/* MASTER_ADDR:MASTER_PORT resolved to an IPv4 address. */
-static sov_status master_address(struct sockaddr_in *out) {
-    const char *host = getenv("MASTER_ADDR"), *port = getenv("MASTER_PORT");
-    long p = 0;
-    if (!host || !*host || !port || !*port)
+/* MASTER_PORT, and MASTER_ADDR (the host rank 0 runs on), checked to be set. */
+static sov_status master_env(const char **host, uint16_t *port) {
+    const char *h = getenv("MASTER_ADDR"), *p = getenv("MASTER_PORT");
+    long v = 0;
+    if (!h || !*h || !p || !*p)
         return sov_fail(SOV_ERR_INVALID, "a job started without mpirun meets at MASTER_ADDR:MASTER_PORT, and %s is "
                         "not set (a Kubernetes indexed Job sets them from its headless service; see "
-                        "docs/kubernetes.md)", !host || !*host ? "MASTER_ADDR" : "MASTER_PORT");
-    SOV_CHECK(sov_parse_long("MASTER_PORT", port, 1, 65535, &p));
+                        "docs/kubernetes.md)", !h || !*h ? "MASTER_ADDR" : "MASTER_PORT");
+    SOV_CHECK(sov_parse_long("MASTER_PORT", p, 1, 65535, &v));
+    *host = h;
+    *port = (uint16_t)v;
+    return SOV_OK;
+}
+
+/* host:port as an IPv4 address; 0 when the name does not resolve (yet: a pod's DNS record appears with it). */
+static int resolve(const char *host, uint16_t port, struct sockaddr_in *out, char *why, size_t cap) {
     struct addrinfo hints = {.ai_family = AF_INET, .ai_socktype = SOCK_STREAM}, *res = NULL;
     int err = getaddrinfo(host, NULL, &hints, &res);
-    if (err != 0)
-        return sov_fail(SOV_ERR_COMM, "MASTER_ADDR=%s: cannot resolve it: %s (is rank 0's service up?)", host,
-                        gai_strerror(err));
+    if (err != 0) {
+        snprintf(why, cap, "cannot resolve %s: %s", host, gai_strerror(err));
+        return 0;
+    }
     *out = *(struct sockaddr_in *)res->ai_addr;
-    out->sin_port = htons((uint16_t)p);
+    out->sin_port = htons(port);
     freeaddrinfo(res);
-    return SOV_OK;
+    return 1;
 }
 
 /* A socket listening on addr (port 0: any free port); its address in *bound. */
@@ -103,25 +111,53 @@ sov_status sov_tcp_listen(const struct sockaddr_in *addr, int backlog, int *fd_o
     return SOV_OK;
 }
 
-/* Connects to addr, retrying while nobody listens yet, until the deadline. */
-sov_status sov_tcp_connect(const struct sockaddr_in *addr, double deadline, const char *what, int *fd_out) {
-    for (int attempt = 0;; attempt++) {
-        int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-        if (fd < 0)
-            return sov_fail(SOV_ERR_COMM, "%s: socket: %s", what, strerror(errno));
-        if (connect(fd, (const struct sockaddr *)addr, sizeof *addr) == 0) {
-            sov_tcp_tune(fd);
-            *fd_out = fd;
-            return SOV_OK;
+/* One connection attempt that gives up after `wait_s` (a dropped SYN must not outlast the deadline); the socket
+ * stays non-blocking (every transfer polls). Returns the fd, or -1 with errno. */
+static int connect_once(const struct sockaddr_in *addr, double wait_s) {
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    if (fd < 0)
+        return -1;
+    if (connect(fd, (const struct sockaddr *)addr, sizeof *addr) != 0) {
+        int err = errno;
+        struct pollfd pfd = {.fd = fd, .events = POLLOUT};
+        socklen_t len = sizeof err;
+        if (err != EINPROGRESS || poll(&pfd, 1, (int)(wait_s * 1000) + 1) != 1 ||
+            getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0 || err != 0) {
+            close(fd);
+            errno = err == EINPROGRESS ? ETIMEDOUT : err;
+            return -1;
         }
-        int e = errno;
-        close(fd);
+    }
+    sov_tcp_tune(fd);
+    return fd;
+}
+
+/* Connects to host:port, resolving the name again and retrying while it does not resolve or nobody listens (the
+ * peer's pod is not up, or came back at another address), until the deadline. */
+static sov_status connect_host(const char *host, uint16_t port, double deadline, const char *what, int *fd_out,
+                               struct sockaddr_in *reached) {
+    char why[300] = "";
+    for (int attempt = 1;; attempt++) {
+        double left = deadline - sov_now();
+        if (resolve(host, port, reached, why, sizeof why)) {
+            int fd = connect_once(reached, left < 1.0 ? (left > 0 ? left : 0.01) : 1.0);
+            if (fd >= 0) {
+                *fd_out = fd;
+                return SOV_OK;
+            }
+            snprintf(why, sizeof why, "cannot connect to %s:%u: %s", host, port, strerror(errno));
+        }
         if (sov_now() > deadline)
-            return sov_fail(SOV_ERR_COMM, "%s: cannot connect to %s:%d: %s (gave up after %d attempts)", what,
-                            inet_ntoa(addr->sin_addr), ntohs(addr->sin_port), strerror(e), attempt + 1);
-        struct timespec pause = {0, 100 * 1000 * 1000}; /* the peer is not up yet: try again shortly */
+            return sov_fail(SOV_ERR_COMM, "%s: %s (gave up after %d attempts: is that rank's process or pod up?)",
+                            what, why, attempt);
+        struct timespec pause = {0, 100 * 1000 * 1000};
         nanosleep(&pause, NULL);
     }
+}
+
+sov_status sov_tcp_connect(const struct sockaddr_in *addr, double deadline, const char *what, int *fd_out) {
+    struct sockaddr_in reached;
+    return connect_host(inet_ntoa(addr->sin_addr), ntohs(addr->sin_port), deadline, what, fd_out, &reached);
 }
 
 /* "3, 5, 6": the ranks that have not joined (fds[r] == 0). */
@@ -152,7 +188,12 @@ static sov_status serve(const sov_world *w, int lfd, const void *mine, size_t by
                           joined, w->size, missing);
             break;
         }
-        if (poll(&pfd, 1, (int)(left * 1000) + 1) <= 0)
+        int ready = poll(&pfd, 1, (int)(left * 1000) + 1);
+        if (ready < 0 && errno != EINTR) {
+            st = sov_fail(SOV_ERR_COMM, "rank 0: rendezvous: poll: %s", strerror(errno));
+            break;
+        }
+        if (ready <= 0)
             continue;
         struct sockaddr_in peer;
         socklen_t len = sizeof peer;
@@ -160,12 +201,14 @@ static sov_status serve(const sov_world *w, int lfd, const void *mine, size_t by
         if (fd < 0)
             continue;
         sov_tcp_tune(fd);
-        hello h;
-        if (sov_tcp_recv(fd, &h, sizeof h, deadline, "rank 0: rendezvous: reading a hello") != SOV_OK ||
+        hello h = {0};
+        double hello_by = sov_now() + 5.0 < deadline ? sov_now() + 5.0 : deadline; /* a silent stray blocks no one long */
+        if (sov_tcp_recv(fd, &h, sizeof h, hello_by, "rank 0: rendezvous: reading a hello") != SOV_OK ||
             h.magic != HELLO_MAGIC || h.world_size != (uint32_t)w->size || h.rank == 0 || h.rank >= (uint32_t)w->size ||
             h.blob_bytes != bytes || fds[h.rank]) {
-            sov_log_error("rank 0: rendezvous: ignoring a connection from %s (not a rank of this %d-rank job, or a "
-                          "rank that joined twice)", inet_ntoa(peer.sin_addr), w->size);
+            sov_log_error("rank 0: rendezvous: ignoring a connection from %s claiming rank %u of a %u-rank job (this job "
+                          "has %d ranks; a stray, a rank that joined twice, or a pod with another WORLD_SIZE)",
+                          inet_ntoa(peer.sin_addr), h.rank, h.world_size, w->size);
             close(fd);
             continue;
         }
@@ -187,12 +230,13 @@ static sov_status serve(const sov_world *w, int lfd, const void *mine, size_t by
 }
 
 /* Another rank: connect, say hello, read the table. */
-static sov_status join(const sov_world *w, const struct sockaddr_in *master, const void *mine, size_t bytes,
+static sov_status join(const sov_world *w, const char *host, uint16_t port, const void *mine, size_t bytes,
                        uint8_t *all, struct sockaddr_in *addrs, double deadline) {
     char what[128];
     snprintf(what, sizeof what, "rank %d: rendezvous with rank 0 at MASTER_ADDR:MASTER_PORT", w->rank);
     int fd;
-    SOV_CHECK(sov_tcp_connect(master, deadline, what, &fd));
+    struct sockaddr_in master;
+    SOV_CHECK(connect_host(host, port, deadline, what, &fd, &master));
     hello h = {.magic = HELLO_MAGIC, .world_size = (uint32_t)w->size, .rank = (uint32_t)w->rank, .blob_bytes = bytes};
     sov_status st = sov_tcp_send(fd, &h, sizeof h, deadline, what);
     if (st == SOV_OK)
@@ -202,7 +246,7 @@ static sov_status join(const sov_world *w, const struct sockaddr_in *master, con
     if (st == SOV_OK)
         st = sov_tcp_recv(fd, addrs, (size_t)w->size * sizeof *addrs, deadline, what);
     close(fd);
-    addrs[0] = *master; /* rank 0 is where this rank reached it */
+    addrs[0] = master; /* rank 0 is where this rank reached it */
     return st;
 }
 
@@ -210,18 +254,19 @@ int sov_world_without_mpi(const sov_world *w) { return w->size > 1 && strcmp(w->
 
 sov_status sov_rendezvous(const sov_world *w, const void *mine, size_t bytes, void *all, struct sockaddr_in *addrs,
                           double timeout_s) {
-    struct sockaddr_in master;
-    SOV_CHECK(master_address(&master));
+    const char *host = NULL;
+    uint16_t port = 0;
+    SOV_CHECK(master_env(&host, &port));
     double deadline = sov_now() + timeout_s;
     memset(addrs, 0, (size_t)w->size * sizeof *addrs);
     if (w->rank != 0)
-        return join(w, &master, mine, bytes, all, addrs, deadline);
-    struct sockaddr_in any = {.sin_family = AF_INET, .sin_port = master.sin_port, .sin_addr.s_addr = htonl(INADDR_ANY)},
+        return join(w, host, port, mine, bytes, all, addrs, deadline);
+    /* rank 0 listens on every interface: it need not resolve its own name (its DNS record may not exist yet) */
+    struct sockaddr_in any = {.sin_family = AF_INET, .sin_port = htons(port), .sin_addr.s_addr = htonl(INADDR_ANY)},
                        bound;
     int lfd;
     SOV_CHECK(sov_tcp_listen(&any, w->size, &lfd, &bound));
     sov_status st = serve(w, lfd, mine, bytes, all, addrs, deadline);
     close(lfd);
-    addrs[0] = master;
     return st;
 }

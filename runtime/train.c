@@ -390,6 +390,7 @@ static sov_status run(trainer *t) {
     SOV_CHECK(emit_start(t));
     int stopped;
     SOV_CHECK(train_loop(t, &stopped));
+    t->stopped = stopped;
     if (stopped) {
         uint64_t hash;
         return check_replicas(t, &hash);
@@ -480,8 +481,12 @@ int sov_train_main(int argc, char **argv) {
         const char *msg = sov_last_error();
         sov_log_error("%s%s", strncmp(msg, who, strlen(who)) == 0 ? "" : who, msg);
         /* exit 2 for a bad configuration, which a restart would only repeat; 1 for anything else */
-        sov_comm_abort(t.comm, st == SOV_ERR_INVALID ? 2 : 1); /* returns only for a one-rank job */
+        /* ends the job (MPI_Abort) under mpirun; returns for one rank, and for tcp or nccl without mpirun, where the
+         * other ranks see their connections end */
+        sov_comm_abort(t.comm, st == SOV_ERR_INVALID ? 2 : 1);
     }
     teardown(&t);
-    return st == SOV_OK ? 0 : st == SOV_ERR_INVALID ? 2 : 1;
+    if (st == SOV_OK)
+        return t.stopped ? t.args.stop_exit_code : 0;
+    return st == SOV_ERR_INVALID ? 2 : 1;
 }

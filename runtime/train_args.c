@@ -67,7 +67,10 @@ void sov_train_usage(FILE *out) {
             "                        same, or start fresh when there is none; or a checkpoint directory\n"
             "                        (default $SOVTRAIN_RESUME, which `sovtrain launch` sets to auto on restarts)\n"
             "  --on-ckpt-error X     stop (default): a failed save ends the job; continue: it is reported, training goes on\n"
-            "  SIGTERM, SIGINT or SIGUSR1: every rank finishes its step, a checkpoint is written, the job exits 0.\n"
+            "  --stop-exit-code N    exit status after a signal's clean stop (default 0; a Kubernetes indexed Job\n"
+            "                        uses 143, so that its pods count as interrupted rather than done)\n"
+            "  SIGTERM, SIGINT or SIGUSR1: every rank finishes its step, a checkpoint is written, the job exits 0\n"
+            "  (or --stop-exit-code).\n"
             "output:\n"
             "  --run-dir DIR         metrics.jsonl goes here (default runs/train)\n"
             "  --eval-every N        evaluate on the test set every N steps (default: every epoch) and at the end\n"
@@ -107,7 +110,7 @@ enum {
     OPT_MODEL = 256, OPT_HIDDEN, OPT_DATA, OPT_SEED, OPT_BATCH, OPT_EPOCHS, OPT_STEPS, OPT_OPTIMIZER, OPT_LR,
     OPT_WARMUP, OPT_MINLR, OPT_WD, OPT_MOMENTUM, OPT_BETA1, OPT_BETA2, OPT_CLIP, OPT_COMM, OPT_THREADS,
     OPT_RUNDIR, OPT_EVAL, OPT_LOG, OPT_DUMP, OPT_COMM_TIMEOUT, OPT_BUCKET, OPT_CKPT_DIR, OPT_CKPT_EVERY, OPT_CKPT_EVERY_S, OPT_KEEP, OPT_CKPT_THREADS,
-    OPT_RESUME, OPT_ON_CKPT_ERROR, OPT_INIT_FROM, OPT_LAYERS, OPT_HEADS, OPT_WIDTH, OPT_CONTEXT, OPT_DEVICE, OPT_PRECISION
+    OPT_RESUME, OPT_ON_CKPT_ERROR, OPT_INIT_FROM, OPT_LAYERS, OPT_HEADS, OPT_WIDTH, OPT_CONTEXT, OPT_DEVICE, OPT_PRECISION, OPT_STOP_EXIT
 };
 
 static const struct option long_opts[] = {
@@ -129,7 +132,8 @@ static const struct option long_opts[] = {
     {"on-ckpt-error", required_argument, 0, OPT_ON_CKPT_ERROR}, {"init-from", required_argument, 0, OPT_INIT_FROM},
     {"layers", required_argument, 0, OPT_LAYERS}, {"heads", required_argument, 0, OPT_HEADS},
     {"width", required_argument, 0, OPT_WIDTH}, {"context", required_argument, 0, OPT_CONTEXT},
-    {"device", required_argument, 0, OPT_DEVICE}, {"precision", required_argument, 0, OPT_PRECISION}, {"help", no_argument, 0, 'h'}, {0, 0, 0, 0},
+    {"device", required_argument, 0, OPT_DEVICE}, {"precision", required_argument, 0, OPT_PRECISION},
+    {"stop-exit-code", required_argument, 0, OPT_STOP_EXIT}, {"help", no_argument, 0, 'h'}, {0, 0, 0, 0},
 };
 
 static sov_status apply(int opt, const char *v, sov_train_args *a) {
@@ -161,6 +165,10 @@ static sov_status apply(int opt, const char *v, sov_train_args *a) {
     case OPT_CLIP: return parse_float("--clip-grad", v, 0.0, 1e9, &a->optim.clip_norm);
     case OPT_COMM: return sov_comm_backend_parse(v, &a->comm);
     case OPT_DEVICE: return sov_device_kind_parse(v, &a->device);
+    case OPT_STOP_EXIT:
+        SOV_CHECK(sov_parse_long("--stop-exit-code", v, 0, 255, &n));
+        a->stop_exit_code = (int)n;
+        return SOV_OK;
     case OPT_PRECISION:
         if (strcmp(v, "f32") != 0 && strcmp(v, "bf16") != 0)
             return sov_fail(SOV_ERR_INVALID, "--precision \"%s\": choose f32 or bf16", v);

@@ -35,6 +35,7 @@ typedef struct sov_train_args {
     const char *resume;   /* NULL, "auto", "latest" or a path */
     const char *init_from; /* safetensors file seeding the parameters */
     int stop_on_ckpt_error;
+    int stop_exit_code;   /* the exit status after a signal's clean stop (0; an indexed Job wants non-zero) */
     sov_optim_config optim;
     int help;
 } sov_train_args;

@@ -27,6 +27,7 @@ typedef struct trainer {
     int local_batch;
     long steps_per_epoch, total_steps, eval_every;
     long start_step;       /* 0, or the step a checkpoint resumed at */
+    int stopped;           /* a signal ended training early (after a checkpoint) */
     float *x;              /* classifier: local_batch x input_dim */
     int32_t *tokens;       /* language model: local_batch x context */
     int32_t *y;            /* local_batch labels, or local_batch x context next tokens */

@@ -14,8 +14,19 @@ packages=(
   dataset-fashion-mnist fortunes
   python3
   slurmctld slurmd slurm-client munge
-  python3-torch python3-numpy
+  python3-torch python3-numpy python3-venv
 )
+
+# Test-only Python tools from PyPI, in a virtual environment of their own (Debian's python3 refuses pip installs
+# into the system): kubernetes-validate checks examples/k8s/*.yaml against Kubernetes' schemas (tests/k8s_manifests.sh).
+TOOLS=${SOVTRAIN_TOOLS:-$HOME/.local/share/sovtrain/tools}
+install_python_tools() {
+  [ -x "$TOOLS/bin/kubernetes-validate" ] && return 0
+  echo "setup: installing kubernetes-validate into $TOOLS" >&2
+  # not fatal: without it the manifest test skips, saying why
+  { python3 -m venv "$TOOLS" && "$TOOLS/bin/pip" install -q kubernetes-validate; } >&2 ||
+    echo "setup: warning: could not install kubernetes-validate (tests/k8s_manifests.sh will skip)" >&2
+}
 
 missing=()
 for p in "${packages[@]}"; do
@@ -23,6 +34,7 @@ for p in "${packages[@]}"; do
 done
 
 if [ ${#missing[@]} -eq 0 ]; then
+  install_python_tools
   exit 0
 fi
 
@@ -35,3 +47,4 @@ fi
 export DEBIAN_FRONTEND=noninteractive
 $sudo apt-get update -q
 $sudo apt-get install -y -q --no-install-recommends "${missing[@]}"
+install_python_tools

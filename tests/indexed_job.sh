@@ -4,7 +4,8 @@
 # MASTER_ADDR:MASTER_PORT and reduce over TCP (--comm auto picks tcp): training matches the 1-rank run, replicas
 # are identical, ranks may start in any order, a missing rank is named at the rendezvous, a rank killed or hung in
 # the middle of training ends the others within the collective timeout, the rank next to it naming it, and
-# SIGTERM to one pod (its deletion) makes every rank save the same step and exit 0, from which a resume goes on.
+# SIGTERM to one pod (its deletion) makes every rank save the same step and exit with --stop-exit-code, from which
+# a resume goes on.
 . "$(dirname "$0")/lib.sh"
 need_data
 
@@ -101,23 +102,26 @@ wait "${pids[1]}" 2>/dev/null
 grep -q "waiting for rank 1" "$tmp/hang2.log" && echo "ok: ${elapsed}s after rank 1 hung: $(grep -h "waiting for rank 1" "$tmp/hang2.log")" \
     || fail "rank 2 did not name the hung rank 1: $(tail -n 3 "$tmp/hang2.log")"
 
-# --- SIGTERM to one pod (pod deletion): every rank stops at the same step with a checkpoint, exit 0; resuming
+# --- SIGTERM to one pod (pod deletion): every rank stops at the same step with a checkpoint and exits 143;
 # continues from that step
 port=$(free_port)
 pids=()
 for r in 0 1; do
     pod 2 $r "$port" "$tmp/term$r.log" "${C[@]}" --batch 64 --steps 100000 --log-every 1 --run-dir "$tmp/term$r" \
-        --ckpt-dir "$tmp/term-ckpt"
+        --ckpt-dir "$tmp/term-ckpt" --stop-exit-code 143
     pids+=($!)
 done
 wait_step "$tmp/term0.log" 5 || fail "the job did not start: $(cat "$tmp/term0.log")"
 kill -TERM "${pids[1]}"
-for r in 0 1; do
-    wait "${pids[$r]}" || fail "rank $r exited $? after SIGTERM: $(tail -n 3 "$tmp/term$r.log")"
+for r in 0 1; do # 143, as the manifest asks: the Job must not count a stopped rank as done
+    wait "${pids[$r]}"
+    rc=$?
+    [ "$rc" -eq 143 ] || fail "rank $r exited $rc after SIGTERM, not --stop-exit-code 143: $(tail -n 3 "$tmp/term$r.log")"
 done
 stopped=$(sed -n 's/.*stopping at step \([0-9]*\) .*/\1/p' "$tmp/term0.log")
-[ -n "$stopped" ] && [ -d "$tmp/term-ckpt/step-$stopped" ] && echo "ok: SIGTERM to rank 1: both ranks saved step $stopped and exited 0" \
+[ -n "$stopped" ] && [ -d "$tmp/term-ckpt/step-$stopped" ] && echo "ok: SIGTERM to rank 1: both ranks saved step $stopped" \
     || fail "no checkpoint at the stop: $(tail -n 4 "$tmp/term0.log")"
+echo "ok: both exited 143 (--stop-exit-code), which the manifest's podFailurePolicy ignores"
 port=$(free_port)
 pids=()
 for r in 0 1; do

@@ -8,7 +8,9 @@
  * shm-copy (malloc'd buffers: copied through shared memory), shm-nostagger (zero-copy without the per-rank
  * address stagger), mpi (sovtrain's MPI backend) and MPI_Allreduce (the peer: Open MPI called directly); in a
  * CUDA build where every rank on the host has a GPU, nccl and nccl-oop (buffers in GPU memory, in place and out
- * of place; their peer is nccl-tests' all_reduce_perf, run beside it by scripts/device_check.sh). --only NAME,... keeps the named backends.
+ * of place; their peer is nccl-tests' all_reduce_perf, run beside it by scripts/device_check.sh); and tcp (the
+ * backend of jobs started without mpirun, over loopback here) when MASTER_ADDR/MASTER_PORT are set, as `sovtrain
+ * launch` sets them. --only NAME,... keeps the named backends.
  * Prints a table and JSON lines {"bench":"allreduce","backend","ranks","bytes","time_us","algbw_gbs",
  * "busbw_gbs","wrong"}. */
 #include "comm.h"
@@ -173,9 +175,11 @@ int main(int argc, char **argv) {
     }
     sov_comm *shm = make_comm(SOV_COMM_SHM, "1"), *shm_flat = make_comm(SOV_COMM_SHM, "0");
     sov_comm *mpi = make_comm(SOV_COMM_MPI, "1"), *nccl = gpus_for_every_rank() ? make_comm(SOV_COMM_NCCL, "1") : NULL;
+    /* tcp meets at MASTER_ADDR:MASTER_PORT, which `sovtrain launch` sets */
+    sov_comm *tcp = getenv("MASTER_ADDR") && getenv("MASTER_PORT") ? make_comm(SOV_COMM_TCP, "1") : NULL;
     backend all[] = {{"MPI_Allreduce", NULL, 0, 0, 0}, {"mpi", mpi, 0, 0, 0}, {"shm", shm, 1, 0, 0},
                      {"shm-copy", shm, 0, 0, 0}, {"shm-nostagger", shm_flat, 1, 0, 0}, {"nccl", nccl, 1, 1, 0},
-                     {"nccl-oop", nccl, 1, 1, 1}};
+                     {"nccl-oop", nccl, 1, 1, 1}, {"tcp", tcp, 0, 0, 0}};
     enum { NB = sizeof all / sizeof *all };
     backend backends[NB];
     int nb = 0;
@@ -213,6 +217,7 @@ int main(int argc, char **argv) {
     sov_comm_destroy(shm_flat);
     sov_comm_destroy(mpi);
     sov_comm_destroy(nccl);
+    sov_comm_destroy(tcp);
     MPI_Finalize();
     if (rank == 0 && any_wrong)
         fprintf(stderr, "allreduce_perf: some results were wrong (the 'wrong' column)\n");

@@ -210,12 +210,8 @@ static sov_status tcp_broadcast(sov_comm *c, const sov_op *op, double deadline) 
 
 static sov_status tcp_run(sov_comm *c, const sov_op *op) {
     double deadline = sov_now() + c->timeout_s;
-    if (c->size == 1 || (op->count == 0 && op->kind != OP_BARRIER)) {
-        size_t bytes = op->count * sov_dtype_size(op->dtype);
-        if (op->kind != OP_BARRIER && op->kind != OP_BROADCAST && op->send != op->recv)
-            memmove(op->recv, op->send, bytes);
+    if (op->count == 0 && op->kind != OP_BARRIER) /* no bytes to move, in place or not */
         return SOV_OK;
-    }
     switch (op->kind) {
     case OP_ALLREDUCE: return tcp_allreduce(c, op, deadline);
     case OP_REDUCE_SCATTER: return tcp_reduce_scatter(c, op, deadline);
@@ -316,6 +312,8 @@ static sov_status tcp_setup(sov_comm *c, tcp_state *s, const sov_world *w) {
 }
 
 sov_status sov_comm_tcp_init(sov_comm *c, const sov_world *world) {
+    if (c->size == 1) /* nobody to meet: the identity */
+        return sov_comm_self_init(c);
     tcp_state *s = sov_calloc(1, sizeof *s);
     if (!s)
         return SOV_ERR_NOMEM;
@@ -323,7 +321,7 @@ sov_status sov_comm_tcp_init(sov_comm *c, const sov_world *world) {
                      .prev = (c->rank + c->size - 1) % c->size};
     c->impl = s;
     c->ops = &tcp_ops;
-    sov_status st = c->size > 1 ? tcp_setup(c, s, world) : SOV_OK;
+    sov_status st = tcp_setup(c, s, world);
     if (st != SOV_OK)
         tcp_destroy(c);
     return st;

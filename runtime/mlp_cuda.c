@@ -23,9 +23,8 @@ typedef struct mlp_cuda {
     int layers;
     int dims[MLP_MAX_LAYERS + 1];
     int max_batch;
-    float *x;                        /* the batch's inputs, max_batch x dims[0] */
     int32_t *labels;                 /* max_batch */
-    float *acts[MLP_MAX_LAYERS + 1]; /* acts[0] = x; acts[l] = output of layer l (post-ReLU), on the GPU */
+    float *acts[MLP_MAX_LAYERS + 1]; /* acts[0] = the batch's inputs; acts[l] = layer l's output (post-ReLU) */
     float *delta[2];                 /* ping-pong gradients w.r.t. layer outputs */
     float *row_loss;                 /* max_batch, on the GPU */
     int32_t *row_correct;
@@ -128,7 +127,6 @@ static sov_status mlp_cuda_create(const sov_model_config *cfg, sov_model *m) {
         if (!(net->acts[l] = sov_device_alloc(net->dev, rows * (size_t)net->dims[l] * sizeof(float))))
             return SOV_ERR_NOMEM;
     }
-    net->x = net->acts[0];
     for (int i = 0; i < 2; i++)
         if (!(net->delta[i] = sov_device_alloc(net->dev, rows * (size_t)widest * sizeof(float))))
             return SOV_ERR_NOMEM;
@@ -164,7 +162,7 @@ static sov_status upload(mlp_cuda *net, const sov_batch *b) {
     if (net->init_status != SOV_OK)
         return sov_fail(net->init_status, "%s", net->init_error);
     SOV_CHECK(sov_mlp_check_batch(b, net->max_batch, net->dims[net->layers]));
-    SOV_CHECK(sov_device_from_host_async(net->dev, net->x, b->x, (size_t)b->n * net->dims[0] * sizeof(float)));
+    SOV_CHECK(sov_device_from_host_async(net->dev, net->acts[0], b->x, (size_t)b->n * net->dims[0] * sizeof(float)));
     return sov_device_from_host_async(net->dev, net->labels, b->y, (size_t)b->n * sizeof(int32_t));
 }
 

@@ -388,10 +388,8 @@ static sov_status run(trainer *t) {
         SOV_CHECK(sov_metrics_open(&t->metrics, t->args.run_dir));
     SOV_CHECK(sov_trainer_ckpt_init(t));
     SOV_CHECK(emit_start(t));
-    int stopped;
-    SOV_CHECK(train_loop(t, &stopped));
-    t->stopped = stopped;
-    if (stopped) {
+    SOV_CHECK(train_loop(t, &t->stopped));
+    if (t->stopped) {
         uint64_t hash;
         return check_replicas(t, &hash);
     }
@@ -418,8 +416,7 @@ static void teardown(trainer *t) {
  * SOVTRAIN_HOST_GPUS how many the rank's was picked from) and the model has a CUDA implementation. */
 static sov_device_kind auto_device(const trainer *t) {
     char why[256];
-    int visible = sov_gpu_count(why, sizeof why);
-    if (visible < 1 || sov_host_gpus(visible) < t->world.local_size || !sov_model_find_cuda(t->args.model))
+    if (sov_host_gpus(sov_gpu_count(why, sizeof why)) < t->world.local_size || !sov_model_find_cuda(t->args.model))
         return SOV_DEVICE_CPU;
     return SOV_DEVICE_CUDA;
 }

@@ -20,6 +20,28 @@ pod() {
         MASTER_PORT="$port" "$SOV" train "$@" >"$log" 2>&1 &
 }
 
+# wait_step LOG STEP: until the log shows training reached STEP (at most 60 s)
+wait_step() {
+    for _ in $(seq 600); do
+        grep -q "step *$2/" "$1" 2>/dev/null && return 0
+        sleep 0.1
+    done
+    return 1
+}
+
+# start_pods N NAME ARGS...: pods 0..N-1 of a fresh job, logs in $tmp/NAME<r>.log, run dirs $tmp/NAME<r>; their
+# pids in pids[]
+start_pods() {
+    local n=$1 name=$2 port
+    shift 2
+    port=$(free_port)
+    pids=()
+    for r in $(seq 0 $((n - 1))); do
+        pod "$n" "$r" "$port" "$tmp/$name$r.log" "$@" --run-dir "$tmp/$name$r"
+        pids+=($!)
+    done
+}
+
 # --- 3 pods, the last ranks started first: trains, replicas identical, the same weights as 1 rank
 "$SOV" train "${C[@]}" --run-dir "$tmp/one" --dump-params "$tmp/p1" >"$tmp/one.log" 2>&1 || fail "1 rank: $(cat "$tmp/one.log")"
 port=$(free_port)
@@ -51,17 +73,8 @@ grep -q "missing: 2" "$tmp/lone0.log" && echo "ok: $(grep -h "missing" "$tmp/lon
     || fail "rank 0 did not name the missing rank: $(cat "$tmp/lone0.log")"
 
 # --- kill -9 of rank 1 in the middle of training: ranks 0 and 2 stop within the timeout, naming rank 1
-port=$(free_port)
-pids=()
-for r in 0 1 2; do
-    pod 3 $r "$port" "$tmp/kill$r.log" "${C[@]}" --steps 100000 --log-every 1 --run-dir "$tmp/kill$r" --comm-timeout 10
-    pids+=($!)
-done
-for _ in $(seq 600); do # until training is under way (rank 0 logged step 5), at most 60 s
-    grep -q "step      5/" "$tmp/kill0.log" 2>/dev/null && break
-    sleep 0.1
-done
-grep -q "step      5/" "$tmp/kill0.log" || fail "the job did not start: $(cat "$tmp/kill0.log")"
+start_pods 3 kill "${C[@]}" --steps 100000 --log-every 1 --comm-timeout 10
+wait_step "$tmp/kill0.log" 5 || fail "the job did not start: $(cat "$tmp/kill0.log")"
 kill -9 "${pids[1]}"
 start=$SECONDS
 for r in 0 2; do
@@ -73,22 +86,8 @@ elapsed=$((SECONDS - start))
 grep -h "error" "$tmp/kill0.log" "$tmp/kill2.log"
 grep -q "rank 1 broke" "$tmp/kill0.log" "$tmp/kill2.log" && echo "ok: ranks 0 and 2 stopped ${elapsed}s after the kill" \
     || fail "no rank named rank 1: $(tail -n 3 "$tmp/kill0.log" "$tmp/kill2.log")"
-# wait_step LOG STEP: until the log shows training reached STEP (at most 60 s)
-wait_step() {
-    for _ in $(seq 600); do
-        grep -q "step *$2/" "$1" 2>/dev/null && return 0
-        sleep 0.1
-    done
-    return 1
-}
-
 # --- a rank that hangs (SIGSTOP: alive, its sockets open, silent): its neighbour names it within the timeout
-port=$(free_port)
-pids=()
-for r in 0 1 2; do
-    pod 3 $r "$port" "$tmp/hang$r.log" "${C[@]}" --steps 100000 --log-every 1 --run-dir "$tmp/hang$r" --comm-timeout 3
-    pids+=($!)
-done
+start_pods 3 hang "${C[@]}" --steps 100000 --log-every 1 --comm-timeout 3
 wait_step "$tmp/hang0.log" 5 || fail "the job did not start: $(cat "$tmp/hang0.log")"
 kill -STOP "${pids[1]}"
 start=$SECONDS
@@ -104,13 +103,7 @@ grep -q "waiting for rank 1" "$tmp/hang2.log" && echo "ok: ${elapsed}s after ran
 
 # --- SIGTERM to one pod (pod deletion): every rank stops at the same step with a checkpoint and exits 143;
 # continues from that step
-port=$(free_port)
-pids=()
-for r in 0 1; do
-    pod 2 $r "$port" "$tmp/term$r.log" "${C[@]}" --batch 64 --steps 100000 --log-every 1 --run-dir "$tmp/term$r" \
-        --ckpt-dir "$tmp/term-ckpt" --stop-exit-code 143
-    pids+=($!)
-done
+start_pods 2 term "${C[@]}" --batch 64 --steps 100000 --log-every 1 --ckpt-dir "$tmp/term-ckpt" --stop-exit-code 143
 wait_step "$tmp/term0.log" 5 || fail "the job did not start: $(cat "$tmp/term0.log")"
 kill -TERM "${pids[1]}"
 for r in 0 1; do # 143, as the manifest asks: the Job must not count a stopped rank as done
@@ -122,13 +115,7 @@ stopped=$(sed -n 's/.*stopping at step \([0-9]*\) .*/\1/p' "$tmp/term0.log")
 [ -n "$stopped" ] && [ -d "$tmp/term-ckpt/step-$stopped" ] && echo "ok: SIGTERM to rank 1: both ranks saved step $stopped" \
     || fail "no checkpoint at the stop: $(tail -n 4 "$tmp/term0.log")"
 echo "ok: both exited 143 (--stop-exit-code), which the manifest's podFailurePolicy ignores"
-port=$(free_port)
-pids=()
-for r in 0 1; do
-    pod 2 $r "$port" "$tmp/res$r.log" "${C[@]}" --batch 64 --steps $((stopped + 5)) --run-dir "$tmp/res$r" \
-        --ckpt-dir "$tmp/term-ckpt" --resume latest
-    pids+=($!)
-done
+start_pods 2 res "${C[@]}" --batch 64 --steps $((stopped + 5)) --ckpt-dir "$tmp/term-ckpt" --resume latest
 for r in 0 1; do wait "${pids[$r]}" || fail "resumed rank $r exited $?: $(tail -n 3 "$tmp/res$r.log")"; done
 grep -q "continuing from $tmp/term-ckpt/step-$stopped " "$tmp/res0.log" && echo "ok: resumed from step $stopped" \
     || fail "the resumed job did not continue from step $stopped: $(grep -h resume "$tmp/res0.log")"

@@ -99,6 +99,17 @@ static void record(void *ctx, size_t off, size_t count) {
     h->n++;
 }
 
+/* Relative norm of (gpu - cpu) over one tensor. */
+static double rel_diff(const float *gpu, const float *cpu, size_t n) {
+    double d2 = 0, r2 = 0;
+    for (size_t i = 0; i < n; i++) {
+        double d = (double)gpu[i] - cpu[i];
+        d2 += d * d;
+        r2 += (double)cpu[i] * cpu[i];
+    }
+    return sqrt(d2 / (r2 > 0 ? r2 : 1));
+}
+
 static void gradients_match_cpu(void **state) {
     pair *p = *state;
     sov_batch b = {.n = BATCH, .x = p->x, .y = p->y};
@@ -114,32 +125,19 @@ static void gradients_match_cpu(void **state) {
     float *g = to_host(p, p->gpu->grads, p->gpu->num_params);
     for (int t = 0; t < p->cpu->num_tensors; t++) {
         const sov_tensor *ten = &p->cpu->tensors[t];
-        double top = 0, diff2 = 0, ref2 = 0;
+        const float *cpu = p->cpu->grads + ten->offset, *gpu = g + ten->offset;
+        double top = 0;
         for (size_t i = 0; i < ten->count; i++)
-            top = fmax(top, fabs(p->cpu->grads[ten->offset + i]));
-        for (size_t i = 0; i < ten->count; i++) {
-            double c = p->cpu->grads[ten->offset + i], d = g[ten->offset + i] - c;
-            diff2 += d * d;
-            ref2 += c * c;
-            if (fabs(d) > 1e-4 * top)
-                fail_msg("%s[%zu]: GPU %.9g, CPU %.9g (largest |g| %.3g)", ten->name, i, g[ten->offset + i], c, top);
-        }
-        if (sqrt(diff2) > 1e-5 * sqrt(ref2))
-            fail_msg("%s: |GPU - CPU| / |CPU| = %.3g", ten->name, sqrt(diff2 / ref2));
-        printf("  %-16s max|g| %.3e  rel. norm of GPU-CPU %.2e\n", ten->name, top, sqrt(diff2 / ref2));
+            top = fmax(top, fabs(cpu[i]));
+        for (size_t i = 0; i < ten->count; i++)
+            if (fabs((double)gpu[i] - cpu[i]) > 1e-4 * top)
+                fail_msg("%s[%zu]: GPU %.9g, CPU %.9g (largest |g| %.3g)", ten->name, i, gpu[i], cpu[i], top);
+        double r = rel_diff(gpu, cpu, ten->count);
+        if (r > 1e-5)
+            fail_msg("%s: |GPU - CPU| / |CPU| = %.3g", ten->name, r);
+        printf("  %-16s max|g| %.3e  rel. norm of GPU-CPU %.2e\n", ten->name, top, r);
     }
     free(g);
-}
-
-/* Relative norm of (gpu - cpu) over one tensor. */
-static double rel_diff(const float *gpu, const float *cpu, size_t n) {
-    double d2 = 0, r2 = 0;
-    for (size_t i = 0; i < n; i++) {
-        double d = (double)gpu[i] - cpu[i];
-        d2 += d * d;
-        r2 += (double)cpu[i] * cpu[i];
-    }
-    return sqrt(d2 / (r2 > 0 ? r2 : 1));
 }
 
 static void bf16_gradients_close_to_cpu(void **state) {

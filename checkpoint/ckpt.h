@@ -75,6 +75,10 @@ sov_status sov_ckpt_save(sov_ckpt_writer *w, const sov_ckpt_state *state, uint64
 /* Waits for the save in flight (on rank 0 until it is committed). Returns its status; on success and when
  * `path` is given, where it went. */
 sov_status sov_ckpt_wait(sov_ckpt_writer *w, char *path, size_t cap);
+/* After sov_ckpt_wait: the seconds the last save took from the sov_ckpt_save call (its wait for the save before
+ * excluded) until this rank's part was durable and, on rank 0, the checkpoint committed and DIR/latest naming it.
+ * Removing checkpoints beyond `keep` comes after that and is not counted. */
+double sov_ckpt_save_seconds(const sov_ckpt_writer *w);
 void sov_ckpt_writer_close(sov_ckpt_writer *w); /* waits, then frees */
 
 /* ---- reading ---- */

@@ -1,5 +1,6 @@
 /* codec.c: see codec.h. */
 #include "codec.h"
+#include "checksum.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -9,13 +10,16 @@
 #include <zstd.h>
 
 #define RAW_ENTROPY_BITS 7.9 /* above this a plane is near-random: compressing it costs time and gains < 1.3 % */
-#define SAMPLE_BYTES (64 << 10) /* decisions are taken on a sample of the plane: 16 blocks of 4 KiB */
+#define SAMPLE_BLOCKS 16
+#define SAMPLE_BLOCK 4096 /* elements */
+#define SAMPLE_BYTES (SAMPLE_BLOCKS * SAMPLE_BLOCK) /* decisions are taken on a sample of each plane */
+#define REPEAT_EXCESS 1.25 /* adjacent repeats this far above chance: the plane has runs for LZ matches to find */
 
 struct sov_codec {
     size_t max_raw;
-    uint8_t *planes;     /* max_raw: the transformed planes */
+    uint8_t *planes;     /* max_raw: the transformed planes that are compressed (raw ones go straight out) */
     uint8_t *trial[2];   /* zstd outputs of the two parameter sets, on a sample */
-    uint8_t *sample;     /* SAMPLE_BYTES gathered from a plane */
+    uint8_t *samples;    /* SAMPLE_BYTES of each plane, SOV_CHUNK_MAX_PLANES planes */
     size_t trial_cap;
     ZSTD_CCtx *literal;  /* literals only: Huffman coding of the bytes, no matches */
     ZSTD_CCtx *level1;
@@ -31,11 +35,11 @@ sov_status sov_codec_create(sov_codec **out, size_t max_raw) {
     c->planes = sov_malloc(max_raw);
     c->trial[0] = sov_malloc(c->trial_cap);
     c->trial[1] = sov_malloc(c->trial_cap);
-    c->sample = sov_malloc(SAMPLE_BYTES);
+    c->samples = sov_malloc((size_t)SAMPLE_BYTES * SOV_CHUNK_MAX_PLANES);
     c->literal = ZSTD_createCCtx();
     c->level1 = ZSTD_createCCtx();
     c->dctx = ZSTD_createDCtx();
-    if (!c->planes || !c->trial[0] || !c->trial[1] || !c->sample || !c->literal || !c->level1 || !c->dctx) {
+    if (!c->planes || !c->trial[0] || !c->trial[1] || !c->samples || !c->literal || !c->level1 || !c->dctx) {
         sov_codec_destroy(c);
         return sov_fail(SOV_ERR_NOMEM, "checkpoint codec: cannot allocate %zu bytes of scratch", max_raw);
     }
@@ -62,7 +66,7 @@ void sov_codec_destroy(sov_codec *c) {
     free(c->planes);
     free(c->trial[0]);
     free(c->trial[1]);
-    free(c->sample);
+    free(c->samples);
     ZSTD_freeCCtx(c->literal);
     ZSTD_freeCCtx(c->level1);
     ZSTD_freeDCtx(c->dctx);
@@ -71,12 +75,24 @@ void sov_codec_destroy(sov_codec *c) {
 
 size_t sov_chunk_bound(size_t raw_bytes) { return SOV_CHUNK_HEADER_BYTES + raw_bytes; }
 
-double sov_entropy_bits(const uint8_t *p, size_t n) {
-    if (n == 0)
-        return 0.0;
-    size_t hist[256] = {0};
-    for (size_t i = 0; i < n; i++)
-        hist[p[i]]++;
+/* Four histograms, summed at the end: a run of equal bytes (an exponent plane is mostly a few values) would
+ * otherwise make every increment wait for the one before it. */
+static void histogram(const uint8_t *p, size_t n, uint32_t hist[256]) {
+    uint32_t h[4][256] = {{0}};
+    size_t i = 0;
+    for (; i + 4 <= n; i += 4) {
+        h[0][p[i]]++;
+        h[1][p[i + 1]]++;
+        h[2][p[i + 2]]++;
+        h[3][p[i + 3]]++;
+    }
+    for (; i < n; i++)
+        h[0][p[i]]++;
+    for (int b = 0; b < 256; b++)
+        hist[b] = h[0][b] + h[1][b] + h[2][b] + h[3][b];
+}
+
+static double entropy_of(const uint32_t hist[256], size_t n) {
     double h = 0.0;
     for (int b = 0; b < 256; b++)
         if (hist[b]) {
@@ -84,6 +100,14 @@ double sov_entropy_bits(const uint8_t *p, size_t n) {
             h -= q * log2(q);
         }
     return h;
+}
+
+double sov_entropy_bits(const uint8_t *p, size_t n) {
+    if (n == 0)
+        return 0.0;
+    uint32_t hist[256];
+    histogram(p, n, hist);
+    return entropy_of(hist, n);
 }
 
 /* ---- the transform ---- */
@@ -134,11 +158,11 @@ void sov_planes_split(const void *raw, size_t count, int elem_size, uint8_t *pla
         split2(raw, count, planes, planes + count);
 }
 
-static void planes_join(const uint8_t *planes, size_t count, int elem_size, void *raw) {
+static void planes_join(const uint8_t *const plane[], size_t count, int elem_size, void *raw) {
     if (elem_size == 4)
-        join4(planes, planes + count, planes + 2 * count, planes + 3 * count, count, raw);
+        join4(plane[0], plane[1], plane[2], plane[3], count, raw);
     else
-        join2(planes, planes + count, count, raw);
+        join2(plane[0], plane[1], count, raw);
 }
 
 /* ---- header (de)serialisation, little-endian ---- */
@@ -217,47 +241,99 @@ sov_status sov_chunk_parse_header(const void *bytes, sov_chunk_header *h, const 
 
 /* ---- encode ---- */
 
-/* A sample of the plane: 16 blocks of 4 KiB spread evenly (the whole plane when it is small). */
-static const uint8_t *sample_of(sov_codec *c, const uint8_t *plane, size_t n, size_t *len) {
-    if (n <= SAMPLE_BYTES) {
-        *len = n;
-        return plane;
+/* A sample of every plane: SAMPLE_BLOCKS runs of SAMPLE_BLOCK elements spread evenly over the chunk, transformed
+ * (the whole chunk when it is small). Plane k's sample is at c->samples + k * SAMPLE_BYTES. */
+static size_t gather_samples(sov_codec *c, const uint8_t *raw, size_t count, int elem_size) {
+    uint8_t *s[SOV_CHUNK_MAX_PLANES];
+    for (int k = 0; k < elem_size; k++)
+        s[k] = c->samples + (size_t)k * SAMPLE_BYTES;
+    if (count <= SAMPLE_BYTES) {
+        if (elem_size == 4)
+            split4((const uint32_t *)raw, count, s[0], s[1], s[2], s[3]);
+        else
+            split2((const uint16_t *)raw, count, s[0], s[1]);
+        return count;
     }
-    size_t block = SAMPLE_BYTES / 16, stride = n / 16;
-    for (int i = 0; i < 16; i++)
-        memcpy(c->sample + i * block, plane + (size_t)i * stride, block);
-    *len = SAMPLE_BYTES;
-    return c->sample;
+    size_t stride = count / SAMPLE_BLOCKS;
+    for (size_t i = 0; i < SAMPLE_BLOCKS; i++) {
+        const uint8_t *from = raw + i * stride * (size_t)elem_size;
+        size_t at = i * SAMPLE_BLOCK;
+        if (elem_size == 4)
+            split4((const uint32_t *)from, SAMPLE_BLOCK, s[0] + at, s[1] + at, s[2] + at, s[3] + at);
+        else
+            split2((const uint16_t *)from, SAMPLE_BLOCK, s[0] + at, s[1] + at);
+    }
+    return SAMPLE_BYTES;
 }
 
-/* Which zstd settings suit the plane, judged on a sample: 0 literals only (Huffman), 1 level 1 (matches, for runs
- * of zeros and repeated values as in optimizer moments), -1 none (near-random: store raw). */
-static int choose_coder(sov_codec *c, const uint8_t *plane, size_t n) {
-    size_t len;
-    const uint8_t *smp = sample_of(c, plane, n, &len);
-    if (sov_entropy_bits(smp, len) >= RAW_ENTROPY_BITS)
-        return -1;
+/* Adjacent equal bytes within the sample's runs of SAMPLE_BLOCK, as a fraction of the pairs. */
+static double repeat_rate(const uint8_t *smp, size_t len) {
+    size_t same = 0, pairs = 0;
+    for (size_t at = 0; at < len; at += SAMPLE_BLOCK) {
+        size_t n = len - at < SAMPLE_BLOCK ? len - at : SAMPLE_BLOCK;
+        for (size_t i = 1; i < n; i++)
+            same += smp[at + i] == smp[at + i - 1];
+        pairs += n - 1;
+    }
+    return pairs ? (double)same / (double)pairs : 0.0;
+}
+
+enum { CODER_RAW = -1, CODER_LITERAL = 0, CODER_LEVEL1 = 1 };
+
+/* Which coding suits a plane, judged on its sample: raw (near-random), literals only (Huffman), or level 1, whose
+ * matches suit runs of zeros and repeated values as in optimizer moments. Level 1 is tried only when adjacent bytes
+ * repeat more often than independent bytes with this histogram would (sum of p^2): for a weight's exponent plane
+ * they do not, and the two trial compressions would cost more than the entropy pass. */
+static int choose_coder(sov_codec *c, const uint8_t *smp, size_t len) {
+    if (len < 64)
+        return CODER_RAW;
+    uint32_t hist[256];
+    histogram(smp, len, hist);
+    if (entropy_of(hist, len) >= RAW_ENTROPY_BITS)
+        return CODER_RAW;
+    double chance = 0.0;
+    for (int b = 0; b < 256; b++)
+        chance += ((double)hist[b] / (double)len) * ((double)hist[b] / (double)len);
+    if (repeat_rate(smp, len) <= REPEAT_EXCESS * chance)
+        return CODER_LITERAL;
     size_t lit = ZSTD_compress2(c->literal, c->trial[0], c->trial_cap, smp, len);
     size_t lz = ZSTD_compress2(c->level1, c->trial[1], c->trial_cap, smp, len);
     if (ZSTD_isError(lit) || ZSTD_isError(lz))
-        return 0;
-    return lz < lit ? 1 : 0;
+        return CODER_LITERAL;
+    return lz < lit ? CODER_LEVEL1 : CODER_LITERAL;
 }
 
-/* Stores one plane at out (room for n bytes): zstd-compressed when that is smaller, else raw. Returns the stored
- * size; sets *coding. Compressing straight into out with capacity n also rules out a result that does not shrink. */
-static size_t store_plane(sov_codec *c, const uint8_t *plane, size_t n, uint8_t *out, uint8_t *coding) {
-    int which = n >= 64 ? choose_coder(c, plane, n) : -1;
-    if (which >= 0) {
-        size_t r = ZSTD_compress2(which ? c->level1 : c->literal, out, n - 1, plane, n);
+/* Stores plane k (n bytes at `plane`) at out (room for n bytes): zstd-compressed when that is smaller, else raw
+ * (copied unless it is already there). Returns the stored size; sets *coding. Compressing straight into out with
+ * capacity n - 1 also rules out a result that does not shrink. */
+static size_t store_plane(sov_codec *c, int coder, const uint8_t *plane, size_t n, uint8_t *out, uint8_t *coding) {
+    if (coder != CODER_RAW) {
+        size_t r = ZSTD_compress2(coder == CODER_LEVEL1 ? c->level1 : c->literal, out, n - 1, plane, n);
         if (!ZSTD_isError(r)) {
             *coding = 1;
             return r;
         }
     }
     *coding = 0;
-    memcpy(out, plane, n);
+    if (plane != out)
+        memcpy(out, plane, n);
     return n;
+}
+
+/* The transform, each plane written where it goes: a plane to be stored raw, with only raw planes before it, goes
+ * straight to its place in the payload (for weights that is all but the exponent plane, which saves copying them);
+ * the others go to scratch. */
+static void split_to_places(sov_codec *c, const void *raw, size_t count, int elem_size, const int *coder,
+                            uint8_t *payload, uint8_t *plane[]) {
+    int leading_raw = 1;
+    for (int k = 0; k < elem_size; k++) {
+        leading_raw = leading_raw && coder[k] == CODER_RAW;
+        plane[k] = (leading_raw ? payload : c->planes) + (size_t)k * count;
+    }
+    if (elem_size == 4)
+        split4(raw, count, plane[0], plane[1], plane[2], plane[3]);
+    else
+        split2(raw, count, plane[0], plane[1]);
 }
 
 sov_status sov_chunk_encode(sov_codec *c, const void *raw, size_t raw_bytes, int elem_size, void *out,
@@ -266,23 +342,28 @@ sov_status sov_chunk_encode(sov_codec *c, const void *raw, size_t raw_bytes, int
         return sov_fail(SOV_ERR_INVALID, "checkpoint codec: bad chunk (%zu bytes of %d-byte elements, limit %zu)",
                         raw_bytes, elem_size, c->max_raw);
     sov_chunk_header h = {.magic = SOV_CHUNK_MAGIC, .elem_size = (uint8_t)elem_size, .raw_bytes = raw_bytes,
-                          .xxh3_raw = XXH3_64bits(raw, raw_bytes)};
+                          .xxh3_raw = sov_xxh3(raw, raw_bytes)};
     h.transform = elem_size > 1;
     h.planes = h.transform ? (uint8_t)elem_size : 1;
-    const uint8_t *planes = raw;
-    if (h.transform) {
-        sov_planes_split(raw, raw_bytes / (size_t)elem_size, elem_size, c->planes);
-        planes = c->planes;
-    }
     uint8_t *payload = (uint8_t *)out + SOV_CHUNK_HEADER_BYTES;
     size_t plane_n = raw_bytes / h.planes, pos = 0;
+    int coder[SOV_CHUNK_MAX_PLANES];
+    uint8_t *plane[SOV_CHUNK_MAX_PLANES] = {(uint8_t *)raw};
+    if (h.transform) {
+        size_t len = gather_samples(c, raw, plane_n, elem_size);
+        for (int k = 0; k < h.planes; k++)
+            coder[k] = choose_coder(c, c->samples + (size_t)k * SAMPLE_BYTES, len);
+        split_to_places(c, raw, plane_n, elem_size, coder, payload, plane);
+    } else {
+        coder[0] = choose_coder(c, raw, raw_bytes < SAMPLE_BYTES ? raw_bytes : SAMPLE_BYTES);
+    }
     for (int k = 0; k < h.planes; k++) {
-        size_t s = store_plane(c, planes + (size_t)k * plane_n, plane_n, payload + pos, &h.coding[k]);
+        size_t s = store_plane(c, coder[k], plane[k], plane_n, payload + pos, &h.coding[k]);
         h.plane_bytes[k] = (uint32_t)s;
         pos += s;
     }
     h.stored_bytes = pos;
-    h.xxh3_stored = XXH3_64bits(payload, pos);
+    h.xxh3_stored = sov_xxh3(payload, pos);
     header_write(&h, out);
     *out_bytes = SOV_CHUNK_HEADER_BYTES + pos;
     return SOV_OK;
@@ -304,25 +385,31 @@ sov_status sov_chunk_decode(sov_codec *c, const void *chunk, size_t bytes, void 
     if (h.raw_bytes > raw_cap || h.raw_bytes > c->max_raw)
         return sov_fail(SOV_ERR_FORMAT, "%s: chunk of %llu raw bytes exceeds the %zu expected", where,
                         (unsigned long long)h.raw_bytes, raw_cap < c->max_raw ? raw_cap : c->max_raw);
-    if (XXH3_64bits(payload, h.stored_bytes) != h.xxh3_stored)
+    if (sov_xxh3(payload, h.stored_bytes) != h.xxh3_stored)
         return sov_fail(SOV_ERR_FORMAT, "%s: stored-bytes checksum mismatch (the chunk's data is damaged)", where);
-    uint8_t *planes = h.transform ? c->planes : raw;
+    /* Planes stored raw are joined from where they lie in the payload; compressed ones are decompressed first (into
+     * scratch, or straight into raw when there is no transform). */
+    uint8_t *scratch = h.transform ? c->planes : raw;
+    const uint8_t *plane[SOV_CHUNK_MAX_PLANES];
     size_t plane_n = h.raw_bytes / h.planes, pos = 0;
     for (int k = 0; k < h.planes; k++) {
-        uint8_t *dst = planes + (size_t)k * plane_n;
+        uint8_t *dst = scratch + (size_t)k * plane_n;
         if (h.coding[k] == 0) {
-            memcpy(dst, payload + pos, plane_n);
+            plane[k] = payload + pos;
+            if (!h.transform)
+                memcpy(dst, payload + pos, plane_n);
         } else {
             size_t r = ZSTD_decompressDCtx(c->dctx, dst, plane_n, payload + pos, h.plane_bytes[k]);
             if (ZSTD_isError(r) || r != plane_n)
                 return sov_fail(SOV_ERR_FORMAT, "%s: plane %d does not decompress to %zu bytes (%s)", where, k,
                                 plane_n, ZSTD_isError(r) ? ZSTD_getErrorName(r) : "wrong size");
+            plane[k] = dst;
         }
         pos += h.plane_bytes[k];
     }
     if (h.transform)
-        planes_join(planes, h.raw_bytes / h.elem_size, h.elem_size, raw);
-    if (XXH3_64bits(raw, h.raw_bytes) != h.xxh3_raw)
+        planes_join(plane, h.raw_bytes / h.elem_size, h.elem_size, raw);
+    if (sov_xxh3(raw, h.raw_bytes) != h.xxh3_raw)
         return sov_fail(SOV_ERR_FORMAT, "%s: raw-bytes checksum mismatch after decoding", where);
     *raw_bytes = h.raw_bytes;
     return SOV_OK;

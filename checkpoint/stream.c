@@ -16,10 +16,95 @@ static int direct_wanted(void) {
     return !(e && strcmp(e, "0") == 0);
 }
 
+/* One aligned block to the disk at offset. A short write that keeps the alignment goes on; one that does not
+ * cannot (O_DIRECT needs aligned offsets): the device refused more, which is a full disk in practice. */
+static sov_status write_direct(int fd, const char *path, const uint8_t *block, size_t n, uint64_t offset) {
+    size_t done = 0;
+    while (done < n) {
+        ssize_t w = pwrite(fd, block + done, n - done, (off_t)(offset + done));
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w < 0)
+            return sov_fail(SOV_ERR_IO, "writing %s: %s", path, strerror(errno));
+        if (w == 0 || (size_t)w % SOV_STREAM_ALIGN != 0)
+            return sov_fail(SOV_ERR_IO, "writing %s: the device took only %zu of %zu bytes (no space left on it?)",
+                            path, done + (size_t)w, n);
+        done += (size_t)w;
+    }
+    return SOV_OK;
+}
+
+/* The helper: writes each block it is handed, in order, and reports the first failure. */
+static void *io_main(void *arg) {
+    sov_stream *s = arg;
+    pthread_mutex_lock(&s->lock);
+    for (;;) {
+        while (!s->io_block && !s->io_stop)
+            pthread_cond_wait(&s->changed, &s->lock);
+        if (!s->io_block)
+            break;
+        const uint8_t *block = s->io_block;
+        size_t n = s->io_bytes;
+        uint64_t offset = s->io_offset;
+        int failed = s->io_status != SOV_OK;
+        pthread_mutex_unlock(&s->lock);
+        sov_status st = failed ? SOV_OK : write_direct(s->fd, s->path, block, n, offset);
+        pthread_mutex_lock(&s->lock);
+        if (st != SOV_OK) {
+            s->io_status = st;
+            snprintf(s->io_error, sizeof s->io_error, "%s", sov_last_error());
+        }
+        s->io_block = NULL;
+        pthread_cond_broadcast(&s->changed);
+    }
+    pthread_mutex_unlock(&s->lock);
+    return NULL;
+}
+
+/* Waits until the helper is idle; returns its first failure. */
+static sov_status io_idle(sov_stream *s) {
+    pthread_mutex_lock(&s->lock);
+    while (s->io_block)
+        pthread_cond_wait(&s->changed, &s->lock);
+    sov_status st = s->io_status;
+    pthread_mutex_unlock(&s->lock);
+    return st == SOV_OK ? SOV_OK : sov_fail(st, "%s", s->io_error);
+}
+
+/* Hands the current block (n bytes, aligned) to the helper and switches to the other one. */
+static sov_status hand_over(sov_stream *s, size_t n) {
+    SOV_CHECK(io_idle(s));
+    pthread_mutex_lock(&s->lock);
+    s->io_block = s->buf[s->cur];
+    s->io_bytes = n;
+    s->io_offset = s->pos - s->fill;
+    pthread_cond_broadcast(&s->changed);
+    pthread_mutex_unlock(&s->lock);
+    s->cur ^= 1;
+    s->fill = 0;
+    return SOV_OK;
+}
+
+static void io_stop(sov_stream *s) {
+    if (!s->io_started)
+        return;
+    pthread_mutex_lock(&s->lock);
+    while (s->io_block)
+        pthread_cond_wait(&s->changed, &s->lock);
+    s->io_stop = 1;
+    pthread_cond_broadcast(&s->changed);
+    pthread_mutex_unlock(&s->lock);
+    pthread_join(s->io, NULL);
+    pthread_mutex_destroy(&s->lock);
+    pthread_cond_destroy(&s->changed);
+    s->io_started = 0;
+}
+
 sov_status sov_stream_open(sov_stream *s, const char *path, void *scratch) {
     memset(s, 0, sizeof *s);
     snprintf(s->path, sizeof s->path, "%s", path);
-    s->buf = scratch;
+    s->buf[0] = scratch;
+    s->buf[1] = (uint8_t *)scratch + SOV_STREAM_BLOCK;
     s->fd = -1;
     if (direct_wanted()) {
         s->fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_DIRECT, 0644);
@@ -29,23 +114,17 @@ sov_status sov_stream_open(sov_stream *s, const char *path, void *scratch) {
         s->fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     if (s->fd < 0)
         return sov_fail(SOV_ERR_IO, "creating %s: %s", path, strerror(errno));
-    return SOV_OK;
-}
-
-/* One aligned block of buf to the disk. A short write that keeps the alignment goes on; one that does not cannot
- * (O_DIRECT needs aligned offsets): the device refused more, which is a full disk in practice. */
-static sov_status write_direct(sov_stream *s, size_t n) {
-    size_t done = 0;
-    while (done < n) {
-        ssize_t w = write(s->fd, s->buf + done, n - done);
-        if (w < 0 && errno == EINTR)
-            continue;
-        if (w < 0)
-            return sov_fail(SOV_ERR_IO, "writing %s: %s", s->path, strerror(errno));
-        if (w == 0 || (size_t)w % SOV_STREAM_ALIGN != 0)
-            return sov_fail(SOV_ERR_IO, "writing %s: the device took only %zu of %zu bytes (no space left on it?)",
-                            s->path, done + (size_t)w, n);
-        done += (size_t)w;
+    if (s->direct) {
+        pthread_mutex_init(&s->lock, NULL);
+        pthread_cond_init(&s->changed, NULL);
+        if (pthread_create(&s->io, NULL, io_main, s) != 0) {
+            pthread_mutex_destroy(&s->lock);
+            pthread_cond_destroy(&s->changed);
+            close(s->fd);
+            s->fd = -1;
+            return sov_fail(SOV_ERR_INTERNAL, "writing %s: cannot start the write thread", path);
+        }
+        s->io_started = 1;
     }
     return SOV_OK;
 }
@@ -73,26 +152,29 @@ sov_status sov_stream_write(sov_stream *s, const void *data, size_t n) {
     }
     const uint8_t *p = data;
     while (n > 0) {
-        size_t take = SOV_STREAM_BUFFER - s->fill < n ? SOV_STREAM_BUFFER - s->fill : n;
-        memcpy(s->buf + s->fill, p, take);
+        size_t take = SOV_STREAM_BLOCK - s->fill < n ? SOV_STREAM_BLOCK - s->fill : n;
+        memcpy(s->buf[s->cur] + s->fill, p, take);
         s->fill += take;
         s->pos += take;
         p += take;
         n -= take;
-        if (s->fill == SOV_STREAM_BUFFER) {
-            SOV_CHECK(write_direct(s, s->fill));
-            s->fill = 0;
-        }
+        if (s->fill == SOV_STREAM_BLOCK)
+            SOV_CHECK(hand_over(s, SOV_STREAM_BLOCK));
     }
     return SOV_OK;
 }
 
 sov_status sov_stream_close(sov_stream *s) {
     sov_status st = SOV_OK;
-    if (s->direct && s->fill > 0) { /* the tail, padded to the alignment, then cut to the exact size */
-        size_t padded = (s->fill + SOV_STREAM_ALIGN - 1) / SOV_STREAM_ALIGN * SOV_STREAM_ALIGN;
-        memset(s->buf + s->fill, 0, padded - s->fill);
-        st = write_direct(s, padded);
+    if (s->direct) { /* the tail, padded to the alignment, then the file cut to its exact size */
+        if (s->fill > 0) {
+            size_t padded = (s->fill + SOV_STREAM_ALIGN - 1) / SOV_STREAM_ALIGN * SOV_STREAM_ALIGN;
+            memset(s->buf[s->cur] + s->fill, 0, padded - s->fill);
+            st = hand_over(s, padded);
+        }
+        if (st == SOV_OK)
+            st = io_idle(s);
+        io_stop(s);
         if (st == SOV_OK && ftruncate(s->fd, (off_t)s->pos) != 0)
             st = sov_fail(SOV_ERR_IO, "setting the size of %s: %s", s->path, strerror(errno));
     }
@@ -105,6 +187,7 @@ sov_status sov_stream_close(sov_stream *s) {
 }
 
 void sov_stream_discard(sov_stream *s) {
+    io_stop(s);
     if (s->fd >= 0)
         close(s->fd);
     s->fd = -1;

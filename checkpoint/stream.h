@@ -1,32 +1,48 @@
 /* stream.h (internal): one file written front to back and then made durable, as fast as the disk allows.
  *
- * Where the filesystem supports it, the file is written with O_DIRECT: data goes from a reused, aligned buffer
+ * Where the filesystem supports it, the file is written with O_DIRECT: data goes from reused, aligned buffers
  * straight to the disk, with no copy into the page cache and no page-cache memory to allocate (on these VMs a
- * fresh page costs more than the copy), and the final fsync has nothing left to flush. Elsewhere (or with
- * SOVTRAIN_CKPT_DIRECT=0) writes are buffered and written back window by window while the caller goes on. */
+ * fresh page costs more than the copy), and the final fsync has nothing left to flush. The buffers are two: while
+ * a helper thread writes one block, the caller fills the other, so the disk never waits for the copy. Elsewhere
+ * (or with SOVTRAIN_CKPT_DIRECT=0) writes are buffered and written back window by window while the caller goes
+ * on. */
 #ifndef SOV_CKPT_STREAM_H
 #define SOV_CKPT_STREAM_H
 
 #include "sov.h"
 
+#include <pthread.h>
 #include <stddef.h>
 #include <stdint.h>
 
 #define SOV_STREAM_ALIGN 4096
-#define SOV_STREAM_BUFFER ((size_t)4 << 20) /* the scratch a stream needs: the size of one direct write */
+#define SOV_STREAM_BLOCK ((size_t)4 << 20)          /* one direct write */
+#define SOV_STREAM_SCRATCH (2 * SOV_STREAM_BLOCK) /* the scratch a stream needs: two blocks */
 
 typedef struct sov_stream {
     int fd;
     int direct;       /* 1 when writing with O_DIRECT */
     char path[4400];
-    uint8_t *buf;     /* SOV_STREAM_BUFFER bytes, SOV_STREAM_ALIGN-aligned, owned by the caller */
-    size_t fill;      /* bytes waiting in buf (direct) */
+    uint8_t *buf[2];  /* SOV_STREAM_BLOCK bytes each, within the caller's scratch */
+    int cur;          /* the block being filled (direct) */
+    size_t fill;      /* bytes waiting in it */
     uint64_t pos;     /* bytes written by the caller */
     uint64_t begun;   /* buffered: writeback started for [0, begun) */
     uint64_t waited;  /* buffered: [0, waited) is on the disk */
+    /* direct: the helper thread and the one block handed to it */
+    pthread_t io;
+    int io_started;
+    pthread_mutex_t lock;
+    pthread_cond_t changed;
+    const uint8_t *io_block; /* NULL when the helper is idle */
+    size_t io_bytes;
+    uint64_t io_offset;
+    int io_stop;
+    sov_status io_status; /* the first failed write, with its message */
+    char io_error[512];
 } sov_stream;
 
-/* Creates (truncates) path. `scratch` is SOV_STREAM_BUFFER bytes aligned to SOV_STREAM_ALIGN, reused across
+/* Creates (truncates) path. `scratch` is SOV_STREAM_SCRATCH bytes aligned to SOV_STREAM_ALIGN, reused across
  * streams by the caller. */
 sov_status sov_stream_open(sov_stream *s, const char *path, void *scratch);
 sov_status sov_stream_write(sov_stream *s, const void *data, size_t n);

@@ -150,6 +150,33 @@ static void drop_cached(const char *ckpt_dir) {
         closedir(d);
 }
 
+/* One restore from the disk into the job's existing buffers (torch.load makes new ones), checked; its seconds. */
+static double restore_once(const bench_case *c, const char *path, sov_ckpt_dtype dtype) {
+    void *dst[3];
+    sov_ckpt_buffer want[3];
+    for (int b = 0; b < c->nbuf; b++) {
+        dst[b] = malloc(c->bytes[b]);
+        memset(dst[b], 0, c->bytes[b]);
+        want[b] = (sov_ckpt_buffer){c->names[b], dst[b], c->bytes[b] / (size_t)c->elem, dtype};
+    }
+    sov_ckpt *ck;
+    double t0 = sov_now();
+    if (sov_ckpt_open(path, &ck) != SOV_OK)
+        die("open");
+    if (sov_ckpt_read_buffers(ck, want, c->nbuf) != SOV_OK)
+        die("restore");
+    double dt = sov_now() - t0;
+    sov_ckpt_close(ck);
+    for (int b = 0; b < c->nbuf; b++) {
+        if (memcmp(dst[b], c->data[b], c->bytes[b]) != 0) {
+            fprintf(stderr, "ckpt_perf: restored %s differs from what was saved\n", c->names[b]);
+            exit(1);
+        }
+        free(dst[b]);
+    }
+    return dt;
+}
+
 /* Rounds of (the disk's bound, then a save), so that both see the same state of a disk whose speed drifts; the
  * best of each is kept. The first save also warms the writer's staging, as in training. */
 #define ROUNDS 3
@@ -185,28 +212,16 @@ static void sovtrain_save_restore(const bench_case *c, const char *dir, int thre
     drop_cached(path);
     *save_gbs = total_bytes(c) / best / 1e9;
     *stall_ms = stall * 1e3;
-    void *dst[3];
-    for (int b = 0; b < c->nbuf; b++) { /* a restore fills the job's existing buffers (torch.load makes new ones) */
-        dst[b] = malloc(c->bytes[b]);
-        memset(dst[b], 0, c->bytes[b]);
+    double best_restore = 1e9;
+    for (int rep = 0; rep < ROUNDS; rep++) { /* as many tries as the saves and as torch.load get */
+        drop_cached(path);
+        double t = restore_once(c, path, dtype);
+        best_restore = t < best_restore ? t : best_restore;
     }
+    *restore_gbs = total_bytes(c) / best_restore / 1e9;
     sov_ckpt *ck;
-    double t0 = sov_now();
     if (sov_ckpt_open(path, &ck) != SOV_OK)
         die("open");
-    sov_ckpt_buffer want[3];
-    for (int b = 0; b < c->nbuf; b++)
-        want[b] = (sov_ckpt_buffer){c->names[b], dst[b], c->bytes[b] / (size_t)c->elem, dtype};
-    if (sov_ckpt_read_buffers(ck, want, c->nbuf) != SOV_OK)
-        die("restore");
-    *restore_gbs = total_bytes(c) / (sov_now() - t0) / 1e9;
-    for (int b = 0; b < c->nbuf; b++) {
-        if (memcmp(dst[b], c->data[b], c->bytes[b]) != 0) {
-            fprintf(stderr, "ckpt_perf: restored %s differs from what was saved\n", c->names[b]);
-            exit(1);
-        }
-        free(dst[b]);
-    }
     double stored = 0;
     size_t i;
     json_t *f;

@@ -13,4 +13,13 @@
 
 uint64_t sov_xxh3(const void *data, size_t bytes);
 
+/* The same hash over data given in pieces (XXH3's streaming API): what a pass that reads each block once for
+ * several purposes uses. create returns NULL when out of memory. */
+typedef struct sov_xxh3_stream sov_xxh3_stream;
+sov_xxh3_stream *sov_xxh3_stream_create(void);
+void sov_xxh3_stream_free(sov_xxh3_stream *s);
+void sov_xxh3_stream_reset(sov_xxh3_stream *s);
+void sov_xxh3_stream_update(sov_xxh3_stream *s, const void *data, size_t bytes);
+uint64_t sov_xxh3_stream_digest(const sov_xxh3_stream *s);
+
 #endif

@@ -20,6 +20,7 @@ struct sov_codec {
     uint8_t *planes;     /* max_raw: the transformed planes that are compressed (raw ones go straight out) */
     uint8_t *trial[2];   /* zstd outputs of the two parameter sets, on a sample */
     uint8_t *samples;    /* SAMPLE_BYTES of each plane, SOV_CHUNK_MAX_PLANES planes */
+    sov_xxh3_stream *raw_hash;
     size_t trial_cap;
     ZSTD_CCtx *literal;  /* literals only: Huffman coding of the bytes, no matches */
     ZSTD_CCtx *level1;
@@ -36,10 +37,11 @@ sov_status sov_codec_create(sov_codec **out, size_t max_raw) {
     c->trial[0] = sov_malloc(c->trial_cap);
     c->trial[1] = sov_malloc(c->trial_cap);
     c->samples = sov_malloc((size_t)SAMPLE_BYTES * SOV_CHUNK_MAX_PLANES);
+    c->raw_hash = sov_xxh3_stream_create();
     c->literal = ZSTD_createCCtx();
     c->level1 = ZSTD_createCCtx();
     c->dctx = ZSTD_createDCtx();
-    if (!c->planes || !c->trial[0] || !c->trial[1] || !c->samples || !c->literal || !c->level1 || !c->dctx) {
+    if (!c->planes || !c->trial[0] || !c->trial[1] || !c->samples || !c->raw_hash || !c->literal || !c->level1 || !c->dctx) {
         sov_codec_destroy(c);
         return sov_fail(SOV_ERR_NOMEM, "checkpoint codec: cannot allocate %zu bytes of scratch", max_raw);
     }
@@ -67,6 +69,7 @@ void sov_codec_destroy(sov_codec *c) {
     free(c->trial[0]);
     free(c->trial[1]);
     free(c->samples);
+    sov_xxh3_stream_free(c->raw_hash);
     ZSTD_freeCCtx(c->literal);
     ZSTD_freeCCtx(c->level1);
     ZSTD_freeDCtx(c->dctx);
@@ -320,20 +323,29 @@ static size_t store_plane(sov_codec *c, int coder, const uint8_t *plane, size_t 
     return n;
 }
 
+#define PASS_ELEMS 8192 /* the transform's step: a block read from memory once, hashed and split while in L1 */
+
 /* The transform, each plane written where it goes: a plane to be stored raw, with only raw planes before it, goes
  * straight to its place in the payload (for weights that is all but the exponent plane, which saves copying them);
- * the others go to scratch. */
-static void split_to_places(sov_codec *c, const void *raw, size_t count, int elem_size, const int *coder,
-                            uint8_t *payload, uint8_t *plane[]) {
+ * the others go to scratch. The raw bytes' hash is taken in the same pass. Returns that hash. */
+static uint64_t split_to_places(sov_codec *c, const uint8_t *raw, size_t count, int elem_size, const int *coder,
+                                uint8_t *payload, uint8_t *plane[]) {
     int leading_raw = 1;
     for (int k = 0; k < elem_size; k++) {
         leading_raw = leading_raw && coder[k] == CODER_RAW;
         plane[k] = (leading_raw ? payload : c->planes) + (size_t)k * count;
     }
-    if (elem_size == 4)
-        split4(raw, count, plane[0], plane[1], plane[2], plane[3]);
-    else
-        split2(raw, count, plane[0], plane[1]);
+    sov_xxh3_stream_reset(c->raw_hash);
+    for (size_t at = 0; at < count; at += PASS_ELEMS) {
+        size_t n = count - at < PASS_ELEMS ? count - at : PASS_ELEMS;
+        const uint8_t *x = raw + at * (size_t)elem_size;
+        sov_xxh3_stream_update(c->raw_hash, x, n * (size_t)elem_size);
+        if (elem_size == 4)
+            split4((const uint32_t *)x, n, plane[0] + at, plane[1] + at, plane[2] + at, plane[3] + at);
+        else
+            split2((const uint16_t *)x, n, plane[0] + at, plane[1] + at);
+    }
+    return sov_xxh3_stream_digest(c->raw_hash);
 }
 
 sov_status sov_chunk_encode(sov_codec *c, const void *raw, size_t raw_bytes, int elem_size, void *out,
@@ -341,8 +353,7 @@ sov_status sov_chunk_encode(sov_codec *c, const void *raw, size_t raw_bytes, int
     if (raw_bytes > c->max_raw || (elem_size != 1 && elem_size != 2 && elem_size != 4) || raw_bytes % (size_t)elem_size)
         return sov_fail(SOV_ERR_INVALID, "checkpoint codec: bad chunk (%zu bytes of %d-byte elements, limit %zu)",
                         raw_bytes, elem_size, c->max_raw);
-    sov_chunk_header h = {.magic = SOV_CHUNK_MAGIC, .elem_size = (uint8_t)elem_size, .raw_bytes = raw_bytes,
-                          .xxh3_raw = sov_xxh3(raw, raw_bytes)};
+    sov_chunk_header h = {.magic = SOV_CHUNK_MAGIC, .elem_size = (uint8_t)elem_size, .raw_bytes = raw_bytes};
     h.transform = elem_size > 1;
     h.planes = h.transform ? (uint8_t)elem_size : 1;
     uint8_t *payload = (uint8_t *)out + SOV_CHUNK_HEADER_BYTES;
@@ -353,8 +364,9 @@ sov_status sov_chunk_encode(sov_codec *c, const void *raw, size_t raw_bytes, int
         size_t len = gather_samples(c, raw, plane_n, elem_size);
         for (int k = 0; k < h.planes; k++)
             coder[k] = choose_coder(c, c->samples + (size_t)k * SAMPLE_BYTES, len);
-        split_to_places(c, raw, plane_n, elem_size, coder, payload, plane);
+        h.xxh3_raw = split_to_places(c, raw, plane_n, elem_size, coder, payload, plane);
     } else {
+        h.xxh3_raw = sov_xxh3(raw, raw_bytes);
         coder[0] = choose_coder(c, raw, raw_bytes < SAMPLE_BYTES ? raw_bytes : SAMPLE_BYTES);
     }
     for (int k = 0; k < h.planes; k++) {

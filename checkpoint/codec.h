@@ -3,9 +3,9 @@
  * A chunk is up to a few MiB of one buffer's raw bytes. Elements of 2 or 4 bytes are transformed first: the sign
  * bit moves down beside the mantissa (rotate left by one), so the exponent fills the top byte, and the bytes are
  * split into planes (byte k of every element together). Each plane is stored raw when its sampled order-0 entropy
- * promises no gain, else zstd-compressed with the settings that do better on a sample (literals-only Huffman,
- * which suits the exponent plane, or level 1, whose matches suit runs of zeros); a plane that does not shrink is
- * stored raw. The header carries xxh3 checksums of the raw bytes, the stored payload and itself, so any
+ * promises no gain, else zstd-compressed: literals-only Huffman, which suits the exponent plane, or level 1, whose
+ * matches suit runs of zeros, when adjacent bytes of the sample repeat more than chance and level 1 does better on
+ * it; a plane that does not shrink is stored raw. The header carries xxh3 checksums of the raw bytes, the stored payload and itself, so any
  * damage is detected chunk by chunk. Layout: docs/checkpoint-format.md. */
 #ifndef SOV_CKPT_CODEC_H
 #define SOV_CKPT_CODEC_H

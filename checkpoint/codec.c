@@ -17,7 +17,7 @@
 
 struct sov_codec {
     size_t max_raw;
-    uint8_t *planes;     /* max_raw: the transformed planes that are compressed (raw ones go straight out) */
+    uint8_t *planes;     /* max_raw: transformed planes on their way to the compressor (see split_to_places) */
     uint8_t *trial[2];   /* zstd outputs of the two parameter sets, on a sample */
     uint8_t *samples;    /* SAMPLE_BYTES of each plane, SOV_CHUNK_MAX_PLANES planes */
     sov_xxh3_stream *raw_hash;
@@ -306,7 +306,7 @@ static int choose_coder(sov_codec *c, const uint8_t *smp, size_t len) {
     return lz < lit ? CODER_LEVEL1 : CODER_LITERAL;
 }
 
-/* Stores plane k (n bytes at `plane`) at out (room for n bytes): zstd-compressed when that is smaller, else raw
+/* Stores a plane (n bytes at `plane`) at out (room for n bytes): zstd-compressed when that is smaller, else raw
  * (copied unless it is already there). Returns the stored size; sets *coding. Compressing straight into out with
  * capacity n - 1 also rules out a result that does not shrink. */
 static size_t store_plane(sov_codec *c, int coder, const uint8_t *plane, size_t n, uint8_t *out, uint8_t *coding) {

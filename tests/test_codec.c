@@ -106,6 +106,50 @@ static void every_single_byte_corruption_is_detected(void **state) {
     assert_int_not_equal(sov_chunk_decode(codec, out, n, back, 100, &got, "test"), SOV_OK); /* too small a target */
 }
 
+/* Chunks larger than the sample (planes judged on 16 spread blocks), and the placements of planes: runs of zeros
+ * (the level-1 trial), and a compressed low plane followed by a raw one (planes after a compressed one are split
+ * to scratch and copied, not written in place). */
+static void large_chunks_and_plane_placements(void **state) {
+    (void)state;
+    enum { BIG = 1 << 20, N = BIG / 4 };
+    sov_codec *big;
+    assert_int_equal(sov_codec_create(&big, BIG), SOV_OK);
+    float *x = malloc(BIG), *y = malloc(BIG);
+    uint8_t *enc = malloc(sov_chunk_bound(BIG));
+    assert_non_null(x);
+    assert_non_null(y);
+    assert_non_null(enc);
+    gaussian(x, N, 5);
+    for (size_t i = 0; i < N; i++) /* every other run of 256 elements zero, as in a moment of unused inputs */
+        if ((i / 256) % 2)
+            x[i] = 0.0f;
+    size_t n = 0, got = 0;
+    assert_int_equal(sov_chunk_encode(big, x, BIG, 4, enc, &n), SOV_OK);
+    assert_int_equal(sov_chunk_decode(big, enc, n, y, BIG, &got, "test"), SOV_OK);
+    assert_memory_equal(x, y, BIG);
+    assert_true((double)BIG / (double)n > 2.0); /* half zeros: at least twice smaller */
+    gaussian(x, N, 6); /* |x| with the 7 low mantissa bits cleared: plane 0 constant, planes 1-2 near random */
+    for (size_t i = 0; i < N; i++) {
+        uint32_t u;
+        memcpy(&u, &x[i], 4);
+        u &= 0x7fffff80u;
+        memcpy(&x[i], &u, 4);
+    }
+    assert_int_equal(sov_chunk_encode(big, x, BIG, 4, enc, &n), SOV_OK);
+    sov_chunk_header h;
+    assert_int_equal(sov_chunk_parse_header(enc, &h, "test"), SOV_OK);
+    assert_int_equal(h.coding[0], 1); /* compressed, so the raw planes after it went through scratch */
+    assert_int_equal(h.coding[1], 0);
+    assert_int_equal(h.coding[2], 0);
+    assert_int_equal(h.coding[3], 1);
+    assert_int_equal(sov_chunk_decode(big, enc, n, y, BIG, &got, "test"), SOV_OK);
+    assert_memory_equal(x, y, BIG);
+    free(x);
+    free(y);
+    free(enc);
+    sov_codec_destroy(big);
+}
+
 static void entropy_of_known_bytes(void **state) {
     (void)state;
     uint8_t two[1000];
@@ -121,6 +165,7 @@ int main(void) {
         cmocka_unit_test(f32_round_trips_and_compresses),
         cmocka_unit_test(other_sizes_round_trip),
         cmocka_unit_test(every_single_byte_corruption_is_detected),
+        cmocka_unit_test(large_chunks_and_plane_placements),
         cmocka_unit_test(entropy_of_known_bytes),
     };
     return cmocka_run_group_tests(tests, setup, teardown);

@@ -16,9 +16,11 @@ uint64_t sov_xxh3_avx2(const void *data, size_t bytes); /* xxh3_avx2.c */
 void sov_xxh3_update_avx2(void *state, const void *data, size_t bytes);
 uint64_t sov_xxh3_digest_avx2(const void *state);
 
+/* The streaming state is made by the library and updated by the header's code: both must be one version (Debian
+ * ships them together; anything else keeps the library's code). */
 __attribute__((constructor)) static void choose_xxh3(void) {
     __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx2")) {
+    if (__builtin_cpu_supports("avx2") && XXH_versionNumber() == XXH_VERSION_NUMBER) {
         one_shot = sov_xxh3_avx2;
         update = sov_xxh3_update_avx2;
         digest = sov_xxh3_digest_avx2;

@@ -2,10 +2,11 @@
  * any world size. The format is specified in docs/checkpoint-format.md.
  *
  * Saving. Every rank calls sov_ckpt_save at the same step with the same state (data-parallel state is
- * replicated). Each rank snapshots only its 1/N share of the state (one memcpy) and returns; a writer thread
- * compresses that share and writes DIR/step-<N>.partial/rank-<r>.bin, fsyncs it, and reports it durable with
- * rank-<r>.json. Rank 0's writer then writes manifest.json, renames the directory to DIR/step-<N>, fsyncs the
- * parent, replaces DIR/latest atomically and removes checkpoints beyond the newest `keep`. A crash at any point
+ * replicated). Each rank snapshots only its 1/N share of the state (one copy, in 64 MiB blocks) and returns; a
+ * writer thread, started once the first block is copied, compresses that share and writes
+ * DIR/step-<N>.partial/rank-<r>.bin, fsyncs it, and reports it durable with rank-<r>.json. Rank 0's writer then
+ * writes manifest.json, renames the directory to DIR/step-<N>, fsyncs the parent, replaces DIR/latest atomically,
+ * and only then removes checkpoints beyond the newest `keep`. A crash at any point
  * leaves the previous checkpoint the latest one. The directory must be visible to every rank. Between two saves
  * the ranks must synchronise after rank 0's sov_ckpt_wait (sovtrain train broadcasts the next save_id from rank
  * 0), because rank 0's commit removes leftover partial directories.
@@ -51,7 +52,8 @@ typedef struct sov_ckpt_options {
     double commit_timeout_s; /* rank 0 waits this long for the other ranks' parts */
     /* Buffers in GPU memory: the snapshot copies them with copy_to_host into staging memory from alloc_host
      * (pinned, so the copy runs at the bus's speed and the training stall is one device-to-host copy). All NULL:
-     * the buffers are host memory (memcpy into aligned host memory). */
+     * the buffers are host memory (memcpy into aligned host memory). copy_to_host must have finished copying when
+     * it returns: the encoders start on each copied piece at once. */
     sov_status (*copy_to_host)(void *ctx, void *dst, const void *src, size_t bytes);
     void *(*alloc_host)(void *ctx, size_t bytes);
     void (*free_host)(void *ctx, void *ptr);
@@ -75,9 +77,10 @@ sov_status sov_ckpt_save(sov_ckpt_writer *w, const sov_ckpt_state *state, uint64
 /* Waits for the save in flight (on rank 0 until it is committed). Returns its status; on success and when
  * `path` is given, where it went. */
 sov_status sov_ckpt_wait(sov_ckpt_writer *w, char *path, size_t cap);
-/* After sov_ckpt_wait: the seconds the last save took from the sov_ckpt_save call (its wait for the save before
- * excluded) until this rank's part was durable and, on rank 0, the checkpoint committed and DIR/latest naming it.
- * Removing checkpoints beyond `keep` comes after that and is not counted. */
+/* After sov_ckpt_wait returned SOV_OK: the seconds the save took from the sov_ckpt_save call (its wait for the
+ * save before excluded) until this rank's part was durable and, on rank 0, the checkpoint committed and DIR/latest
+ * naming it. Removing checkpoints beyond `keep` comes after that and is not counted. Meaningless after a failed
+ * save. */
 double sov_ckpt_save_seconds(const sov_ckpt_writer *w);
 void sov_ckpt_writer_close(sov_ckpt_writer *w); /* waits, then frees */
 

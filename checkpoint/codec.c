@@ -367,6 +367,7 @@ sov_status sov_chunk_encode(sov_codec *c, const void *raw, size_t raw_bytes, int
         h.xxh3_raw = split_to_places(c, raw, plane_n, elem_size, coder, payload, plane);
     } else {
         h.xxh3_raw = sov_xxh3(raw, raw_bytes);
+        /* bytes without a transform (no checkpoint buffer holds them): judged on the chunk's first bytes */
         coder[0] = choose_coder(c, raw, raw_bytes < SAMPLE_BYTES ? raw_bytes : SAMPLE_BYTES);
     }
     for (int k = 0; k < h.planes; k++) {

@@ -99,6 +99,18 @@ typedef struct encoder_arg {
     int thread;
 } encoder_arg;
 
+static sov_status snapshot_failure(const sov_ckpt_writer *w) {
+    return sov_fail(SOV_ERR_INTERNAL, "rank %d: the snapshot of step %ld failed", w->rank, w->step);
+}
+
+/* Whether the snapshot has failed: the chunks copied before the failure are not worth writing. */
+static int snapshot_failed(sov_ckpt_writer *w) {
+    pthread_mutex_lock(&w->snap_lock);
+    int failed = w->snap_failed;
+    pthread_mutex_unlock(&w->snap_lock);
+    return failed;
+}
+
 /* Waits until the snapshot has copied the staging bytes before `end`. */
 static sov_status snapshot_reached(sov_ckpt_writer *w, const uint8_t *end) {
     size_t need = (size_t)(end - w->staging);
@@ -107,13 +119,20 @@ static sov_status snapshot_reached(sov_ckpt_writer *w, const uint8_t *end) {
         pthread_cond_wait(&w->snap_grew, &w->snap_lock);
     int failed = w->snap_failed;
     pthread_mutex_unlock(&w->snap_lock);
-    return failed ? sov_fail(SOV_ERR_INTERNAL, "rank %d: the snapshot of step %ld failed", w->rank, w->step) : SOV_OK;
+    return failed ? snapshot_failure(w) : SOV_OK;
 }
 
-/* Encoder threads yield to the training threads (nice +10): a save is background work, and the snapshot it
- * overlaps with is the training's stall. Raising one's own niceness needs no privilege; where it is refused the
- * encoders simply run at the same priority. */
-static void lower_priority(void) { (void)setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), 10); }
+/* Encoder threads yield to the training threads (nice +10, at most 19): a save is background work, and the
+ * snapshot it overlaps with is the training's stall. Raising one's own niceness needs no privilege; where it is
+ * refused the encoders simply run at the same priority. */
+static void lower_priority(void) {
+    id_t self = (id_t)syscall(SYS_gettid);
+    errno = 0;
+    int nice = getpriority(PRIO_PROCESS, self);
+    if (nice == -1 && errno != 0)
+        return;
+    (void)setpriority(PRIO_PROCESS, self, nice + 10 > 19 ? 19 : nice + 10);
+}
 
 static void *encoder_main(void *arg) {
     encoder_arg *ea = arg;
@@ -165,8 +184,12 @@ static sov_status write_chunks(pipeline *p, sov_stream *out, json_t *chunks, uin
         while (!(sl->ready && sl->job == job))
             pthread_cond_wait(&p->changed, &p->lock);
         pthread_mutex_unlock(&p->lock);
-        st = sl->status != SOV_OK ? sov_fail(sl->status, "%s", sl->error)
-                                  : sov_stream_write(out, p->w->out[job % (size_t)p->nslots], sl->bytes);
+        if (sl->status != SOV_OK)
+            st = sov_fail(sl->status, "%s", sl->error);
+        else if (snapshot_failed(p->w))
+            st = snapshot_failure(p->w);
+        else
+            st = sov_stream_write(out, p->w->out[job % (size_t)p->nslots], sl->bytes);
         if (st == SOV_OK) {
             json_array_append_new(chunks, json_pack("{s:s, s:I, s:I, s:I, s:I}", "buffer", p->jobs[job].buffer,
                                                     "elem_offset", (json_int_t)p->jobs[job].elem_offset, "elems",
@@ -668,7 +691,14 @@ sov_status sov_ckpt_save(sov_ckpt_writer *w, const sov_ckpt_state *s, uint64_t s
     if (st != SOV_OK) { /* a writer already started gives up on this save; its failure is this one, reported once */
         char why[1024];
         snprintf(why, sizeof why, "%s", sov_last_error());
-        sov_ckpt_wait(w, NULL, 0);
+        if (w->running) {
+            sov_ckpt_wait(w, NULL, 0);
+        } else if (w->rank != 0) { /* no writer to tell rank 0, which would wait for this rank's part */
+            char partial[4200], final[4200];
+            step_paths(w, partial, final, sizeof partial);
+            if (sov_mkdir_p(partial) == SOV_OK)
+                write_failure(w, partial, why);
+        }
         w->status = SOV_OK;
         return sov_fail(st, "rank %d: snapshot for the checkpoint of step %ld: %s", w->rank, s->step, why);
     }

@@ -89,7 +89,7 @@ static sov_status wait_saved(trainer *t) {
     char path[4200];
     sov_status st = sov_ckpt_wait(t->ckpt, path, sizeof path);
     if (st == SOV_OK && t->world.rank == 0 && path[0]) {
-        sov_log("checkpoint: saved %s (durable %.2f s after its snapshot began)", path, sov_ckpt_save_seconds(t->ckpt));
+        sov_log("checkpoint: saved %s (durable %.2f s after the save began)", path, sov_ckpt_save_seconds(t->ckpt));
         report_to_launcher(path);
     }
     return st;

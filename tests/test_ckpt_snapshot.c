@@ -1,0 +1,125 @@
+/* A snapshot that fails part-way (a device-to-host copy that errs, say): the save reports it once, nothing of that
+ * step is committed, the previous checkpoint stays latest and the next save works; when the writer of a rank
+ * other than 0 never started, that rank still tells rank 0 (rank-<r>.failed), so rank 0 does not wait for it.
+ * The copies go through the options' copy_to_host hook, as a GPU job's do. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <cmocka.h>
+
+#include "ckpt.h"
+#include "fsio.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+/* Larger than one snapshot block (64 MiB), so that the writer starts before the second piece is copied. */
+enum { BIG = (64 << 20) / 4 + 1024, SMALL = 1000 };
+
+static char dir[256];
+static int copies_left; /* copy_to_host fails when this reaches 0; -1: never */
+
+static int setup(void **state) {
+    (void)state;
+    snprintf(dir, sizeof dir, "%s/sovtrain-ckpt-snap.XXXXXX", getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp");
+    return mkdtemp(dir) ? 0 : -1;
+}
+
+static int teardown(void **state) {
+    (void)state;
+    sov_remove_dir(dir);
+    return 0;
+}
+
+static sov_status copy_or_fail(void *ctx, void *dst, const void *src, size_t bytes) {
+    (void)ctx;
+    if (copies_left == 0)
+        return sov_fail(SOV_ERR_IO, "test copy: the device went away");
+    if (copies_left > 0)
+        copies_left--;
+    memcpy(dst, src, bytes);
+    return SOV_OK;
+}
+
+static int exists(const char *path) {
+    struct stat sb;
+    return stat(path, &sb) == 0;
+}
+
+static void failure_after_the_writer_started(void **state) {
+    (void)state;
+    float *big = calloc(BIG, sizeof *big), *small = calloc(SMALL, sizeof *small);
+    assert_non_null(big);
+    assert_non_null(small);
+    for (int i = 0; i < SMALL; i++)
+        small[i] = (float)i;
+    sov_ckpt_options o = {.keep = 2, .threads = 2, .commit_timeout_s = 30, .copy_to_host = copy_or_fail};
+    sov_ckpt_writer *w;
+    assert_int_equal(sov_ckpt_writer_open(&w, dir, 0, 1, &o), SOV_OK);
+    sov_ckpt_state s = {.step = 1, .num_buffers = 2};
+    s.buffers[0] = (sov_ckpt_buffer){"params", big, BIG, SOV_CKPT_F32};
+    s.buffers[1] = (sov_ckpt_buffer){"adamw.m", small, SMALL, SOV_CKPT_F32};
+    char path[4200], want[4400];
+    copies_left = -1;
+    assert_int_equal(sov_ckpt_save(w, &s, 1, NULL, NULL), SOV_OK);
+    assert_int_equal(sov_ckpt_wait(w, path, sizeof path), SOV_OK);
+
+    s.step = 2; /* the first piece (64 MiB) copies, the writer starts, the second piece fails */
+    copies_left = 1;
+    assert_int_not_equal(sov_ckpt_save(w, &s, 2, NULL, NULL), SOV_OK);
+    assert_non_null(strstr(sov_last_error(), "snapshot"));
+    assert_non_null(strstr(sov_last_error(), "the device went away"));
+    assert_int_equal(sov_ckpt_wait(w, NULL, 0), SOV_OK); /* reported once, by the save */
+    snprintf(want, sizeof want, "%s/step-2", dir);
+    assert_false(exists(want));
+    char found[4200];
+    assert_int_equal(sov_ckpt_find(dir, found, sizeof found, NULL, NULL), SOV_OK);
+    assert_string_equal(found, path); /* step 1 stays latest */
+
+    s.step = 3; /* and the next save works */
+    copies_left = -1;
+    assert_int_equal(sov_ckpt_save(w, &s, 3, NULL, NULL), SOV_OK);
+    assert_int_equal(sov_ckpt_wait(w, path, sizeof path), SOV_OK);
+    sov_ckpt_writer_close(w);
+    sov_ckpt *c;
+    assert_int_equal(sov_ckpt_open(path, &c), SOV_OK);
+    assert_int_equal(sov_ckpt_step(c), 3);
+    assert_int_equal(sov_ckpt_read_buffer(c, "adamw.m", SOV_CKPT_F32, big, SMALL), SOV_OK);
+    assert_memory_equal(big, small, SMALL * sizeof *small);
+    sov_ckpt_close(c);
+    free(big);
+    free(small);
+}
+
+static void failure_before_a_writer_started_is_reported_to_rank_0(void **state) {
+    (void)state;
+    float *x = calloc(SMALL, sizeof *x);
+    assert_non_null(x);
+    sov_ckpt_options o = {.keep = 1, .threads = 1, .commit_timeout_s = 30, .copy_to_host = copy_or_fail};
+    sov_ckpt_writer *w;
+    assert_int_equal(sov_ckpt_writer_open(&w, dir, 1, 2, &o), SOV_OK); /* rank 1 of 2: rank 0 is elsewhere */
+    sov_ckpt_state s = {.step = 5, .num_buffers = 1};
+    s.buffers[0] = (sov_ckpt_buffer){"params", x, SMALL, SOV_CKPT_F32};
+    copies_left = 0;
+    assert_int_not_equal(sov_ckpt_save(w, &s, 0x55, NULL, NULL), SOV_OK);
+    char marker[4400], *text = NULL;
+    size_t n = 0;
+    snprintf(marker, sizeof marker, "%s/step-5.partial/rank-1.failed", dir);
+    assert_int_equal(sov_read_file(marker, 4096, &text, &n), SOV_OK);
+    assert_non_null(strstr(text, "0000000000000055")); /* this save's id, then why */
+    assert_non_null(strstr(text, "the device went away"));
+    free(text);
+    sov_ckpt_writer_close(w);
+    free(x);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(failure_after_the_writer_started),
+        cmocka_unit_test(failure_before_a_writer_started_is_reported_to_rank_0),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}

@@ -7,7 +7,8 @@
  * disk: the files are dropped from the page cache first), the ratio; and, on the same bytes: the order-0 entropy bound of the transformed byte planes, plain zstd -1 on the
  * raw bytes, the disk's sequential write bandwidth with fsync (the better of buffered and O_DIRECT writes,
  * measured in rounds alternating with the saves; the best of each), and
- * one memcpy of the state. --torch-dump DIR also
+ * one memcpy of the state; and the cores the process kept busy during the best save (CPU time / its time; against
+ * the machine's count it tells a save bound by the CPU from one that waited on the disk). --torch-dump DIR also
  * writes each case's raw bytes there for bench/peers/torch_ckpt.py (the torch.save / torch.load peer).
  * Prints a table and JSON lines {"bench":"ckpt","case",...}. */
 #include "ckpt.h"
@@ -20,6 +21,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <math.h>
+#include <sys/resource.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -150,6 +152,15 @@ static void drop_cached(const char *ckpt_dir) {
         closedir(d);
 }
 
+/* CPU seconds used by the whole process so far: around a save, how many cores it kept busy (against the machine's
+ * count, whether the save was bound by the CPU or waited on the disk). */
+static double cpu_seconds(void) {
+    struct rusage u;
+    getrusage(RUSAGE_SELF, &u);
+    return (double)u.ru_utime.tv_sec + (double)u.ru_utime.tv_usec * 1e-6 + (double)u.ru_stime.tv_sec +
+           (double)u.ru_stime.tv_usec * 1e-6;
+}
+
 /* One restore from the disk into the job's existing buffers (torch.load makes new ones), checked; its seconds. */
 static double restore_once(const bench_case *c, const char *path, sov_ckpt_dtype dtype) {
     void *dst[3];
@@ -183,7 +194,8 @@ static double restore_once(const bench_case *c, const char *path, sov_ckpt_dtype
 
 /* Saves and restores with sovtrain; measures the disk bound between the saves. */
 static void sovtrain_save_restore(const bench_case *c, const char *dir, int threads, double *save_gbs,
-                                  double *stall_ms, double *restore_gbs, double *ratio, double *disk) {
+                                  double *stall_ms, double *restore_gbs, double *ratio, double *disk,
+                                  double *save_cores) {
     sov_ckpt_writer *w;
     sov_ckpt_options o = {.keep = 1, .threads = threads, .chunk_bytes = (size_t)4 << 20, .commit_timeout_s = 60};
     char ckdir[4200];
@@ -201,10 +213,12 @@ static void sovtrain_save_restore(const bench_case *c, const char *dir, int thre
         double d = disk_gbs(c, dir);
         *disk = d > *disk ? d : *disk;
         s.step = rep + 1;
-        double st;
+        double st, cpu0 = cpu_seconds();
         if (sov_ckpt_save(w, &s, (uint64_t)rep + 1, &st, NULL) != SOV_OK || sov_ckpt_wait(w, path, sizeof path) != SOV_OK)
             die("save");
         double dt = sov_ckpt_save_seconds(w); /* from the call to durable and latest; removing the old one after */
+        if (dt < best) /* over the save's own time; the pruning after it adds little CPU */
+            *save_cores = (cpu_seconds() - cpu0) / dt;
         best = dt < best ? dt : best;
         stall = st < stall ? st : stall;
     }
@@ -298,22 +312,23 @@ int main(int argc, char **argv) {
     cases[ncase++] = (bench_case){.name = "gauss-bf16", .elem = 2, .nbuf = 1, .names = {"params"}, .data = {h},
                                   .bytes = {n * 2}};
     printf("# ckpt_perf: one rank, %d compression threads, chunks of 4 MiB, files in %s\n", threads, dir);
-    printf("# %-11s %9s %9s %9s %8s %8s %7s %7s %8s %9s %9s %8s\n", "case", "MB", "save GB/s", "rest GB/s", "stall ms",
-           "memcpy", "ratio", "bound", "% bound", "zstd -1", "disk GB/s", "% disk");
+    long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+    printf("# %-11s %9s %9s %9s %8s %8s %7s %7s %8s %9s %9s %8s %9s\n", "case", "MB", "save GB/s", "rest GB/s", "stall ms",
+           "memcpy", "ratio", "bound", "% bound", "zstd -1", "disk GB/s", "% disk", "cores");
     for (int i = 0; i < ncase; i++) {
         bench_case *c = &cases[i];
         if (torch_dump)
             dump_raw(c, torch_dump);
         double bound = entropy_bound(c), z1 = zstd1_ratio(c), mc = memcpy_ms(c);
-        double save, stall, rest, ratio, disk;
-        sovtrain_save_restore(c, dir, threads, &save, &stall, &rest, &ratio, &disk);
-        printf("  %-11s %9.1f %9.3f %9.3f %8.1f %8.1f %7.3f %7.3f %7.1f%% %9.3f %9.3f %7.1f%%\n", c->name,
+        double save, stall, rest, ratio, disk, cores = 0;
+        sovtrain_save_restore(c, dir, threads, &save, &stall, &rest, &ratio, &disk, &cores);
+        printf("  %-11s %9.1f %9.3f %9.3f %8.1f %8.1f %7.3f %7.3f %7.1f%% %9.3f %9.3f %7.1f%% %5.2f/%-3ld\n", c->name,
                total_bytes(c) / 1e6, save, rest, stall, mc, ratio, bound, 100 * ratio / bound, z1, disk,
-               100 * save / (disk * ratio));
+               100 * save / (disk * ratio), cores, cpus);
         fprintf(stderr, "{\"bench\":\"ckpt\",\"case\":\"%s\",\"bytes\":%.0f,\"save_gbs\":%.4f,\"restore_gbs\":%.4f,"
                 "\"ratio\":%.4f,\"stall_ms\":%.2f,\"entropy_bound\":%.4f,\"zstd1_ratio\":%.4f,\"disk_gbs\":%.4f,"
-                "\"memcpy_ms\":%.2f}\n", c->name, total_bytes(c), save, rest, ratio, isnan(stall) ? -1.0 : stall, bound,
-                z1, disk, mc);
+                "\"memcpy_ms\":%.2f,\"save_cpu_cores\":%.2f,\"cpus\":%ld}\n", c->name, total_bytes(c), save, rest, ratio,
+                isnan(stall) ? -1.0 : stall, bound, z1, disk, mc, cores, cpus);
         fflush(stdout);
     }
     return 0;

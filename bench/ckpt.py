@@ -3,7 +3,8 @@
 
 Trains the MLP briefly (AdamW) to get a real state, then runs bench/ckpt_perf on (a) that state, (b) a synthetic
 f32 state (Gaussian, sigma 0.02) and (c) its bf16 cast, and the torch.save / torch.load peer
-(bench/peers/torch_ckpt.py, Debian's python3-torch) on the same bytes. Prints one table with the targets'
+(bench/peers/torch_ckpt.py, Debian's python3-torch) on the same bytes, in turn for --rounds rounds (the disk's
+speed drifts; each figure keeps its best, ours and the peer's alike). Prints one table with the targets'
 ratios: compression vs the entropy bound and vs zstd -1, save vs torch.save and vs disk bandwidth x ratio,
 stall vs one memcpy, restore vs torch.load; and JSON lines {"bench":"ckpt",...}."""
 import argparse
@@ -23,6 +24,26 @@ def run(cmd, **kw):
     return out
 
 
+# Across rounds, each figure keeps its best: the highest speeds and disk bound, the lowest stall and memcpy time.
+HIGHER = ("save_gbs", "restore_gbs", "disk_gbs", "torch_save_gbs", "torch_load_gbs")
+LOWER = ("stall_ms", "memcpy_ms")
+
+
+def best_of(old, new):
+    if old is None:
+        return new
+    merged = dict(old)
+    for k in HIGHER:
+        if k in new:
+            merged[k] = max(old[k], new[k])
+    for k in LOWER:
+        if k in new and new[k] >= 0:
+            merged[k] = min(old[k], new[k]) if old[k] >= 0 else new[k]
+    if new.get("save_gbs", 0) > old.get("save_gbs", 0) and "save_cpu_cores" in new:
+        merged["save_cpu_cores"] = new["save_cpu_cores"]  # the cores of the best save
+    return merged
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--build", default="build", help="the build directory (default build)")
@@ -30,6 +51,8 @@ def main():
                                                "under the current one, i.e. on this disk)")
     p.add_argument("--mib", type=int, default=512, help="size of the synthetic f32 state (default 512)")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--rounds", type=int, default=2, help="runs of ckpt_perf and the torch peer, in turn; each "
+                                                         "figure keeps its best (default 2)")
     args = p.parse_args()
     build = os.path.abspath(args.build)
     with tempfile.TemporaryDirectory(prefix="sovtrain-ckpt-bench-", dir=args.dir or os.getcwd()) as tmp:
@@ -37,13 +60,19 @@ def main():
              "--eval-every", "100000", "--log-every", "200", "--run-dir", f"{tmp}/run", "--ckpt-every", "200"])
         dump = f"{tmp}/raw"
         os.makedirs(dump)
-        perf = run([f"{build}/bench/ckpt_perf", "--from", f"{tmp}/run/checkpoints/step-200", "--dir", tmp,
-                    "--mib", str(args.mib), "--threads", str(args.threads), "--torch-dump", dump])
-        print(perf.stdout, end="")
-        ours = {j["case"]: j for j in map(json.loads, perf.stderr.strip().splitlines())}
-        raws = sorted(os.path.join(dump, f) for f in os.listdir(dump))
-        peer = run(["/usr/bin/python3", os.path.join(HERE, "peers", "torch_ckpt.py")] + raws)
-        torch = {} if peer.returncode == 77 else {j["case"]: j for j in map(json.loads, peer.stdout.strip().splitlines())}
+        ours, torch = {}, {}
+        for rnd in range(args.rounds):  # ours and torch's in turn: both sample the disk's drift alike
+            perf = run([f"{build}/bench/ckpt_perf", "--from", f"{tmp}/run/checkpoints/step-200", "--dir", tmp,
+                        "--mib", str(args.mib), "--threads", str(args.threads), "--torch-dump", dump])
+            print(f"# round {rnd + 1} of {args.rounds}")
+            print(perf.stdout, end="")
+            for j in map(json.loads, perf.stderr.strip().splitlines()):
+                ours[j["case"]] = best_of(ours.get(j["case"]), j)
+            raws = sorted(os.path.join(dump, f) for f in os.listdir(dump))
+            peer = run(["/usr/bin/python3", os.path.join(HERE, "peers", "torch_ckpt.py")] + raws)
+            if peer.returncode != 77:
+                for j in map(json.loads, peer.stdout.strip().splitlines()):
+                    torch[j["case"]] = best_of(torch.get(j["case"]), j)
     print("# targets: ratio >= 97% of bound and > zstd -1; save >= 2x torch.save and >= 80% of disk x ratio;")
     print("#          stall <= 1.5x memcpy; restore >= torch.load")
     print(f"# {'case':<11} {'ratio/bound':>11} {'ratio/zstd1':>11} {'save/torch':>10} {'save/disk*r':>11} "

@@ -154,11 +154,19 @@ SOV_SIMD_CLONES static void join2(const uint8_t *restrict p0, const uint8_t *res
     }
 }
 
-void sov_planes_split(const void *raw, size_t count, int elem_size, uint8_t *planes) {
+/* The transform of count elements into planes, each written from element `at` of its plane on. */
+static void split_at(const void *raw, size_t count, int elem_size, uint8_t *const plane[], size_t at) {
     if (elem_size == 4)
-        split4(raw, count, planes, planes + count, planes + 2 * count, planes + 3 * count);
+        split4(raw, count, plane[0] + at, plane[1] + at, plane[2] + at, plane[3] + at);
     else
-        split2(raw, count, planes, planes + count);
+        split2(raw, count, plane[0] + at, plane[1] + at);
+}
+
+void sov_planes_split(const void *raw, size_t count, int elem_size, uint8_t *planes) {
+    uint8_t *plane[SOV_CHUNK_MAX_PLANES];
+    for (int k = 0; k < elem_size; k++)
+        plane[k] = planes + (size_t)k * count;
+    split_at(raw, count, elem_size, plane, 0);
 }
 
 static void planes_join(const uint8_t *const plane[], size_t count, int elem_size, void *raw) {
@@ -251,21 +259,12 @@ static size_t gather_samples(sov_codec *c, const uint8_t *raw, size_t count, int
     for (int k = 0; k < elem_size; k++)
         s[k] = c->samples + (size_t)k * SAMPLE_BYTES;
     if (count <= SAMPLE_BYTES) {
-        if (elem_size == 4)
-            split4((const uint32_t *)raw, count, s[0], s[1], s[2], s[3]);
-        else
-            split2((const uint16_t *)raw, count, s[0], s[1]);
+        split_at(raw, count, elem_size, s, 0);
         return count;
     }
     size_t stride = count / SAMPLE_BLOCKS;
-    for (size_t i = 0; i < SAMPLE_BLOCKS; i++) {
-        const uint8_t *from = raw + i * stride * (size_t)elem_size;
-        size_t at = i * SAMPLE_BLOCK;
-        if (elem_size == 4)
-            split4((const uint32_t *)from, SAMPLE_BLOCK, s[0] + at, s[1] + at, s[2] + at, s[3] + at);
-        else
-            split2((const uint16_t *)from, SAMPLE_BLOCK, s[0] + at, s[1] + at);
-    }
+    for (size_t i = 0; i < SAMPLE_BLOCKS; i++)
+        split_at(raw + i * stride * (size_t)elem_size, SAMPLE_BLOCK, elem_size, s, i * SAMPLE_BLOCK);
     return SAMPLE_BYTES;
 }
 
@@ -340,10 +339,7 @@ static uint64_t split_to_places(sov_codec *c, const uint8_t *raw, size_t count, 
         size_t n = count - at < PASS_ELEMS ? count - at : PASS_ELEMS;
         const uint8_t *x = raw + at * (size_t)elem_size;
         sov_xxh3_stream_update(c->raw_hash, x, n * (size_t)elem_size);
-        if (elem_size == 4)
-            split4((const uint32_t *)x, n, plane[0] + at, plane[1] + at, plane[2] + at, plane[3] + at);
-        else
-            split2((const uint16_t *)x, n, plane[0] + at, plane[1] + at);
+        split_at(x, n, elem_size, plane, at);
     }
     return sov_xxh3_stream_digest(c->raw_hash);
 }

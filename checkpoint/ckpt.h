@@ -20,7 +20,8 @@
 
 #include <jansson.h>
 
-#define SOV_CKPT_FORMAT_VERSION 1
+#define SOV_CKPT_FORMAT_VERSION 2        /* written; 2 added plane coding 2 (docs/checkpoint-format.md) */
+#define SOV_CKPT_FORMAT_VERSION_OLDEST 1 /* the oldest still read */
 #define SOV_CKPT_MAX_BUFFERS 4
 
 /* Element types a buffer may hold: f32 (optimizer state, master weights) or bf16 (weights of a bf16 job). */

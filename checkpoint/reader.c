@@ -47,10 +47,11 @@ static sov_status validate(sov_ckpt *c) {
     json_t *version = json_object_get(m, "format_version");
     if (!format || strcmp(format, "sovtrain-checkpoint") != 0)
         return bad(c, "\"format\" is not \"sovtrain-checkpoint\"");
-    if (!json_is_integer(version) || json_integer_value(version) != SOV_CKPT_FORMAT_VERSION)
-        return sov_fail(SOV_ERR_UNSUPPORTED, "%s: checkpoint format version %lld; this sovtrain (%s) reads version %d",
-                        c->path, json_is_integer(version) ? (long long)json_integer_value(version) : -1LL,
-                        SOVTRAIN_VERSION, SOV_CKPT_FORMAT_VERSION);
+    if (!json_is_integer(version) || json_integer_value(version) < SOV_CKPT_FORMAT_VERSION_OLDEST ||
+        json_integer_value(version) > SOV_CKPT_FORMAT_VERSION)
+        return sov_fail(SOV_ERR_UNSUPPORTED, "%s: checkpoint format version %lld; this sovtrain (%s) reads versions "
+                        "%d to %d", c->path, json_is_integer(version) ? (long long)json_integer_value(version) : -1LL,
+                        SOVTRAIN_VERSION, SOV_CKPT_FORMAT_VERSION_OLDEST, SOV_CKPT_FORMAT_VERSION);
     json_t *step = json_object_get(m, "step"), *chunk = json_object_get(m, "chunk_bytes");
     if (!json_is_integer(step) || json_integer_value(step) < 0)
         return bad(c, "\"step\" is missing or negative");

@@ -1,5 +1,6 @@
 /* Checkpoint chunks: bitwise round trips for every element size and awkward values; compression where the bytes
- * allow it; every single-byte corruption of an encoded chunk detected. */
+ * allow it; exponent planes paired (coding 2), with escapes anywhere; every single-byte corruption of an encoded
+ * chunk detected, and pair headers that disagree with their data refused. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -11,6 +12,7 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <xxhash.h>
 
 enum { MAX = 1 << 16 };
 
@@ -138,16 +140,133 @@ static void large_chunks_and_plane_placements(void **state) {
     assert_int_equal(sov_chunk_encode(big, x, BIG, 4, enc, &n), SOV_OK);
     sov_chunk_header h;
     assert_int_equal(sov_chunk_parse_header(enc, &h, "test"), SOV_OK);
-    assert_int_equal(h.coding[0], 1); /* compressed, so the raw planes after it went through scratch */
+    assert_int_not_equal(h.coding[0], 0); /* compressed, so the raw planes after it went through scratch */
     assert_int_equal(h.coding[1], 0);
     assert_int_equal(h.coding[2], 0);
-    assert_int_equal(h.coding[3], 1);
+    assert_int_equal(h.coding[3], 2);
     assert_int_equal(sov_chunk_decode(big, enc, n, y, BIG, &got, "test"), SOV_OK);
     assert_memory_equal(x, y, BIG);
     free(x);
     free(y);
     free(enc);
     sov_codec_destroy(big);
+}
+
+static uint32_t le32(const uint8_t *p) {
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
+/* Where plane k's stored bytes start in an encoded chunk. */
+static const uint8_t *plane_at(const uint8_t *chunk, const sov_chunk_header *h, int k) {
+    size_t at = SOV_CHUNK_HEADER_BYTES;
+    for (int j = 0; j < k; j++)
+        at += h->plane_bytes[j];
+    return chunk + at;
+}
+
+/* Exponents (byte 3 after the sign move, i.e. bits 23..30) outside the window [base, base + 14]. */
+static size_t outside_window(const float *x, size_t n, uint8_t base) {
+    size_t e = 0;
+    for (size_t i = 0; i < n; i++) {
+        uint32_t u;
+        memcpy(&u, &x[i], 4);
+        e += (uint8_t)((uint8_t)(u >> 23) - base) >= 15;
+    }
+    return e;
+}
+
+/* Gaussian weights put nearly every exponent in one window of 15 values: the exponent plane is paired (coding 2),
+ * the exponents outside the window are its escapes, and the result is smaller than literals alone would be. */
+static void exponent_planes_are_paired(void **state) {
+    (void)state;
+    static float x[MAX / 4];
+    gaussian(x, MAX / 4, 7);
+    size_t n = round_trip(x, sizeof x, 4);
+    sov_chunk_header h;
+    assert_int_equal(sov_chunk_parse_header(out, &h, "test"), SOV_OK);
+    assert_int_equal(h.coding[3], 2);
+    const uint8_t *p = plane_at(out, &h, 3);
+    assert_int_equal(le32(p + 4), outside_window(x, MAX / 4, p[0]));
+    assert_true((double)sizeof x / (double)n > 1.19); /* the order-0 bound of such weights is ~1.21 */
+    static uint16_t b[MAX / 2];
+    for (size_t i = 0; i < MAX / 2; i++) {
+        uint32_t u;
+        memcpy(&u, &x[i % (MAX / 4)], 4);
+        b[i] = (uint16_t)(u >> 16);
+    }
+    round_trip(b, sizeof b, 2);
+    assert_int_equal(sov_chunk_parse_header(out, &h, "test"), SOV_OK);
+    assert_int_equal(h.coding[1], 2);
+}
+
+/* Escapes anywhere: the first and last element of an odd count, a whole block of 64 of them, a spread of others;
+ * many enough to go as a zstd frame, or one alone, stored as it is. */
+static void pair_escapes_round_trip(void **state) {
+    (void)state;
+    enum { N = MAX / 4 - 1 };
+    static float x[N];
+    gaussian(x, N, 8);
+    x[0] = 1e30f;
+    x[N - 1] = -1e-30f;
+    for (size_t i = 64; i < 128; i++)
+        x[i] = 1e20f;
+    for (size_t i = 200; i < N; i += 97)
+        x[i] = 3e10f;
+    round_trip(x, sizeof x, 4);
+    sov_chunk_header h;
+    assert_int_equal(sov_chunk_parse_header(out, &h, "test"), SOV_OK);
+    assert_int_equal(h.coding[3], 2);
+    const uint8_t *p = plane_at(out, &h, 3);
+    assert_int_equal(le32(p + 4), outside_window(x, N, p[0]));
+    assert_true(le32(p + 4) >= 64 + 2 + 100);
+    assert_int_equal(p[1], 1); /* the escapes as a zstd frame */
+    gaussian(x, N, 9);
+    x[N / 2] = 1e30f;
+    round_trip(x, sizeof x, 4);
+    assert_int_equal(sov_chunk_parse_header(out, &h, "test"), SOV_OK);
+    p = plane_at(out, &h, 3);
+    assert_int_equal(h.coding[3], 2);
+    assert_int_equal(p[1], 0); /* as they are */
+    assert_true(le32(p + 4) >= 1);
+}
+
+/* Rewrites a chunk's checksums after a change, so that only the decoder's own checks can catch it. */
+static void reseal(uint8_t *chunk, size_t n) {
+    uint64_t stored = XXH3_64bits(chunk + SOV_CHUNK_HEADER_BYTES, n - SOV_CHUNK_HEADER_BYTES), head;
+    for (int i = 0; i < 8; i++)
+        chunk[32 + i] = (uint8_t)(stored >> 8 * i);
+    head = XXH3_64bits(chunk, 104);
+    for (int i = 0; i < 8; i++)
+        chunk[104 + i] = (uint8_t)(head >> 8 * i);
+}
+
+/* A paired plane whose pair header disagrees with its data, checksums resealed: every one refused, none crashes
+ * (the fuzzer explores the rest, tests/fuzz). */
+static void inconsistent_pair_headers_are_refused(void **state) {
+    (void)state;
+    static float x[MAX / 4];
+    gaussian(x, MAX / 4, 10);
+    for (size_t i = 3; i < MAX / 4; i += 61)
+        x[i] = 1e25f; /* about 270 escapes, a frame of them */
+    size_t n = round_trip(x, sizeof x, 4), got;
+    sov_chunk_header h;
+    assert_int_equal(sov_chunk_parse_header(out, &h, "test"), SOV_OK);
+    assert_int_equal(h.coding[3], 2);
+    size_t at = (size_t)(plane_at(out, &h, 3) - out);
+    assert_int_equal(out[at + 1], 1);
+    static uint8_t bad[SOV_CHUNK_HEADER_BYTES + MAX];
+    struct { size_t offset; int delta; } edits[] = {
+        {1, 1},  {1, -1}, {2, 1},   {3, 7},   /* escape coding 2, then 0 (a frame read as raw bytes); reserved */
+        {4, 1},  {4, -1}, {7, 1},             /* escape count: one more, one fewer, far more than the plane */
+        {8, 1},  {8, -1}, {11, 1},            /* the codes' frame size */
+    };
+    for (size_t e = 0; e < sizeof edits / sizeof edits[0]; e++) {
+        memcpy(bad, out, n);
+        bad[at + edits[e].offset] = (uint8_t)(bad[at + edits[e].offset] + edits[e].delta);
+        reseal(bad, n);
+        if (sov_chunk_decode(codec, bad, n, back, sizeof back, &got, "test") == SOV_OK)
+            fail_msg("pair header byte %zu %+d was accepted", edits[e].offset, edits[e].delta);
+    }
 }
 
 static void entropy_of_known_bytes(void **state) {
@@ -166,6 +285,9 @@ int main(void) {
         cmocka_unit_test(other_sizes_round_trip),
         cmocka_unit_test(every_single_byte_corruption_is_detected),
         cmocka_unit_test(large_chunks_and_plane_placements),
+        cmocka_unit_test(exponent_planes_are_paired),
+        cmocka_unit_test(pair_escapes_round_trip),
+        cmocka_unit_test(inconsistent_pair_headers_are_refused),
         cmocka_unit_test(entropy_of_known_bytes),
     };
     return cmocka_run_group_tests(tests, setup, teardown);

@@ -4,6 +4,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -34,62 +35,67 @@ static sov_status write_direct(int fd, const char *path, const uint8_t *block, s
     return SOV_OK;
 }
 
-/* The helper: writes each block it is handed, in order, and reports the first failure. */
+/* The helper: writes the queued blocks in order and reports the first failure (after which it only drains the
+ * queue). It keeps the default policy even when its creator runs under SCHED_BATCH (the checkpoint writer does):
+ * the disk waits whenever this thread waits for a core. */
 static void *io_main(void *arg) {
     sov_stream *s = arg;
+    struct sched_param none = {0};
+    (void)pthread_setschedparam(pthread_self(), SCHED_OTHER, &none);
     pthread_mutex_lock(&s->lock);
     for (;;) {
-        while (!s->io_block && !s->io_stop)
+        while (!s->queued && !s->io_stop)
             pthread_cond_wait(&s->changed, &s->lock);
-        if (!s->io_block)
+        if (!s->queued)
             break;
-        const uint8_t *block = s->io_block;
-        size_t n = s->io_bytes;
-        uint64_t offset = s->io_offset;
-        int failed = s->io_status != SOV_OK;
+        int b = s->head, failed = s->io_status != SOV_OK;
         pthread_mutex_unlock(&s->lock);
-        sov_status st = failed ? SOV_OK : write_direct(s->fd, s->path, block, n, offset);
+        sov_status st = failed ? SOV_OK : write_direct(s->fd, s->path, s->buf[b], s->io_bytes[b], s->io_offset[b]);
         pthread_mutex_lock(&s->lock);
         if (st != SOV_OK) {
             s->io_status = st;
             snprintf(s->io_error, sizeof s->io_error, "%s", sov_last_error());
         }
-        s->io_block = NULL;
+        s->head = (s->head + 1) % SOV_STREAM_BLOCKS;
+        s->queued--;
         pthread_cond_broadcast(&s->changed);
     }
     pthread_mutex_unlock(&s->lock);
     return NULL;
 }
 
-/* Waits until the helper is idle; returns its first failure. */
+/* Waits until the helper has written every queued block; returns its first failure. */
 static sov_status io_idle(sov_stream *s) {
     pthread_mutex_lock(&s->lock);
-    while (s->io_block)
+    while (s->queued)
         pthread_cond_wait(&s->changed, &s->lock);
     sov_status st = s->io_status;
     pthread_mutex_unlock(&s->lock);
     return st == SOV_OK ? SOV_OK : sov_fail(st, "%s", s->io_error);
 }
 
-/* Hands the current block (n bytes, aligned) to the helper and switches to the other one. */
+/* Queues the block being filled (n bytes, aligned) for the helper and moves on to the next one, once that one is
+ * free: not waiting to be written, nor being written. */
 static sov_status hand_over(sov_stream *s, size_t n) {
-    SOV_CHECK(io_idle(s));
     pthread_mutex_lock(&s->lock);
-    s->io_block = s->buf[s->cur];
-    s->io_bytes = n;
-    s->io_offset = s->pos - s->fill;
+    while (s->queued == SOV_STREAM_BLOCKS - 1)
+        pthread_cond_wait(&s->changed, &s->lock);
+    sov_status st = s->io_status;
+    s->io_bytes[s->cur] = n;
+    s->io_offset[s->cur] = s->pos - s->fill;
+    s->queued++;
     pthread_cond_broadcast(&s->changed);
     pthread_mutex_unlock(&s->lock);
-    s->cur ^= 1;
+    s->cur = (s->cur + 1) % SOV_STREAM_BLOCKS;
     s->fill = 0;
-    return SOV_OK;
+    return st == SOV_OK ? SOV_OK : sov_fail(st, "%s", s->io_error);
 }
 
 static void io_stop(sov_stream *s) {
     if (!s->io_started)
         return;
     pthread_mutex_lock(&s->lock);
-    while (s->io_block)
+    while (s->queued)
         pthread_cond_wait(&s->changed, &s->lock);
     s->io_stop = 1;
     pthread_cond_broadcast(&s->changed);
@@ -103,8 +109,8 @@ static void io_stop(sov_stream *s) {
 sov_status sov_stream_open(sov_stream *s, const char *path, void *scratch) {
     memset(s, 0, sizeof *s);
     snprintf(s->path, sizeof s->path, "%s", path);
-    s->buf[0] = scratch;
-    s->buf[1] = (uint8_t *)scratch + SOV_STREAM_BLOCK;
+    for (int b = 0; b < SOV_STREAM_BLOCKS; b++)
+        s->buf[b] = (uint8_t *)scratch + (size_t)b * SOV_STREAM_BLOCK;
     s->fd = -1;
     if (direct_wanted()) {
         s->fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_DIRECT, 0644);

@@ -2,10 +2,10 @@
  *
  * Where the filesystem supports it, the file is written with O_DIRECT: data goes from reused, aligned buffers
  * straight to the disk, with no copy into the page cache and no page-cache memory to allocate (on these VMs a
- * fresh page costs more than the copy), and the final fsync has nothing left to flush. The buffers are two: while
- * a helper thread writes one block, the caller fills the other, so the disk never waits for the copy. Elsewhere
- * (or with SOVTRAIN_CKPT_DIRECT=0) writes are buffered and written back window by window while the caller goes
- * on. */
+ * fresh page costs more than the copy), and the final fsync has nothing left to flush. A helper thread writes the
+ * blocks in order while the caller fills the next ones, in a ring of four: when the disk finishes a block the next
+ * one is usually waiting, even if the caller was late with it. Elsewhere (or with SOVTRAIN_CKPT_DIRECT=0) writes
+ * are buffered and written back window by window while the caller goes on. */
 #ifndef SOV_CKPT_STREAM_H
 #define SOV_CKPT_STREAM_H
 
@@ -16,27 +16,28 @@
 #include <stdint.h>
 
 #define SOV_STREAM_ALIGN 4096
-#define SOV_STREAM_BLOCK ((size_t)4 << 20)          /* one direct write */
-#define SOV_STREAM_SCRATCH (2 * SOV_STREAM_BLOCK) /* the scratch a stream needs: two blocks */
+#define SOV_STREAM_BLOCK ((size_t)4 << 20) /* one direct write */
+#define SOV_STREAM_BLOCKS 4                /* the ring */
+#define SOV_STREAM_SCRATCH (SOV_STREAM_BLOCKS * SOV_STREAM_BLOCK) /* the scratch a stream needs */
 
 typedef struct sov_stream {
     int fd;
     int direct;       /* 1 when writing with O_DIRECT */
     char path[4400];
-    uint8_t *buf[2];  /* SOV_STREAM_BLOCK bytes each, within the caller's scratch */
-    int cur;          /* the block being filled (direct) */
+    uint8_t *buf[SOV_STREAM_BLOCKS]; /* SOV_STREAM_BLOCK bytes each, within the caller's scratch */
+    int cur;          /* direct: the block being filled; the caller's alone */
     size_t fill;      /* bytes waiting in it */
     uint64_t pos;     /* bytes written by the caller */
     uint64_t begun;   /* buffered: writeback started for [0, begun) */
     uint64_t waited;  /* buffered: [0, waited) is on the disk */
-    /* direct: the helper thread and the one block handed to it */
+    /* direct: the helper thread and the blocks queued for it, buf[head] (being written) onwards; under lock */
     pthread_t io;
     int io_started;
     pthread_mutex_t lock;
     pthread_cond_t changed;
-    const uint8_t *io_block; /* NULL when the helper is idle */
-    size_t io_bytes;
-    uint64_t io_offset;
+    int head, queued;
+    size_t io_bytes[SOV_STREAM_BLOCKS];
+    uint64_t io_offset[SOV_STREAM_BLOCKS];
     int io_stop;
     sov_status io_status; /* the first failed write, with its message */
     char io_error[512];

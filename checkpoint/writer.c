@@ -1,6 +1,7 @@
 /* writer.c: asynchronous, parallel, atomic checkpoint saving. See ckpt.h for the protocol. */
 #include "ckpt.h"
 #include "codec.h"
+#include "copy.h"
 #include "fsio.h"
 #include "stream.h"
 
@@ -663,7 +664,7 @@ static sov_status snapshot(sov_ckpt_writer *w, const sov_ckpt_state *s) {
             n = w->opt.copy_to_host ? bytes : w->running ? SNAPSHOT_BLOCK : first - at; /* few copies from a GPU */
             n = bytes - done < n ? bytes - done : n;
             sov_status st = w->opt.copy_to_host ? w->opt.copy_to_host(w->opt.memory_ctx, w->staging + at, src + done, n)
-                                                : (memcpy(w->staging + at, src + done, n), SOV_OK);
+                                                : (sov_copy_to_staging(w->staging + at, src + done, n), SOV_OK);
             if (st != SOV_OK) {
                 snapshot_publish(w, at, 1);
                 return st;

@@ -1,13 +1,15 @@
 /* A snapshot that fails part-way (a device-to-host copy that errs, say): the save reports it once, nothing of that
  * step is committed, the previous checkpoint stays latest and the next save works; when the writer of a rank
  * other than 0 never started, that rank still tells rank 0 (rank-<r>.failed), so rank 0 does not wait for it.
- * The copies go through the options' copy_to_host hook, as a GPU job's do. */
+ * The copies go through the options' copy_to_host hook, as a GPU job's do. And the host copy into staging (streaming
+ * stores from 1 to 16 MiB) is exact at every size and alignment around its thresholds. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <cmocka.h>
 
 #include "ckpt.h"
+#include "copy.h"
 #include "fsio.h"
 
 #include <stdio.h>
@@ -116,10 +118,39 @@ static void failure_before_a_writer_started_is_reported_to_rank_0(void **state) 
     free(x);
 }
 
+/* Sizes across both thresholds and the 128-byte body, destinations at every kind of misalignment: each copy equals
+ * its source and leaves the bytes around it alone. */
+static void staging_copy_is_exact(void **state) {
+    (void)state;
+    const size_t sizes[] = {0, 1, 127, (1 << 20) - 1, 1 << 20, (1 << 20) + 77, (3 << 20) + 5, (16 << 20) - 1, 16 << 20};
+    const size_t dst_at[] = {0, 1, 2, 63, 64, 100}, src_at[] = {0, 3};
+    size_t cap = (16 << 20) + 256;
+    uint8_t *src = malloc(cap), *dst = malloc(cap);
+    assert_non_null(src);
+    assert_non_null(dst);
+    for (size_t i = 0; i < cap; i++)
+        src[i] = (uint8_t)(i * 2654435761u >> 13);
+    for (size_t a = 0; a < sizeof sizes / sizeof sizes[0]; a++)
+        for (size_t b = 0; b < sizeof dst_at / sizeof dst_at[0]; b++)
+            for (size_t c = 0; c < sizeof src_at / sizeof src_at[0]; c++) {
+                size_t n = sizes[a], d = dst_at[b], s = src_at[c];
+                memset(dst, 0xa5, n + d + 128);
+                sov_copy_to_staging(dst + d, src + s, n);
+                assert_memory_equal(dst + d, src + s, n);
+                for (size_t i = 0; i < d; i++)
+                    assert_int_equal(dst[i], 0xa5);
+                for (size_t i = d + n; i < d + n + 128; i++)
+                    assert_int_equal(dst[i], 0xa5);
+            }
+    free(src);
+    free(dst);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(failure_after_the_writer_started),
         cmocka_unit_test(failure_before_a_writer_started_is_reported_to_rank_0),
+        cmocka_unit_test(staging_copy_is_exact),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

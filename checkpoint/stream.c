@@ -74,8 +74,9 @@ static sov_status io_idle(sov_stream *s) {
     return st == SOV_OK ? SOV_OK : sov_fail(st, "%s", s->io_error);
 }
 
-/* Queues the block being filled (n bytes, aligned) for the helper and moves on to the next one, once that one is
- * free: not waiting to be written, nor being written. */
+/* Queues the first n bytes of the block being filled (n aligned) for the helper and moves on to the next block,
+ * once that one is free: not waiting to be written, nor being written. What the block holds beyond n (less than
+ * one alignment unit, after an early hand-over) moves to the start of the next. */
 static sov_status hand_over(sov_stream *s, size_t n) {
     pthread_mutex_lock(&s->lock);
     while (s->queued == SOV_STREAM_BLOCKS - 1)
@@ -86,9 +87,19 @@ static sov_status hand_over(sov_stream *s, size_t n) {
     s->queued++;
     pthread_cond_broadcast(&s->changed);
     pthread_mutex_unlock(&s->lock);
-    s->cur = (s->cur + 1) % SOV_STREAM_BLOCKS;
-    s->fill = 0;
+    int next = (s->cur + 1) % SOV_STREAM_BLOCKS;
+    size_t rest = s->fill > n ? s->fill - n : 0;
+    memcpy(s->buf[next], s->buf[s->cur] + n, rest);
+    s->cur = next;
+    s->fill = rest;
     return st == SOV_OK ? SOV_OK : sov_fail(st, "%s", s->io_error);
+}
+
+static int disk_idle(sov_stream *s) {
+    pthread_mutex_lock(&s->lock);
+    int idle = s->queued == 0;
+    pthread_mutex_unlock(&s->lock);
+    return idle;
 }
 
 static void io_stop(sov_stream *s) {
@@ -167,6 +178,10 @@ sov_status sov_stream_write(sov_stream *s, const void *data, size_t n) {
         if (s->fill == SOV_STREAM_BLOCK)
             SOV_CHECK(hand_over(s, SOV_STREAM_BLOCK));
     }
+    /* The disk has nothing to do and a part of a block is waiting: it goes now rather than when the block is full
+     * (at the start of a save, and whenever the encoders fall behind the disk) */
+    if (s->fill >= SOV_STREAM_EAGER && disk_idle(s))
+        SOV_CHECK(hand_over(s, s->fill / SOV_STREAM_ALIGN * SOV_STREAM_ALIGN));
     return SOV_OK;
 }
 

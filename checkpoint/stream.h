@@ -4,7 +4,8 @@
  * straight to the disk, with no copy into the page cache and no page-cache memory to allocate (on these VMs a
  * fresh page costs more than the copy), and the final fsync has nothing left to flush. A helper thread writes the
  * blocks in order while the caller fills the next ones, in a ring of four: when the disk finishes a block the next
- * one is usually waiting, even if the caller was late with it. Elsewhere (or with SOVTRAIN_CKPT_DIRECT=0) writes
+ * one is usually waiting, even if the caller was late with it; and when the disk has nothing to do, a block that
+ * holds 1 MiB or more goes at once, partly filled. Elsewhere (or with SOVTRAIN_CKPT_DIRECT=0) writes
  * are buffered and written back window by window while the caller goes on. */
 #ifndef SOV_CKPT_STREAM_H
 #define SOV_CKPT_STREAM_H
@@ -18,6 +19,7 @@
 #define SOV_STREAM_ALIGN 4096
 #define SOV_STREAM_BLOCK ((size_t)4 << 20) /* one direct write */
 #define SOV_STREAM_BLOCKS 4                /* the ring */
+#define SOV_STREAM_EAGER ((size_t)1 << 20) /* a part of a block this large is written at once when the disk idles */
 #define SOV_STREAM_SCRATCH (SOV_STREAM_BLOCKS * SOV_STREAM_BLOCK) /* the scratch a stream needs */
 
 typedef struct sov_stream {

@@ -25,7 +25,8 @@ struct sov_codec {
     uint8_t *planes;     /* max_raw: transformed planes on their way to the compressor (see split_to_places) */
     uint8_t *trial[2];   /* zstd outputs of the two parameter sets, on a sample */
     uint8_t *samples;    /* SAMPLE_BYTES of each plane, SOV_CHUNK_MAX_PLANES planes */
-    uint8_t *pairs;      /* max_raw: the paired plane's packed codes, then its escapes (coding 2, either way) */
+    uint8_t *pairs;      /* max_raw: the paired plane's packed codes, then its escapes (encoding only: at the first
+                          * chunk to pair; decoding unpacks in the output) */
     uint8_t *pass;       /* PASS_ELEMS: the paired plane's bytes of one pass of the split */
     uint8_t pair_base;   /* the paired plane's window, and its escapes so far */
     size_t pair_escapes;
@@ -46,14 +47,12 @@ sov_status sov_codec_create(sov_codec **out, size_t max_raw) {
     c->trial[0] = sov_malloc(c->trial_cap);
     c->trial[1] = sov_malloc(c->trial_cap);
     c->samples = sov_malloc((size_t)SAMPLE_BYTES * SOV_CHUNK_MAX_PLANES);
-    c->pairs = sov_malloc(max_raw);
-    c->pass = sov_malloc(PASS_ELEMS);
     c->raw_hash = sov_xxh3_stream_create();
     c->literal = ZSTD_createCCtx();
     c->level1 = ZSTD_createCCtx();
     c->dctx = ZSTD_createDCtx();
-    if (!c->planes || !c->trial[0] || !c->trial[1] || !c->samples || !c->pairs || !c->pass || !c->raw_hash ||
-        !c->literal || !c->level1 || !c->dctx) {
+    if (!c->planes || !c->trial[0] || !c->trial[1] || !c->samples || !c->raw_hash || !c->literal || !c->level1 ||
+        !c->dctx) {
         sov_codec_destroy(c);
         return sov_fail(SOV_ERR_NOMEM, "checkpoint codec: cannot allocate %zu bytes of scratch", max_raw);
     }
@@ -128,6 +127,9 @@ double sov_entropy_bits(const uint8_t *p, size_t n) {
 }
 
 /* ---- the transform ---- */
+
+/* The format's elements and planes are little-endian, and so is the host this code reads them with. */
+_Static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "the checkpoint codec needs a little-endian host");
 
 /* The transform runs over every byte saved and restored: separate restrict plane pointers let the compiler
  * vectorise both loops (-O3, see CMakeLists.txt), and on x86-64 an AVX2 or AVX-512 clone is chosen at load time
@@ -212,7 +214,7 @@ SOV_SIMD_CLONES static size_t pack_pairs(const uint8_t *restrict plane, size_t n
             code[j] = d < PAIRS_ESCAPE ? d : PAIRS_ESCAPE;
             outside |= (uint8_t)(d >= PAIRS_ESCAPE);
         }
-        for (int j = 0; j < PAIRS_BLOCK / 2; j++) { /* as u16: low byte | high byte << 4 (both < 16) */
+        for (int j = 0; j < PAIRS_BLOCK / 2; j++) { /* as a little-endian u16: low byte | high byte << 4 */
             uint16_t w;
             memcpy(&w, code + 2 * j, 2);
             packed[i / 2 + (size_t)j] = (uint8_t)(w | w >> 4);
@@ -448,7 +450,8 @@ static size_t store_plane(sov_codec *c, int coder, uint8_t *plane, size_t n, uin
             *coding = 2;
             return r;
         }
-        /* no gain: the plane itself, rebuilt from its codes, goes the literals' way */
+        /* no gain: the plane itself, rebuilt from its codes, goes the literals' way. (Hardly reachable: the sample
+         * found at most 1/16 outside the window; it takes a plane that is nearly all escapes elsewhere.) */
         unpack_pairs(c->pairs, n, c->pair_base, c->pairs + (n + 1) / 2, c->pair_escapes, plane);
         coder = CODER_LITERAL;
     }
@@ -494,6 +497,16 @@ static uint64_t split_to_places(sov_codec *c, const uint8_t *raw, size_t count, 
     return sov_xxh3_stream_digest(c->raw_hash);
 }
 
+/* The pairing's scratch, allocated when first needed (a codec that only decodes never needs it); without it, a
+ * plane goes the literals' way. */
+static int pairs_ready(sov_codec *c) {
+    if (!c->pairs)
+        c->pairs = malloc(c->max_raw);
+    if (!c->pass)
+        c->pass = malloc(PASS_ELEMS);
+    return c->pairs && c->pass;
+}
+
 sov_status sov_chunk_encode(sov_codec *c, const void *raw, size_t raw_bytes, int elem_size, void *out,
                             size_t *out_bytes) {
     if (raw_bytes > c->max_raw || (elem_size != 1 && elem_size != 2 && elem_size != 4) || raw_bytes % (size_t)elem_size)
@@ -511,7 +524,7 @@ sov_status sov_chunk_encode(sov_codec *c, const void *raw, size_t raw_bytes, int
         size_t len = gather_samples(c, raw, plane_n, elem_size);
         for (int k = 0; k < h.planes; k++) { /* pairs only for the last plane, the exponent's: see split_to_places */
             coder[k] = choose_coder(c, c->samples + (size_t)k * SAMPLE_BYTES, len, &base);
-            if (coder[k] == CODER_PAIRS && k < h.planes - 1)
+            if (coder[k] == CODER_PAIRS && (k < h.planes - 1 || !pairs_ready(c)))
                 coder[k] = CODER_LITERAL;
             else if (coder[k] == CODER_PAIRS)
                 c->pair_base = base;

@@ -1,8 +1,9 @@
 /* Checkpoint round trip through the public API, one rank: f32 and bf16 buffers of sizes that end mid-chunk and
  * mid-alignment-block come back bitwise (through O_DIRECT files where the filesystem allows them, buffered
  * otherwise: SOVTRAIN_CKPT_DIRECT=0 runs the second path), and a buffer read as the wrong dtype is refused; the
- * encoder pipeline survives hundreds of tiny chunks; format versions 1 and 2 are read, others refused as
- * unsupported. */
+ * encoder pipeline survives hundreds of tiny chunks; a write the system refuses (the file-size limit) fails the
+ * save with the reason and leaves the previous checkpoint the latest; format versions 1 and 2 are read, others
+ * refused as unsupported. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -12,9 +13,12 @@
 #include "fsio.h"
 #include "rng.h"
 
+#include <errno.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 enum { NF = 300007, NB = 200003 }; /* odd counts: chunks and the last 4 KiB block end part-way */
@@ -92,6 +96,44 @@ static void many_small_chunks(void **state) {
         round_trip_chunks((int)(step & 1), 4096, step);
 }
 
+/* The write helper's failure path (direct files) and the buffered one: with the file-size limit below the data
+ * file's size, the save fails naming the file and the cause, nothing hangs, and the checkpoint before it stays. */
+static void refused_writes_fail_the_save(void **state) {
+    (void)state;
+    for (int direct = 1; direct >= 0; direct--) {
+        long good = direct ? 50 : 70; /* each newer than everything before it */
+        round_trip_chunks(direct, 64 << 10, good); /* the previous checkpoint */
+        float *f = malloc(NF * sizeof *f);
+        uint16_t *h = malloc(NB * sizeof *h);
+        fill(f, h);
+        sov_ckpt_writer *w;
+        sov_ckpt_options o = {.keep = 2, .threads = 2, .chunk_bytes = 64 << 10, .commit_timeout_s = 30};
+        assert_int_equal(sov_ckpt_writer_open(&w, dir, 0, 1, &o), SOV_OK);
+        sov_ckpt_state s = {.step = good + 10, .num_buffers = 2};
+        s.buffers[0] = (sov_ckpt_buffer){"params", f, NF, SOV_CKPT_F32};
+        s.buffers[1] = (sov_ckpt_buffer){"weights.bf16", h, NB, SOV_CKPT_BF16};
+        struct rlimit old, small;
+        assert_int_equal(getrlimit(RLIMIT_FSIZE, &old), 0);
+        small = old;
+        small.rlim_cur = 256 << 10; /* the data file is ~1.4 MB */
+        signal(SIGXFSZ, SIG_IGN);   /* so that a write past the limit fails with EFBIG instead of killing us */
+        assert_int_equal(setrlimit(RLIMIT_FSIZE, &small), 0);
+        assert_int_equal(sov_ckpt_save(w, &s, 90 + (uint64_t)direct, NULL, NULL), SOV_OK);
+        sov_status st = sov_ckpt_wait(w, NULL, 0);
+        assert_int_equal(setrlimit(RLIMIT_FSIZE, &old), 0);
+        assert_int_not_equal(st, SOV_OK);
+        assert_non_null(strstr(sov_last_error(), "rank-0.bin"));
+        assert_non_null(strstr(sov_last_error(), strerror(EFBIG)));
+        sov_ckpt_writer_close(w);
+        char latest[4200];
+        assert_int_equal(sov_ckpt_find(dir, latest, sizeof latest, NULL, NULL), SOV_OK);
+        char want[300];
+        snprintf(want, sizeof want, "step-%ld", good);
+        assert_non_null(strstr(latest, want));
+        free(f), free(h);
+    }
+}
+
 /* The manifest of the checkpoint at path rewritten with another format_version, and sealed again. */
 static void set_version(const char *path, int from, int to) {
     char file[4300], *text, key[64];
@@ -130,6 +172,7 @@ int main(void) {
         cmocka_unit_test(direct_files),
         cmocka_unit_test(buffered_files),
         cmocka_unit_test(many_small_chunks),
+        cmocka_unit_test(refused_writes_fail_the_save),
         cmocka_unit_test(format_versions),
     };
     return cmocka_run_group_tests(tests, setup, teardown);

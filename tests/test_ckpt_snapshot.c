@@ -123,9 +123,9 @@ static void failure_before_a_writer_started_is_reported_to_rank_0(void **state) 
 static void staging_copy_is_exact(void **state) {
     (void)state;
     const size_t sizes[] = {0, 1, 127, (1 << 20) - 1, 1 << 20, (1 << 20) + 77, (3 << 20) + 5, (16 << 20) - 1, 16 << 20};
-    const size_t dst_at[] = {0, 1, 2, 63, 64, 100}, src_at[] = {0, 3};
+    const size_t dst_at[] = {0, 1, 2, 48, 63, 64, 100}, src_at[] = {0, 3};
     size_t cap = (16 << 20) + 256;
-    uint8_t *src = malloc(cap), *dst = malloc(cap);
+    uint8_t *src = malloc(cap), *dst = aligned_alloc(64, cap); /* so that offset 0 is a 64-byte aligned start */
     assert_non_null(src);
     assert_non_null(dst);
     for (size_t i = 0; i < cap; i++)

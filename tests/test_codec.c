@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <xxhash.h>
+#include <zstd.h>
 
 enum { MAX = 1 << 16 };
 
@@ -164,6 +165,16 @@ static const uint8_t *plane_at(const uint8_t *chunk, const sov_chunk_header *h, 
     return chunk + at;
 }
 
+/* Round-trips count f32 values, which must come out with their exponent plane (the last) paired; *h gets the
+ * header and *pair_at the offset of that plane in `out`. Returns the chunk's size. */
+static size_t paired_chunk(const float *x, size_t count, sov_chunk_header *h, size_t *pair_at) {
+    size_t n = round_trip(x, count * 4, 4);
+    assert_int_equal(sov_chunk_parse_header(out, h, "test"), SOV_OK);
+    assert_int_equal(h->coding[3], 2);
+    *pair_at = (size_t)(plane_at(out, h, 3) - out);
+    return n;
+}
+
 /* Exponents (byte 3 after the sign move, i.e. bits 23..30) outside the window [base, base + 14]. */
 static size_t outside_window(const float *x, size_t n, uint8_t base) {
     size_t e = 0;
@@ -176,16 +187,14 @@ static size_t outside_window(const float *x, size_t n, uint8_t base) {
 }
 
 /* Gaussian weights put nearly every exponent in one window of 15 values: the exponent plane is paired (coding 2),
- * the exponents outside the window are its escapes, and the result is smaller than literals alone would be. */
+ * the exponents outside the window are its escapes, and the ratio stays near the order-0 bound. */
 static void exponent_planes_are_paired(void **state) {
     (void)state;
     static float x[MAX / 4];
     gaussian(x, MAX / 4, 7);
-    size_t n = round_trip(x, sizeof x, 4);
     sov_chunk_header h;
-    assert_int_equal(sov_chunk_parse_header(out, &h, "test"), SOV_OK);
-    assert_int_equal(h.coding[3], 2);
-    const uint8_t *p = plane_at(out, &h, 3);
+    size_t at, n = paired_chunk(x, MAX / 4, &h, &at);
+    const uint8_t *p = out + at;
     assert_int_equal(le32(p + 4), outside_window(x, MAX / 4, p[0]));
     assert_true((double)sizeof x / (double)n > 1.19); /* the order-0 bound of such weights is ~1.21 */
     static uint16_t b[MAX / 2];
@@ -212,20 +221,17 @@ static void pair_escapes_round_trip(void **state) {
         x[i] = 1e20f;
     for (size_t i = 200; i < N; i += 97)
         x[i] = 3e10f;
-    round_trip(x, sizeof x, 4);
     sov_chunk_header h;
-    assert_int_equal(sov_chunk_parse_header(out, &h, "test"), SOV_OK);
-    assert_int_equal(h.coding[3], 2);
-    const uint8_t *p = plane_at(out, &h, 3);
+    size_t at;
+    paired_chunk(x, N, &h, &at);
+    const uint8_t *p = out + at;
     assert_int_equal(le32(p + 4), outside_window(x, N, p[0]));
     assert_true(le32(p + 4) >= 64 + 2 + 100);
     assert_int_equal(p[1], 1); /* the escapes as a zstd frame */
     gaussian(x, N, 9);
     x[N / 2] = 1e30f;
-    round_trip(x, sizeof x, 4);
-    assert_int_equal(sov_chunk_parse_header(out, &h, "test"), SOV_OK);
-    p = plane_at(out, &h, 3);
-    assert_int_equal(h.coding[3], 2);
+    paired_chunk(x, N, &h, &at);
+    p = out + at;
     assert_int_equal(p[1], 0); /* as they are */
     assert_true(le32(p + 4) >= 1);
 }
@@ -248,17 +254,25 @@ static void inconsistent_pair_headers_are_refused(void **state) {
     gaussian(x, MAX / 4, 10);
     for (size_t i = 3; i < MAX / 4; i += 61)
         x[i] = 1e25f; /* about 270 escapes, a frame of them */
-    size_t n = round_trip(x, sizeof x, 4), got;
     sov_chunk_header h;
-    assert_int_equal(sov_chunk_parse_header(out, &h, "test"), SOV_OK);
-    assert_int_equal(h.coding[3], 2);
-    size_t at = (size_t)(plane_at(out, &h, 3) - out);
+    size_t at, got, n = paired_chunk(x, MAX / 4, &h, &at);
     assert_int_equal(out[at + 1], 1);
     static uint8_t bad[SOV_CHUNK_HEADER_BYTES + MAX];
-    struct { size_t offset; int delta; } edits[] = {
-        {1, 1},  {1, -1}, {2, 1},   {3, 7},   /* escape coding 2, then 0 (a frame read as raw bytes); reserved */
-        {4, 1},  {4, -1}, {7, 1},             /* escape count: one more, one fewer, far more than the plane */
-        {8, 1},  {8, -1}, {11, 1},            /* the codes' frame size */
+    struct {
+        size_t offset;
+        int delta;
+        const char *says; /* which of the decoder's checks must catch it */
+    } edits[] = {
+        {1, 1, "bad pair-coding header"},  /* escape coding 2 */
+        {1, -1, "escapes are not"},        /* 0: the escapes' frame read as raw bytes */
+        {2, 1, "bad pair-coding header"},  /* the zero bytes */
+        {3, 7, "bad pair-coding header"},
+        {4, 1, "escapes are not"},         /* one escape more than the frame holds, one fewer */
+        {4, -1, "escapes are not"},
+        {7, 1, "bad pair-coding header"},  /* far more escapes than the plane has bytes */
+        {8, 1, "codes do not decompress"}, /* the codes' frame one byte longer, one shorter, past the plane */
+        {8, -1, "codes do not decompress"},
+        {11, 1, "bad pair-coding header"},
     };
     for (size_t e = 0; e < sizeof edits / sizeof edits[0]; e++) {
         memcpy(bad, out, n);
@@ -266,6 +280,69 @@ static void inconsistent_pair_headers_are_refused(void **state) {
         reseal(bad, n);
         if (sov_chunk_decode(codec, bad, n, back, sizeof back, &got, "test") == SOV_OK)
             fail_msg("pair header byte %zu %+d was accepted", edits[e].offset, edits[e].delta);
+        if (!strstr(sov_last_error(), edits[e].says))
+            fail_msg("pair header byte %zu %+d: \"%s\", expected \"%s\"", edits[e].offset, edits[e].delta,
+                     sov_last_error(), edits[e].says);
+    }
+}
+
+static void put_le(uint8_t *p, uint64_t v, int bytes) {
+    for (int i = 0; i < bytes; i++)
+        p[i] = (uint8_t)(v >> 8 * i);
+}
+
+/* Chunks that decode to the right bytes but are not what the writer makes, so only the decoder's own checks can
+ * refuse them: an escape more than the codes call for, and an odd plane whose last, unused nibble is not 0. Both
+ * edit the last plane, the paired one, which ends the chunk. */
+static void non_canonical_pairs_are_refused(void **state) {
+    (void)state;
+    enum { N = MAX / 4 - 1 }; /* odd */
+    static float x[N];
+    gaussian(x, N, 11);
+    x[5] = 1e30f; /* a few escapes, stored as they are */
+    sov_chunk_header h;
+    size_t at, got, n = paired_chunk(x, N, &h, &at);
+    assert_int_equal(out[at + 1], 0);
+    static uint8_t bad[SOV_CHUNK_HEADER_BYTES + MAX + 4096];
+    /* one more escape byte at the end, counted in the pair header, the plane and the payload */
+    memcpy(bad, out, n);
+    bad[n] = 0x7f;
+    put_le(bad + at + 4, le32(out + at + 4) + 1, 4);
+    put_le(bad + 48 + 4 * 3, h.plane_bytes[3] + 1, 4);
+    put_le(bad + 16, h.stored_bytes + 1, 8);
+    reseal(bad, n + 1);
+    assert_int_not_equal(sov_chunk_decode(codec, bad, n + 1, back, sizeof back, &got, "test"), SOV_OK);
+    assert_non_null(strstr(sov_last_error(), "codes do not match"));
+    /* the codes' frame made again with the unused nibble set */
+    size_t half = (N + 1) / 2, frame = le32(out + at + 8), tail = h.plane_bytes[3] - 12 - frame;
+    static uint8_t codes[MAX / 8 + 1];
+    assert_int_equal(ZSTD_decompress(codes, half, out + at + 12, frame), half);
+    codes[half - 1] |= 0x10;
+    size_t reframed = ZSTD_compress(bad + at + 12, sizeof bad - at - 12 - tail, codes, half, 1);
+    assert_false(ZSTD_isError(reframed));
+    memcpy(bad, out, at + 12);
+    memcpy(bad + at + 12 + reframed, out + at + 12 + frame, tail);
+    size_t plane = 12 + reframed + tail, len = at + plane;
+    put_le(bad + at + 8, reframed, 4);
+    put_le(bad + 48 + 4 * 3, plane, 4);
+    put_le(bad + 16, len - SOV_CHUNK_HEADER_BYTES, 8);
+    reseal(bad, len);
+    assert_int_not_equal(sov_chunk_decode(codec, bad, len, back, sizeof back, &got, "test"), SOV_OK);
+    assert_non_null(strstr(sov_last_error(), "codes do not match"));
+}
+
+/* A paired chunk bit-flipped: every byte of its header and of the pair header, and a spread of the rest. */
+static void corruption_of_a_paired_chunk_is_detected(void **state) {
+    (void)state;
+    static float x[MAX / 4];
+    gaussian(x, MAX / 4, 12);
+    sov_chunk_header h;
+    size_t at, got, n = paired_chunk(x, MAX / 4, &h, &at);
+    for (size_t i = 0; i < n; i += i < SOV_CHUNK_HEADER_BYTES || (i >= at && i < at + 64) ? 1 : 13) {
+        out[i] ^= 0x10;
+        if (sov_chunk_decode(codec, out, n, back, sizeof back, &got, "test") == SOV_OK)
+            fail_msg("byte %zu of %zu flipped went undetected", i, n);
+        out[i] ^= 0x10;
     }
 }
 
@@ -288,6 +365,8 @@ int main(void) {
         cmocka_unit_test(exponent_planes_are_paired),
         cmocka_unit_test(pair_escapes_round_trip),
         cmocka_unit_test(inconsistent_pair_headers_are_refused),
+        cmocka_unit_test(non_canonical_pairs_are_refused),
+        cmocka_unit_test(corruption_of_a_paired_chunk_is_detected),
         cmocka_unit_test(entropy_of_known_bytes),
     };
     return cmocka_run_group_tests(tests, setup, teardown);

@@ -5,8 +5,8 @@
  * fresh page costs more than the copy), and the final fsync has nothing left to flush. A helper thread writes the
  * blocks in order while the caller fills the next ones, in a ring of four: when the disk finishes a block the next
  * one is usually waiting, even if the caller was late with it; and when the disk has nothing to do, a block that
- * holds 1 MiB or more goes at once, partly filled. Elsewhere (or with SOVTRAIN_CKPT_DIRECT=0) writes
- * are buffered and written back window by window while the caller goes on. */
+ * holds 1 MiB or more goes at once, partly filled. Elsewhere (or with SOVTRAIN_CKPT_DIRECT=0) writes are
+ * buffered and written back window by window while the caller goes on. */
 #ifndef SOV_CKPT_STREAM_H
 #define SOV_CKPT_STREAM_H
 

@@ -647,15 +647,12 @@ static sov_status start_writer(sov_ckpt_writer *w) {
     return SOV_OK;
 }
 
-/* The snapshot: one copy of this rank's share into staging (two threads copy no faster here); from a GPU, one
+/* The snapshot: one copy of this rank's share (`share` bytes, as planned) into staging (two threads copy no faster here); from a GPU, one
  * device-to-host copy per piece into pinned memory. Once SNAPSHOT_FIRST bytes are copied, the writer starts and
  * encodes each block as soon as it is final, so that writing a large state overlaps the stall; a small state is
  * copied whole first (its copy is short, and threads starting beside it would only slow it down). */
-static sov_status snapshot(sov_ckpt_writer *w, const sov_ckpt_state *s) {
-    size_t at = 0, total = 0;
-    for (int p = 0; p < w->npieces; p++)
-        total += w->pieces[p].count * w->elem_bytes[w->pieces[p].buffer];
-    size_t first = total > SNAPSHOT_BLOCK ? SNAPSHOT_FIRST : SNAPSHOT_BLOCK; /* copied before the writer starts */
+static sov_status snapshot(sov_ckpt_writer *w, const sov_ckpt_state *s, size_t share) {
+    size_t at = 0, first = share > SNAPSHOT_BLOCK ? SNAPSHOT_FIRST : SNAPSHOT_BLOCK; /* before the writer starts */
     for (int p = 0; p < w->npieces; p++) {
         const piece *pc = &w->pieces[p];
         size_t elem = w->elem_bytes[pc->buffer], bytes = pc->count * elem;
@@ -694,7 +691,8 @@ sov_status sov_ckpt_save(sov_ckpt_writer *w, const sov_ckpt_state *s, uint64_t s
         if (s->buffers[b].dtype != SOV_CKPT_F32 && s->buffers[b].dtype != SOV_CKPT_BF16)
             return sov_fail(SOV_ERR_INVALID, "checkpoint: buffer \"%s\" has unknown dtype %d", s->buffers[b].name,
                             (int)s->buffers[b].dtype);
-    SOV_CHECK(reserve_staging(w, plan_share(w, s)));
+    size_t share = plan_share(w, s);
+    SOV_CHECK(reserve_staging(w, share));
     json_decref(w->manifest_base);
     w->manifest_base = w->rank == 0 ? manifest_base(w, s) : NULL;
     w->started = t1;
@@ -703,7 +701,7 @@ sov_status sov_ckpt_save(sov_ckpt_writer *w, const sov_ckpt_state *s, uint64_t s
     w->status = SOV_OK;
     w->committed[0] = '\0';
     snapshot_publish(w, 0, 0);
-    sov_status st = snapshot(w, s);
+    sov_status st = snapshot(w, s, share);
     if (stall_s)
         *stall_s = sov_now() - t1;
     if (st != SOV_OK) { /* a writer already started gives up on this save; its failure is this one, reported once */

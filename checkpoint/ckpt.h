@@ -20,8 +20,11 @@
 
 #include <jansson.h>
 
-#define SOV_CKPT_FORMAT_VERSION 2        /* written; 2 added plane coding 2 (docs/checkpoint-format.md) */
+/* written (docs/checkpoint-format.md): 2 added plane coding 2; 3 puts every chunk of a data file at a multiple
+ * of 4096 bytes, zero-padded */
+#define SOV_CKPT_FORMAT_VERSION 3
 #define SOV_CKPT_FORMAT_VERSION_OLDEST 1 /* the oldest still read */
+#define SOV_CKPT_CHUNK_ALIGN 4096        /* from version 3 */
 #define SOV_CKPT_MAX_BUFFERS 4
 
 /* Element types a buffer may hold: f32 (optimizer state, master weights) or bf16 (weights of a bf16 job). */

@@ -33,11 +33,50 @@ struct sov_ckpt {
     json_t *manifest;
     long step;
     size_t chunk_bytes;
+    uint64_t align; /* where chunks start in a data file: multiples of this (1: back to back) */
     decoder decoders[MAX_READ_THREADS];
 };
 
 static sov_status bad(const sov_ckpt *c, const char *what) {
     return sov_fail(SOV_ERR_FORMAT, "%s/manifest.json: %s", c->path, what);
+}
+
+static int by_start(const void *a, const void *b) {
+    const uint64_t *x = a, *y = b;
+    return x[0] < y[0] ? -1 : x[0] > y[0];
+}
+
+/* The chunks of data file fi (entry f) lie where the format puts them: sorted by offset, the first at 0 and each
+ * next one at the first multiple of c->align at or after the end of the one before, and the file ends where the
+ * last one does. Every byte of the file then belongs to a chunk or to the zeros after one, which a read checks. */
+static sov_status check_layout(const sov_ckpt *c, size_t fi, json_t *f) {
+    json_t *chunks = json_object_get(f, "chunks"), *size = json_object_get(f, "bytes"), *ch;
+    size_t n = json_array_size(chunks), i;
+    uint64_t(*span)[2] = sov_malloc((n ? n : 1) * sizeof *span);
+    if (!span)
+        return SOV_ERR_NOMEM;
+    json_array_foreach(chunks, i, ch) {
+        json_t *fo = json_object_get(ch, "file_offset"), *by = json_object_get(ch, "bytes");
+        if (!json_is_integer(fo) || !json_is_integer(by) || json_integer_value(fo) < 0 ||
+            json_integer_value(by) < SOV_CHUNK_HEADER_BYTES ||
+            (uint64_t)json_integer_value(by) > sov_chunk_bound(c->chunk_bytes)) {
+            free(span);
+            return sov_fail(SOV_ERR_FORMAT, "%s/manifest.json: chunk %zu of file %zu has no valid place or size",
+                            c->path, i, fi);
+        }
+        span[i][0] = (uint64_t)json_integer_value(fo);
+        span[i][1] = (uint64_t)json_integer_value(by);
+    }
+    qsort(span, n, sizeof *span, by_start);
+    uint64_t at = 0; /* where the next chunk must start; no overflow: offsets < 2^63, sizes < 2^29 */
+    for (i = 0; i < n && span[i][0] == at; i++)
+        at = i + 1 < n ? (span[i][0] + span[i][1] + c->align - 1) / c->align * c->align : span[i][0] + span[i][1];
+    free(span);
+    if (i != n || !json_is_integer(size) || (uint64_t)json_integer_value(size) != at)
+        return sov_fail(SOV_ERR_FORMAT, "%s/manifest.json: the chunks of file %zu do not lie where the format puts "
+                        "them (from byte 0, each at the first multiple of %llu bytes after the one before, the last "
+                        "ending at the file's \"bytes\")", c->path, fi, (unsigned long long)c->align);
+    return SOV_OK;
 }
 
 /* Checks the manifest's structure: everything later code indexes into. */
@@ -60,6 +99,7 @@ static sov_status validate(sov_ckpt *c) {
         return bad(c, "\"chunk_bytes\" is missing, out of range (4 B..256 MiB) or not a multiple of 4");
     c->step = (long)json_integer_value(step);
     c->chunk_bytes = (size_t)json_integer_value(chunk);
+    c->align = json_integer_value(version) >= 3 ? SOV_CKPT_CHUNK_ALIGN : 1;
     json_t *buffers = json_object_get(m, "buffers"), *files = json_object_get(m, "files");
     if (!json_is_array(buffers) || !json_is_array(files) || json_array_size(files) < 1)
         return bad(c, "\"buffers\" or \"files\" is missing");
@@ -85,6 +125,7 @@ static sov_status validate(sov_ckpt *c) {
             if (!buf || sov_ckpt_buffer_count(c, buf) == 0)
                 return bad(c, "a chunk names a buffer the manifest does not list");
         }
+        SOV_CHECK(check_layout(c, i, f));
     }
     const char *base = strrchr(c->path, '/');
     long dir_step;
@@ -168,6 +209,7 @@ typedef struct chunk_ref {
     size_t elem_offset, elems;
     size_t elem_bytes; /* of the chunk's buffer */
     uint64_t file_offset, bytes;
+    size_t pad;       /* bytes of zeros after it in the file (to the next chunk's aligned start) */
     uint8_t *dst;     /* the start of the buffer it decodes into; NULL: verify only */
 } chunk_ref;
 
@@ -215,9 +257,12 @@ static sov_status collect_chunks(const sov_ckpt *c, const char *name, size_t cou
                 }
                 refs = grown;
             }
+            uint64_t end = (uint64_t)json_integer_value(fo) + (uint64_t)json_integer_value(by),
+                     file_end = (uint64_t)json_integer_value(json_object_get(f, "bytes")); /* check_layout's */
             refs[n++] = (chunk_ref){.file = fi, .elem_offset = (size_t)json_integer_value(eo),
                                     .elems = (size_t)json_integer_value(el), .elem_bytes = elem_bytes, .file_offset = (uint64_t)json_integer_value(fo),
-                                    .bytes = (uint64_t)json_integer_value(by)};
+                                    .bytes = (uint64_t)json_integer_value(by),
+                                    .pad = end < file_end ? (size_t)((end + c->align - 1) / c->align * c->align - end) : 0};
         }
     }
     if (name) { /* the chunks must tile [0, count) exactly: each starts where the previous one ended */
@@ -314,7 +359,11 @@ static sov_status read_chunk(read_job *j, decoder *d, size_t i, int *fd, size_t 
     char where[4500];
     snprintf(where, sizeof where, "%s chunk at byte %llu", path, (unsigned long long)r->file_offset);
     const uint8_t *stored = NULL;
-    SOV_CHECK(read_span(*fd, d->direct, d, r->file_offset, (size_t)r->bytes, path, &stored));
+    SOV_CHECK(read_span(*fd, d->direct, d, r->file_offset, (size_t)r->bytes + r->pad, path, &stored));
+    for (size_t k = 0; k < r->pad; k++)
+        if (stored[r->bytes + k])
+            return sov_fail(SOV_ERR_FORMAT, "%s: the %zu bytes of padding after it are not all zero (byte %llu is "
+                            "damaged)", where, r->pad, (unsigned long long)(r->file_offset + r->bytes + k));
     size_t got = 0;
     SOV_CHECK(sov_chunk_decode(d->codec, stored, (size_t)r->bytes,
                                r->dst ? r->dst + r->elem_offset * r->elem_bytes : d->scratch, r->elems * r->elem_bytes,

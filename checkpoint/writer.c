@@ -20,9 +20,10 @@
 #include <unistd.h>
 
 #define MAX_THREADS 16
-/* Output slots of the encoder pipeline: two per encoder, plus two so that encoders keep going while the writer
- * waits on the disk. */
-#define SLOTS(threads) (2 * (threads) + 2)
+_Static_assert(SOV_STREAM_ALIGN == SOV_CKPT_CHUNK_ALIGN, "the data file's records are its chunks");
+/* Output slots of the encoder pipeline: two per encoder, plus four so that encoders keep going while the writer
+ * waits on the disk. Each is written to the file as it is (stream.h). */
+#define SLOTS(threads) (2 * (threads) + 4)
 
 typedef struct piece { /* part of one buffer inside this rank's share */
     int buffer;
@@ -34,8 +35,7 @@ struct sov_ckpt_writer {
     int rank, world;
     sov_ckpt_options opt;
     sov_codec *codecs[MAX_THREADS];
-    uint8_t *out[SLOTS(MAX_THREADS)]; /* encoded chunks: the pipeline's slots */
-    uint8_t *stream_buf;           /* the data file's write buffer (stream.h) */
+    uint8_t *out[SLOTS(MAX_THREADS)]; /* encoded chunks: the pipeline's slots, aligned for the stream */
     /* the save in flight */
     pthread_t thread;
     int running;
@@ -136,10 +136,10 @@ static void lower_priority(void) {
     (void)setpriority(PRIO_PROCESS, self, nice + 10 > 19 ? 19 : nice + 10);
 }
 
-/* The writer thread (and the encoders it starts) do not preempt another thread when they wake (SCHED_BATCH).
- * Woken when a block of the file is free, the writer used to take the core from the thread that writes the blocks
- * (stream.c) for as long as its next copy took: the disk sat idle ~0.7 ms of every 3-4 ms write here, a fifth of a
- * large save. Needs no privilege; where refused, nothing else changes. */
+/* Encoders do not preempt another thread when they wake (SCHED_BATCH): the writer thread, which keeps the disk
+ * busy, gets a core as soon as a write returns. (When a thread that copied blocks for the disk woke that way, it
+ * held the core of the thread writing them for a whole 4 MiB copy: the disk sat idle ~0.7 ms of every 3-4 ms write
+ * here.) Needs no privilege; where refused, nothing else changes. */
 static void batch_policy(void) {
     struct sched_param none = {0};
     (void)pthread_setschedparam(pthread_self(), SCHED_BATCH, &none);
@@ -147,6 +147,7 @@ static void batch_policy(void) {
 
 static void *encoder_main(void *arg) {
     encoder_arg *ea = arg;
+    batch_policy();
     lower_priority();
     pipeline *p = ea->p;
     sov_codec *codec = p->w->codecs[ea->thread];
@@ -186,8 +187,8 @@ static void *encoder_main(void *arg) {
     return NULL;
 }
 
-/* Writes the chunks in order as the encoders finish them, recording each in `chunks`. */
-static sov_status write_chunks(pipeline *p, sov_stream *out, json_t *chunks, uint64_t *pos) {
+/* Writes the chunks in order as the encoders finish them, each from its slot, recording each in `chunks`. */
+static sov_status write_chunks(pipeline *p, sov_stream *out, json_t *chunks) {
     sov_status st = SOV_OK;
     for (size_t job = 0; job < p->njobs && st == SOV_OK; job++) {
         struct slot *sl = &p->slots[job % (size_t)p->nslots];
@@ -199,15 +200,14 @@ static sov_status write_chunks(pipeline *p, sov_stream *out, json_t *chunks, uin
             st = sov_fail(sl->status, "%s", sl->error);
         else if (snapshot_failed(p->w))
             st = snapshot_failure(p->w);
-        else
-            st = sov_stream_write(out, p->w->out[job % (size_t)p->nslots], sl->bytes);
-        if (st == SOV_OK) {
+        uint64_t offset = 0;
+        if (st == SOV_OK)
+            st = sov_stream_append(out, p->w->out[job % (size_t)p->nslots], sl->bytes, &offset);
+        if (st == SOV_OK)
             json_array_append_new(chunks, json_pack("{s:s, s:I, s:I, s:I, s:I}", "buffer", p->jobs[job].buffer,
                                                     "elem_offset", (json_int_t)p->jobs[job].elem_offset, "elems",
                                                     (json_int_t)(p->jobs[job].bytes / (size_t)p->jobs[job].elem_bytes), "file_offset",
-                                                    (json_int_t)*pos, "bytes", (json_int_t)sl->bytes));
-            *pos += sl->bytes;
-        }
+                                                    (json_int_t)offset, "bytes", (json_int_t)sl->bytes));
         pthread_mutex_lock(&p->lock);
         sl->ready = 0;
         if (st != SOV_OK)
@@ -250,7 +250,7 @@ static sov_status write_share(sov_ckpt_writer *w, const char *partial, json_t **
     if (!jobs)
         return SOV_ERR_NOMEM;
     sov_stream out;
-    sov_status st = sov_stream_open(&out, path, w->stream_buf);
+    sov_status st = sov_stream_open(&out, path);
     if (st != SOV_OK) {
         free(jobs);
         return sov_fail(st, "rank %d: %s", w->rank, sov_last_error());
@@ -269,8 +269,7 @@ static sov_status write_share(sov_ckpt_writer *w, const char *partial, json_t **
             break;
     }
     json_t *chunks = json_array();
-    uint64_t pos = 0;
-    st = started ? write_chunks(&p, &out, chunks, &pos)
+    st = started ? write_chunks(&p, &out, chunks)
                             : sov_fail(SOV_ERR_INTERNAL, "rank %d: cannot start checkpoint encoder threads", w->rank);
     pthread_mutex_lock(&p.lock);
     p.abort = 1;
@@ -291,7 +290,7 @@ static sov_status write_share(sov_ckpt_writer *w, const char *partial, json_t **
     char id[17];
     snprintf(id, sizeof id, "%016llx", (unsigned long long)w->save_id);
     *marker = json_pack("{s:s, s:i, s:s, s:I, s:o}", "save_id", id, "rank", w->rank, "file", name, "bytes",
-                        (json_int_t)pos, "chunks", chunks);
+                        (json_int_t)out.end, "chunks", chunks);
     return SOV_OK;
 }
 
@@ -476,7 +475,6 @@ static void test_hold(int rank) {
 
 static void *writer_main(void *arg) {
     sov_ckpt_writer *w = arg;
-    batch_policy();
     char partial[4200], final[4200];
     step_paths(w, partial, final, sizeof partial);
     json_t *marker = NULL;
@@ -528,10 +526,8 @@ sov_status sov_ckpt_writer_open(sov_ckpt_writer **out, const char *dir, int rank
     for (int i = 0; st == SOV_OK && i < w->opt.threads; i++)
         st = sov_codec_create(&w->codecs[i], w->opt.chunk_bytes);
     for (int i = 0; st == SOV_OK && i < SLOTS(w->opt.threads); i++)
-        if (!(w->out[i] = sov_malloc(sov_chunk_bound(w->opt.chunk_bytes))))
-            st = SOV_ERR_NOMEM;
-    if (st == SOV_OK && !(w->stream_buf = aligned_alloc(SOV_STREAM_ALIGN, SOV_STREAM_SCRATCH)))
-        st = sov_fail(SOV_ERR_NOMEM, "rank %d: cannot allocate the checkpoint write buffer", rank);
+        if (!(w->out[i] = aligned_alloc(SOV_STREAM_ALIGN, sov_stream_padded(sov_chunk_bound(w->opt.chunk_bytes)))))
+            st = sov_fail(SOV_ERR_NOMEM, "rank %d: cannot allocate the checkpoint's output buffers", rank);
     if (st != SOV_OK) {
         sov_ckpt_writer_close(w);
         return st;
@@ -729,7 +725,6 @@ void sov_ckpt_writer_close(sov_ckpt_writer *w) {
         sov_codec_destroy(w->codecs[i]);
     for (int i = 0; i < SLOTS(MAX_THREADS); i++)
         free(w->out[i]);
-    free(w->stream_buf);
     json_decref(w->manifest_base);
     free_staging(w);
     pthread_mutex_destroy(&w->snap_lock);

@@ -2,8 +2,8 @@
  * mid-alignment-block come back bitwise (through O_DIRECT files where the filesystem allows them, buffered
  * otherwise: SOVTRAIN_CKPT_DIRECT=0 runs the second path), and a buffer read as the wrong dtype is refused; the
  * encoder pipeline survives hundreds of tiny chunks; a write the system refuses (the file-size limit) fails the
- * save with the reason and leaves the previous checkpoint the latest; format versions 1 and 2 are read, others
- * refused as unsupported. */
+ * save with the reason and leaves the previous checkpoint the latest; format versions 1 to 3 are read, others
+ * refused as unsupported; a data file's layout and its padding are checked. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -47,10 +47,30 @@ static void fill(float *f, uint16_t *h) {
         h[i] = (uint16_t)(sov_rng_below(&rng, 1u << 16));
 }
 
-static void round_trip_chunks(int direct, size_t chunk_bytes, long step) {
-    setenv("SOVTRAIN_CKPT_DIRECT", direct ? "1" : "0", 1);
+/* Opens, verifies and reads back the checkpoint that round_trip_chunks wrote at path; a buffer read as the wrong
+ * dtype is refused, naming both. */
+static void check_reads_back(const char *path) {
     float *f = malloc(NF * sizeof *f), *f2 = malloc(NF * sizeof *f2);
     uint16_t *h = malloc(NB * sizeof *h), *h2 = malloc(NB * sizeof *h2);
+    fill(f, h);
+    sov_ckpt *c;
+    assert_int_equal(sov_ckpt_open(path, &c), SOV_OK);
+    assert_int_equal(sov_ckpt_verify(c), SOV_OK);
+    assert_int_equal(sov_ckpt_read_buffer(c, "params", SOV_CKPT_F32, f2, NF), SOV_OK);
+    assert_memory_equal(f, f2, NF * sizeof *f);
+    assert_int_equal(sov_ckpt_read_buffer(c, "weights.bf16", SOV_CKPT_BF16, h2, NB), SOV_OK);
+    assert_memory_equal(h, h2, NB * sizeof *h);
+    assert_int_equal(sov_ckpt_read_buffer(c, "weights.bf16", SOV_CKPT_F32, f2, NB), SOV_ERR_INVALID);
+    assert_non_null(strstr(sov_last_error(), "bf16"));
+    assert_non_null(strstr(sov_last_error(), "f32 expected"));
+    sov_ckpt_close(c);
+    free(f), free(f2), free(h), free(h2);
+}
+
+static void round_trip_chunks(int direct, size_t chunk_bytes, long step) {
+    setenv("SOVTRAIN_CKPT_DIRECT", direct ? "1" : "0", 1);
+    float *f = malloc(NF * sizeof *f);
+    uint16_t *h = malloc(NB * sizeof *h);
     fill(f, h);
     sov_ckpt_writer *w;
     sov_ckpt_options o = {.keep = 1, .threads = 2, .chunk_bytes = chunk_bytes, .commit_timeout_s = 30};
@@ -62,20 +82,8 @@ static void round_trip_chunks(int direct, size_t chunk_bytes, long step) {
     assert_int_equal(sov_ckpt_save(w, &s, 7 + (uint64_t)step, NULL, NULL), SOV_OK);
     assert_int_equal(sov_ckpt_wait(w, path, sizeof path), SOV_OK);
     sov_ckpt_writer_close(w);
-
-    sov_ckpt *c;
-    assert_int_equal(sov_ckpt_open(path, &c), SOV_OK);
-    assert_int_equal(sov_ckpt_verify(c), SOV_OK);
-    assert_int_equal(sov_ckpt_read_buffer(c, "params", SOV_CKPT_F32, f2, NF), SOV_OK);
-    assert_memory_equal(f, f2, NF * sizeof *f);
-    assert_int_equal(sov_ckpt_read_buffer(c, "weights.bf16", SOV_CKPT_BF16, h2, NB), SOV_OK);
-    assert_memory_equal(h, h2, NB * sizeof *h);
-    /* the wrong dtype is refused, naming both */
-    assert_int_equal(sov_ckpt_read_buffer(c, "weights.bf16", SOV_CKPT_F32, f2, NB), SOV_ERR_INVALID);
-    assert_non_null(strstr(sov_last_error(), "bf16"));
-    assert_non_null(strstr(sov_last_error(), "f32 expected"));
-    sov_ckpt_close(c);
-    free(f), free(f2), free(h), free(h2);
+    check_reads_back(path);
+    free(f), free(h);
 }
 
 static void direct_files(void **state) {
@@ -96,7 +104,7 @@ static void many_small_chunks(void **state) {
         round_trip_chunks((int)(step & 1), 4096, step);
 }
 
-/* The write helper's failure path (direct files) and the buffered one: with the file-size limit below the data
+/* The direct write path's failure (O_DIRECT files) and the buffered one's: with the file-size limit below the data
  * file's size, the save fails naming the file and the cause, nothing hangs, and the checkpoint before it stays. */
 static void refused_writes_fail_the_save(void **state) {
     (void)state;
@@ -134,37 +142,149 @@ static void refused_writes_fail_the_save(void **state) {
     }
 }
 
-/* The manifest of the checkpoint at path rewritten with another format_version, and sealed again. */
-static void set_version(const char *path, int from, int to) {
-    char file[4300], *text, key[64];
-    size_t n;
+/* The manifest of the checkpoint at path, parsed. */
+static json_t *load_manifest(const char *path) {
+    char file[4300];
     snprintf(file, sizeof file, "%s/manifest.json", path);
-    assert_int_equal(sov_read_file(file, 1 << 20, &text, &n), SOV_OK);
-    snprintf(key, sizeof key, "\"format_version\": %d,", from);
-    char *at = strstr(text, key);
-    assert_non_null(at);
-    at[strlen(key) - 2] = (char)('0' + to);
-    assert_int_equal(sov_manifest_seal(text, n), SOV_OK);
-    assert_int_equal(sov_write_file_atomic(path, "manifest.json", text, n), SOV_OK);
+    json_t *m = json_load_file(file, 0, NULL);
+    assert_non_null(m);
+    return m;
+}
+
+/* m written as the checkpoint's manifest, sealed (as a writer of that version would have). */
+static void store_manifest(const char *path, json_t *m) {
+    char *text = json_dumps(m, JSON_INDENT(1) | JSON_PRESERVE_ORDER);
+    assert_non_null(text);
+    assert_int_equal(sov_manifest_seal(text, strlen(text)), SOV_OK);
+    assert_int_equal(sov_write_file_atomic(path, "manifest.json", text, strlen(text)), SOV_OK);
     free(text);
 }
 
-/* sovtrain writes version 2 (which added plane coding 2) and still reads version 1; 0 and 3 are refused as
- * unsupported, not as damage, naming the versions it reads. */
+static void set_version(const char *path, int version) {
+    json_t *m = load_manifest(path);
+    json_object_set_new(m, "format_version", json_integer(version));
+    store_manifest(path, m);
+    json_decref(m);
+}
+
+static int by_file_offset(const void *a, const void *b) {
+    json_int_t x = json_integer_value(json_object_get(*(json_t *const *)a, "file_offset")),
+               y = json_integer_value(json_object_get(*(json_t *const *)b, "file_offset"));
+    return x < y ? -1 : x > y;
+}
+
+/* Rewrites the one-rank checkpoint at path as a version-1 or -2 writer laid it out: the chunks of rank-0.bin back
+ * to back, with no padding between them. */
+static void compact_to_version(const char *path, int version) {
+    json_t *m = load_manifest(path), *file = json_array_get(json_object_get(m, "files"), 0),
+           *chunks = json_object_get(file, "chunks");
+    size_t n = json_array_size(chunks), i;
+    json_t **order = malloc(n * sizeof *order);
+    for (i = 0; i < n; i++)
+        order[i] = json_array_get(chunks, i);
+    qsort(order, n, sizeof *order, by_file_offset);
+    char bin[4300], *data;
+    size_t bytes, at = 0;
+    snprintf(bin, sizeof bin, "%s/rank-0.bin", path);
+    assert_int_equal(sov_read_file(bin, 64 << 20, &data, &bytes), SOV_OK);
+    for (i = 0; i < n; i++) {
+        size_t from = (size_t)json_integer_value(json_object_get(order[i], "file_offset")),
+               len = (size_t)json_integer_value(json_object_get(order[i], "bytes"));
+        assert_true(i == 0 || from > at); /* version 3 left a gap here: the test shows something */
+        memmove(data + at, data + from, len);
+        json_object_set_new(order[i], "file_offset", json_integer((json_int_t)at));
+        at += len;
+    }
+    json_object_set_new(file, "bytes", json_integer((json_int_t)at));
+    assert_int_equal(sov_write_file_atomic(path, "rank-0.bin", data, at), SOV_OK);
+    json_object_set_new(m, "format_version", json_integer(version));
+    store_manifest(path, m);
+    json_decref(m);
+    free(order);
+    free(data);
+}
+
+/* sovtrain writes version 3 (chunks at multiples of 4096 in a data file) and still reads versions 1 and 2 (back
+ * to back; 2 added plane coding 2); a version-3 file read under an older version's rules is refused for its
+ * layout, and versions 0 and 4 are refused as unsupported, not as damage, naming the versions it reads. */
 static void format_versions(void **state) {
     (void)state;
-    round_trip_chunks(1, 64 << 10, 40);
     char path[4200];
-    snprintf(path, sizeof path, "%s/step-40", dir);
     sov_ckpt *c;
-    set_version(path, SOV_CKPT_FORMAT_VERSION, 1);
+    round_trip_chunks(1, 64 << 10, 40);
+    snprintf(path, sizeof path, "%s/step-40", dir);
+    set_version(path, 2);
+    assert_int_equal(sov_ckpt_open(path, &c), SOV_ERR_FORMAT);
+    assert_non_null(strstr(sov_last_error(), "do not lie where the format puts them"));
+    set_version(path, 4);
+    assert_int_equal(sov_ckpt_open(path, &c), SOV_ERR_UNSUPPORTED);
+    assert_non_null(strstr(sov_last_error(), "reads versions 1 to 3"));
+    set_version(path, 0);
+    assert_int_equal(sov_ckpt_open(path, &c), SOV_ERR_UNSUPPORTED);
+    for (int version = 1; version <= 2; version++) {
+        round_trip_chunks(1, 64 << 10, 40 + version);
+        snprintf(path, sizeof path, "%s/step-%d", dir, 40 + version);
+        compact_to_version(path, version);
+        check_reads_back(path);
+    }
+}
+
+/* The file's first chunk, and where its padding (the zeros up to the next chunk) is. */
+static void first_padding(const char *path, size_t *pad_at, size_t *pad_len) {
+    json_t *m = load_manifest(path), *chunks = json_object_get(json_array_get(json_object_get(m, "files"), 0), "chunks");
+    size_t n = json_array_size(chunks), end = (size_t)-1, next = (size_t)-1;
+    for (size_t i = 0; i < n; i++) {
+        json_t *ch = json_array_get(chunks, i);
+        size_t at = (size_t)json_integer_value(json_object_get(ch, "file_offset"));
+        if (at == 0)
+            end = (size_t)json_integer_value(json_object_get(ch, "bytes"));
+        else if (at < next)
+            next = at;
+    }
+    json_decref(m);
+    assert_true(end != (size_t)-1 && next != (size_t)-1 && next > end && next % 4096 == 0);
+    *pad_at = end;
+    *pad_len = next - end;
+}
+
+/* A byte of padding set: verify and a restore both refuse the file, naming the padding and the byte; the layout
+ * itself is checked when the checkpoint is opened, before anything is read. */
+static void padding_and_layout_are_checked(void **state) {
+    (void)state;
+    char path[4200], bin[4300];
+    round_trip_chunks(1, 64 << 10, 60);
+    snprintf(path, sizeof path, "%s/step-60", dir);
+    snprintf(bin, sizeof bin, "%s/rank-0.bin", path);
+    size_t pad_at, pad_len;
+    first_padding(path, &pad_at, &pad_len);
+    FILE *fp = fopen(bin, "r+b");
+    assert_non_null(fp);
+    assert_int_equal(fseek(fp, (long)(pad_at + pad_len - 1), SEEK_SET), 0);
+    assert_int_equal(fputc(0x40, fp), 0x40);
+    assert_int_equal(fclose(fp), 0);
+    sov_ckpt *c;
     assert_int_equal(sov_ckpt_open(path, &c), SOV_OK);
+    assert_int_equal(sov_ckpt_verify(c), SOV_ERR_FORMAT);
+    assert_non_null(strstr(sov_last_error(), "padding after it are not all zero"));
+    char byte[64];
+    snprintf(byte, sizeof byte, "byte %zu is damaged", pad_at + pad_len - 1);
+    assert_non_null(strstr(sov_last_error(), byte));
+    float *f = malloc(NF * sizeof *f);
+    assert_int_equal(sov_ckpt_read_buffer(c, "params", SOV_CKPT_F32, f, NF), SOV_ERR_FORMAT);
+    free(f);
     sov_ckpt_close(c);
-    set_version(path, 1, 3);
-    assert_int_equal(sov_ckpt_open(path, &c), SOV_ERR_UNSUPPORTED);
-    assert_non_null(strstr(sov_last_error(), "reads versions 1 to 2"));
-    set_version(path, 3, 0);
-    assert_int_equal(sov_ckpt_open(path, &c), SOV_ERR_UNSUPPORTED);
+
+    /* a chunk moved off its aligned place (the file's size moved with it): refused at open */
+    round_trip_chunks(1, 64 << 10, 61);
+    snprintf(path, sizeof path, "%s/step-61", dir);
+    json_t *m = load_manifest(path), *file = json_array_get(json_object_get(m, "files"), 0),
+           *last = json_array_get(json_object_get(file, "chunks"), json_array_size(json_object_get(file, "chunks")) - 1);
+    json_object_set_new(last, "file_offset", json_integer(json_integer_value(json_object_get(last, "file_offset")) + 8));
+    json_object_set_new(file, "bytes", json_integer(json_integer_value(json_object_get(file, "bytes")) + 8));
+    store_manifest(path, m);
+    json_decref(m);
+    assert_int_equal(sov_ckpt_open(path, &c), SOV_ERR_FORMAT);
+    assert_non_null(strstr(sov_last_error(), "do not lie where the format puts them"));
 }
 
 int main(void) {
@@ -174,6 +294,7 @@ int main(void) {
         cmocka_unit_test(many_small_chunks),
         cmocka_unit_test(refused_writes_fail_the_save),
         cmocka_unit_test(format_versions),
+        cmocka_unit_test(padding_and_layout_are_checked),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -1,9 +1,13 @@
 /* fuzz_manifest.c: libFuzzer target for the checkpoint reader (checkpoint/reader.c) through a damaged manifest.
  *
- * A private directory (made once) holds two fixed data files: rank-0.bin, two valid chunks (FIX_A_ELEMS f32
- * elements, then FIX_B_ELEMS elements' worth of 2-byte elements), and rank-1.bin, garbage with a chunk header at
- * byte 100. The chunks hold pseudo-random bytes, which the encoder stores raw, so their sizes (header + raw
- * bytes: 1136 and 368) do not depend on its compression heuristics; the seeds in corpus/manifest rely on them.
+ * A private directory (made once) holds fixed data files built from two valid chunks, A (FIX_A_ELEMS f32
+ * elements) and B (FIX_B_ELEMS elements' worth of 2-byte elements):
+ *   rank-0.bin, rank-1.bin  A at 0, zeros, B at 4096 (format version 3's layout; 4464 bytes)
+ *   v1.bin                  A at 0, B at 1136 (versions 1 and 2: back to back; 1504 bytes)
+ *   damaged.bin             A's header over a garbage payload (1136 bytes)
+ *   padding.bin             rank-0.bin with one byte of its padding set
+ * The chunks hold pseudo-random bytes, which the encoder stores raw, so their sizes (header + raw bytes: 1136 and
+ * 368) do not depend on its compression heuristics; the seeds in corpus/manifest rely on them.
  * Each input becomes that directory's manifest.json; the checkpoint is opened and, when it opens, verified, every
  * buffer it names read (when small enough to allocate), the parameters exported, and closed. Since a mutated
  * manifest nearly always fails its "manifest_xxh3" seal, an input whose seal does not match is run a second time
@@ -21,7 +25,7 @@
 
 #define FIX_A_ELEMS 256 /* chunk A: f32 */
 #define FIX_B_ELEMS 64  /* chunk B: 2 * FIX_B_ELEMS bf16-like elements */
-#define FIX_GARBAGE 1400 /* bytes of rank-1.bin */
+#define FIX_GAP 4096     /* where B starts in a version-3 file */
 #define MAX_READ_ELEMS ((size_t)1 << 22)
 
 static char dir[256];
@@ -57,10 +61,10 @@ static void build_fixture(void) {
     }
     for (int i = 0; i < 2 * FIX_B_ELEMS; i++)
         b[i] = (uint16_t)((x = x * 1103515245u + 12345u) >> 16);
-    static uint8_t r0[2 * SOV_CHUNK_HEADER_BYTES + sizeof a + sizeof b];
+    static uint8_t r0[FIX_GAP + SOV_CHUNK_HEADER_BYTES + sizeof b], v1[2 * SOV_CHUNK_HEADER_BYTES + sizeof a + sizeof b];
     sov_codec *c;
-    if (sov_codec_create(&c, 4096) != SOV_OK || sov_chunk_encode(c, a, sizeof a, 4, r0, &fix_a_bytes) != SOV_OK ||
-        sov_chunk_encode(c, b, sizeof b, 2, r0 + fix_a_bytes, &fix_b_bytes) != SOV_OK) {
+    if (sov_codec_create(&c, 4096) != SOV_OK || sov_chunk_encode(c, a, sizeof a, 4, v1, &fix_a_bytes) != SOV_OK ||
+        sov_chunk_encode(c, b, sizeof b, 2, v1 + fix_a_bytes, &fix_b_bytes) != SOV_OK) {
         fprintf(stderr, "fuzz_manifest: %s\n", sov_last_error());
         abort();
     }
@@ -68,12 +72,16 @@ static void build_fixture(void) {
     if (fix_a_bytes != SOV_CHUNK_HEADER_BYTES + sizeof a || fix_b_bytes != SOV_CHUNK_HEADER_BYTES + sizeof b)
         fprintf(stderr, "fuzz_manifest: warning: the fixture's chunks were compressed (%zu and %zu bytes); the seeds "
                 "in corpus/manifest expect them raw\n", fix_a_bytes, fix_b_bytes);
-    write_file("rank-0.bin", r0, fix_a_bytes + fix_b_bytes);
-    uint8_t g[FIX_GARBAGE];
-    for (int i = 0; i < FIX_GARBAGE; i++)
-        g[i] = (uint8_t)((x = x * 1103515245u + 12345u) >> 24);
-    memcpy(g + 100, r0, SOV_CHUNK_HEADER_BYTES); /* a valid header over a garbage payload at offset 100 */
-    write_file("rank-1.bin", g, sizeof g);
+    write_file("v1.bin", v1, fix_a_bytes + fix_b_bytes);
+    memcpy(r0, v1, fix_a_bytes);
+    memcpy(r0 + FIX_GAP, v1 + fix_a_bytes, fix_b_bytes);
+    write_file("rank-0.bin", r0, FIX_GAP + fix_b_bytes);
+    write_file("rank-1.bin", r0, FIX_GAP + fix_b_bytes);
+    r0[FIX_GAP - 96] = 1;
+    write_file("padding.bin", r0, FIX_GAP + fix_b_bytes);
+    for (size_t i = SOV_CHUNK_HEADER_BYTES; i < fix_a_bytes; i++)
+        v1[i] = (uint8_t)((x = x * 1103515245u + 12345u) >> 24);
+    write_file("damaged.bin", v1, fix_a_bytes);
 }
 
 int LLVMFuzzerInitialize(int *argc, char ***argv) {

@@ -579,6 +579,21 @@ static sov_status load_pairs(sov_codec *c, const uint8_t *p, size_t bytes, uint8
     return SOV_OK;
 }
 
+/* The inverse transform, pass by pass, each pass's output hashed while it is in L1. Returns the raw bytes' hash. */
+static uint64_t join_hashed(sov_codec *c, const uint8_t *const plane[], size_t count, int elem_size, uint8_t *raw) {
+    sov_xxh3_stream_reset(c->raw_hash);
+    for (size_t at = 0; at < count; at += PASS_ELEMS) {
+        size_t n = count - at < PASS_ELEMS ? count - at : PASS_ELEMS;
+        const uint8_t *from[SOV_CHUNK_MAX_PLANES];
+        for (int k = 0; k < elem_size; k++)
+            from[k] = plane[k] + at;
+        uint8_t *out = raw + at * (size_t)elem_size;
+        planes_join(from, n, elem_size, out);
+        sov_xxh3_stream_update(c->raw_hash, out, n * (size_t)elem_size);
+    }
+    return sov_xxh3_stream_digest(c->raw_hash);
+}
+
 sov_status sov_chunk_decode(sov_codec *c, const void *chunk, size_t bytes, void *raw, size_t raw_cap,
                             size_t *raw_bytes, const char *where) {
     if (bytes < SOV_CHUNK_HEADER_BYTES)
@@ -618,9 +633,9 @@ sov_status sov_chunk_decode(sov_codec *c, const void *chunk, size_t bytes, void 
         }
         pos += h.plane_bytes[k];
     }
-    if (h.transform)
-        planes_join(plane, h.raw_bytes / h.elem_size, h.elem_size, raw);
-    if (sov_xxh3(raw, h.raw_bytes) != h.xxh3_raw)
+    uint64_t raw_hash = h.transform ? join_hashed(c, plane, h.raw_bytes / h.elem_size, h.elem_size, raw)
+                                    : sov_xxh3(raw, h.raw_bytes);
+    if (raw_hash != h.xxh3_raw)
         return sov_fail(SOV_ERR_FORMAT, "%s: raw-bytes checksum mismatch after decoding", where);
     *raw_bytes = h.raw_bytes;
     return SOV_OK;

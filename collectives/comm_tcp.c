@@ -164,29 +164,37 @@ static void narrow(uint16_t *dst, const float *src, size_t n, sov_dtype dt) {
         dst[i] = dt == SOV_BF16 ? sov_f32_to_bf16(src[i]) : sov_f32_to_f16(src[i]);
 }
 
-/* The op over every rank's `elems` elements of send, in the accumulation type: afterwards block `rank` of work
- * is final (averages divided by the ranks). */
+/* The op over every rank's `elems` elements of buf (in acc), in place: afterwards block `rank` of buf is final
+ * (averages divided by the ranks). */
+static sov_status reduce_in_place(sov_comm *c, const sov_op *op, uint8_t *buf, size_t elems, sov_dtype acc,
+                                  double deadline) {
+    tcp_state *s = c->impl;
+    size_t esz = sov_dtype_size(acc);
+    SOV_CHECK(grow(&s->scratch, &s->scratch_cap, (elems / (size_t)c->size + 1) * esz + 1));
+    sov_redop rop = op->redop == SOV_AVG ? SOV_SUM : op->redop;
+    SOV_CHECK(ring_reduce_scatter(c, op, buf, elems, acc, rop, deadline));
+    if (op->redop == SOV_AVG) { /* divided once, by its owner */
+        size_t off, n;
+        block(elems, c->size, c->rank, &off, &n);
+        const void *in[1] = {buf + off * esz};
+        sov_reduce(buf + off * esz, in, 1, n, acc, SOV_AVG, c->size);
+    }
+    return SOV_OK;
+}
+
+/* The op over every rank's `elems` elements of send, in the accumulation type, in s->work: afterwards block `rank`
+ * of work is final. */
 static sov_status reduce_into_work(sov_comm *c, const sov_op *op, const void *send, size_t elems, sov_dtype *acc_out,
                                    double deadline) {
     tcp_state *s = c->impl;
     sov_dtype acc = accumulator(op->dtype);
-    size_t esz = sov_dtype_size(acc), widest = elems / (size_t)c->size + 1;
-    SOV_CHECK(grow(&s->work, &s->work_cap, elems * esz + 1));
-    SOV_CHECK(grow(&s->scratch, &s->scratch_cap, widest * esz + 1));
+    SOV_CHECK(grow(&s->work, &s->work_cap, elems * sov_dtype_size(acc) + 1));
     if (acc != op->dtype)
         widen((float *)s->work, send, elems, op->dtype);
     else
-        memcpy(s->work, send, elems * esz);
-    sov_redop rop = op->redop == SOV_AVG ? SOV_SUM : op->redop;
-    SOV_CHECK(ring_reduce_scatter(c, op, s->work, elems, acc, rop, deadline));
-    if (op->redop == SOV_AVG) { /* divided once, by its owner */
-        size_t off, n;
-        block(elems, c->size, c->rank, &off, &n);
-        const void *in[1] = {s->work + off * esz};
-        sov_reduce(s->work + off * esz, in, 1, n, acc, SOV_AVG, c->size);
-    }
+        memcpy(s->work, send, elems * sov_dtype_size(acc));
     *acc_out = acc;
-    return SOV_OK;
+    return reduce_in_place(c, op, s->work, elems, acc, deadline);
 }
 
 /* Elements [off, off + n) of work (in acc) into dst (in dt), rounded once. */
@@ -200,9 +208,16 @@ static void work_out(const tcp_state *s, void *dst, size_t off, size_t n, sov_dt
 
 static sov_status tcp_allreduce(sov_comm *c, const sov_op *op, double deadline) {
     tcp_state *s = c->impl;
-    sov_dtype acc;
+    sov_dtype acc = accumulator(op->dtype);
+    size_t esz = sov_dtype_size(acc);
+    if (acc == op->dtype) { /* summed in its own type: in recv itself, with no copy out (one pass less) */
+        if (op->send != op->recv)
+            memcpy(op->recv, op->send, op->count * esz);
+        SOV_CHECK(reduce_in_place(c, op, op->recv, op->count, acc, deadline));
+        return ring_allgather(c, op, op->recv, op->count, esz, deadline);
+    }
     SOV_CHECK(reduce_into_work(c, op, op->send, op->count, &acc, deadline));
-    SOV_CHECK(ring_allgather(c, op, s->work, op->count, sov_dtype_size(acc), deadline));
+    SOV_CHECK(ring_allgather(c, op, s->work, op->count, esz, deadline));
     work_out(s, op->recv, 0, op->count, op->dtype, acc);
     return SOV_OK;
 }

@@ -6,6 +6,11 @@
 #include <string.h>
 #include <sys/stat.h>
 
+/* What a failed open or verify means for the operator: a version this sovtrain does not read is not damage. */
+static const char *verdict(sov_status st) {
+    return st == SOV_OK ? "ok" : st == SOV_ERR_UNSUPPORTED ? "UNSUPPORTED" : "DAMAGED";
+}
+
 static void usage(FILE *out) {
     fprintf(out, "usage: sovtrain ckpt ls DIR                  checkpoints under DIR: step, size, ratio, status\n"
                  "       sovtrain ckpt verify PATH             check every checksum of DIR/step-N (exit 1 if damaged)\n"
@@ -62,8 +67,8 @@ static int cmd_ls(const char *dir) {
             sov_ckpt_close(c);
         }
         bad |= st != SOV_OK;
-        printf("%-14s %10ld %12.2f %12.2f %7.3f  %s%s\n", name, steps[i], raw / 1e6, stored / 1e6,
-               stored > 0 ? raw / stored : 0.0, st == SOV_OK ? "ok" : "DAMAGED: ",
+        printf("%-14s %10ld %12.2f %12.2f %7.3f  %s%s%s\n", name, steps[i], raw / 1e6, stored / 1e6,
+               stored > 0 ? raw / stored : 0.0, verdict(st), st == SOV_OK ? "" : ": ",
                st == SOV_OK ? (strcmp(latest, name) == 0 ? " (latest)" : "") : sov_last_error());
     }
     if (n == 0)
@@ -83,7 +88,7 @@ static int cmd_verify(const char *arg) {
     if (st == SOV_OK)
         st = sov_ckpt_verify(c);
     if (st != SOV_OK) {
-        fprintf(stderr, "sovtrain ckpt verify: DAMAGED: %s\n", sov_last_error());
+        fprintf(stderr, "sovtrain ckpt verify: %s: %s\n", verdict(st), sov_last_error());
         sov_ckpt_close(c);
         return 1;
     }

@@ -330,6 +330,12 @@ sov_status sov_chunk_parse_header(const void *bytes, sov_chunk_header *h, const 
     for (int k = 0; k < h->planes && shape_ok; k++)
         shape_ok = h->coding[k] <= 2 && (h->coding[k] != 2 || h->transform == 1) && /* pairs: planes of a transform */
                    (h->coding[k] != 0 || h->plane_bytes[k] == h->raw_bytes / h->planes);
+    /* one way to write each header: reserved bytes and unused plane entries are zero */
+    for (int k = h->planes; k < SOV_CHUNK_MAX_PLANES && shape_ok; k++)
+        shape_ok = h->coding[k] == 0 && h->plane_bytes[k] == 0;
+    for (int i = 80; i < 104 && shape_ok; i++)
+        shape_ok = p[i] == 0;
+    shape_ok = shape_ok && h->reserved == 0;
     if (!shape_ok)
         return sov_fail(SOV_ERR_FORMAT, "%s: inconsistent chunk header (element size %u, %u planes, %llu raw bytes, "
                         "%llu stored)", where, h->elem_size, h->planes, (unsigned long long)h->raw_bytes,

@@ -435,8 +435,7 @@ static sov_status commit(sov_ckpt_writer *w, const char *partial, const char *fi
     json_t *files;
     SOV_CHECK(gather_markers(w, partial, &files));
     remove_strays(w, partial);
-    SOV_CHECK(write_manifest(w, partial, files));
-    SOV_CHECK(sov_fsync_path(partial));
+    SOV_CHECK(write_manifest(w, partial, files)); /* atomically: its last step is the directory's fsync */
     struct stat sb;
     char old[4300] = "";
     if (stat(final, &sb) == 0) { /* the same step saved before (a resumed job): move it aside until replaced */

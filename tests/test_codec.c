@@ -331,6 +331,25 @@ static void non_canonical_pairs_are_refused(void **state) {
     assert_non_null(strstr(sov_last_error(), "codes do not match"));
 }
 
+/* A header with a reserved byte or an unused plane entry set, resealed: refused, so each chunk has one header. */
+static void non_canonical_headers_are_refused(void **state) {
+    (void)state;
+    static float x[4096];
+    gaussian(x, 4096, 12);
+    size_t n, got;
+    assert_int_equal(sov_chunk_encode(codec, x, sizeof x, 4, out, &n), SOV_OK);
+    static uint8_t bad[SOV_CHUNK_HEADER_BYTES + sizeof x];
+    const size_t offsets[] = {7, 40 + 4, 40 + 7, 48 + 4 * 4, 48 + 4 * 7 + 3, 80, 91, 103}; /* 4 planes in use */
+    for (size_t e = 0; e < sizeof offsets / sizeof offsets[0]; e++) {
+        memcpy(bad, out, n);
+        bad[offsets[e]] = 1;
+        reseal(bad, n);
+        if (sov_chunk_decode(codec, bad, n, back, sizeof back, &got, "test") == SOV_OK)
+            fail_msg("header byte %zu set to 1 was accepted", offsets[e]);
+        assert_non_null(strstr(sov_last_error(), "inconsistent chunk header"));
+    }
+}
+
 /* A paired chunk bit-flipped: every byte of its header and of the pair header, and a spread of the rest. */
 static void corruption_of_a_paired_chunk_is_detected(void **state) {
     (void)state;
@@ -366,6 +385,7 @@ int main(void) {
         cmocka_unit_test(pair_escapes_round_trip),
         cmocka_unit_test(inconsistent_pair_headers_are_refused),
         cmocka_unit_test(non_canonical_pairs_are_refused),
+        cmocka_unit_test(non_canonical_headers_are_refused),
         cmocka_unit_test(corruption_of_a_paired_chunk_is_detected),
         cmocka_unit_test(entropy_of_known_bytes),
     };

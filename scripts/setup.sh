@@ -2,7 +2,8 @@
 # Installs what sovtrain needs to build, test and run its main job on Debian 12.
 # Does nothing (and needs no network) when everything is already present.
 # PyTorch (Debian's python3-torch) is a test dependency too: the launcher's env:// check and the GPT's
-# cross-check against an independent implementation run on it; the benchmarks use it as their peer. --bench is
+# cross-check against an independent implementation run on it; the benchmarks use it as their peer. Debian's
+# python3-zstandard and python3-xxhash serve the independent checkpoint reader (tests/ckpt_doc_reader.py). --bench is
 # kept for compatibility and installs nothing more.
 set -euo pipefail
 
@@ -14,7 +15,7 @@ packages=(
   dataset-fashion-mnist fortunes
   python3
   slurmctld slurmd slurm-client munge
-  python3-torch python3-numpy python3-venv
+  python3-torch python3-numpy python3-venv python3-zstandard python3-xxhash
 )
 
 # Test-only Python tools from PyPI, in a virtual environment of their own (Debian's python3 refuses pip installs

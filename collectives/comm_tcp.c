@@ -4,8 +4,9 @@
  * Set-up: each rank listens on a free port and meets the others at MASTER_ADDR:MASTER_PORT (rendezvous.c), which
  * tells every rank where the others are; then each connects to the next rank of a ring and accepts the previous.
  * Allreduce is the ring algorithm: a reduce-scatter in which every block is reduced along one fixed path, then an
- * allgather of the finished blocks, so every rank gets the same bits, run after run. bf16 and f16 travel and sum
- * in f32 and are rounded once at the end, as the other backends promise. Every transfer has the collective's
+ * allgather of the finished blocks, so every rank gets the same bits, run after run. bf16 and f16 are summed in
+ * f32 and rounded once, as the other backends promise: they travel in f32 while summed, and each finished block
+ * is rounded by its owner before it is gathered. Every transfer has the collective's
  * deadline; a rank that stops sending, or whose process ends, is named. */
 #include "comm_internal.h"
 
@@ -216,10 +217,13 @@ static sov_status tcp_allreduce(sov_comm *c, const sov_op *op, double deadline) 
         SOV_CHECK(reduce_in_place(c, op, op->recv, op->count, acc, deadline));
         return ring_allgather(c, op, op->recv, op->count, esz, deadline);
     }
+    /* bf16 and f16: summed in f32; each finished block is rounded once, by its owner, and gathered rounded (half
+     * the bytes of gathering f32; the same bits, since every rank rounded the same f32 values alike) */
     SOV_CHECK(reduce_into_work(c, op, op->send, op->count, &acc, deadline));
-    SOV_CHECK(ring_allgather(c, op, s->work, op->count, esz, deadline));
-    work_out(s, op->recv, 0, op->count, op->dtype, acc);
-    return SOV_OK;
+    size_t off, n, out_esz = sov_dtype_size(op->dtype);
+    block(op->count, c->size, c->rank, &off, &n);
+    work_out(s, (uint8_t *)op->recv + off * out_esz, off, n, op->dtype, acc);
+    return ring_allgather(c, op, op->recv, op->count, out_esz, deadline);
 }
 
 /* recv = block `rank` of the op over send (size x count elements). The ring's blocks are exactly those. */

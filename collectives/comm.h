@@ -109,5 +109,8 @@ float sov_bf16_to_f32(uint16_t h);
 uint16_t sov_f32_to_bf16(float f); /* round to nearest even; NaN stays NaN */
 float sov_f16_to_f32(uint16_t h);
 uint16_t sov_f32_to_f16(float f);  /* round to nearest even; overflow to infinity */
+/* n elements of bf16 or f16 (dt) to f32 and back, as the functions above convert one */
+void sov_widen_half(float *dst, const uint16_t *src, size_t n, sov_dtype dt);
+void sov_narrow_half(uint16_t *dst, const float *src, size_t n, sov_dtype dt);
 
 #endif

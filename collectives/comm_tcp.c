@@ -155,16 +155,6 @@ static sov_status ring_allgather(sov_comm *c, const sov_op *op, uint8_t *work, s
 /* bf16 and f16 are summed in f32; the others in their own type. */
 static sov_dtype accumulator(sov_dtype dt) { return dt == SOV_BF16 || dt == SOV_F16 ? SOV_F32 : dt; }
 
-static void widen(float *dst, const uint16_t *src, size_t n, sov_dtype dt) {
-    for (size_t i = 0; i < n; i++)
-        dst[i] = dt == SOV_BF16 ? sov_bf16_to_f32(src[i]) : sov_f16_to_f32(src[i]);
-}
-
-static void narrow(uint16_t *dst, const float *src, size_t n, sov_dtype dt) {
-    for (size_t i = 0; i < n; i++)
-        dst[i] = dt == SOV_BF16 ? sov_f32_to_bf16(src[i]) : sov_f32_to_f16(src[i]);
-}
-
 /* The op over every rank's `elems` elements of buf (in acc), in place: afterwards block `rank` of buf is final
  * (averages divided by the ranks). */
 static sov_status reduce_in_place(sov_comm *c, const sov_op *op, uint8_t *buf, size_t elems, sov_dtype acc,
@@ -191,7 +181,7 @@ static sov_status reduce_into_work(sov_comm *c, const sov_op *op, const void *se
     sov_dtype acc = accumulator(op->dtype);
     SOV_CHECK(grow(&s->work, &s->work_cap, elems * sov_dtype_size(acc) + 1));
     if (acc != op->dtype)
-        widen((float *)s->work, send, elems, op->dtype);
+        sov_widen_half((float *)s->work, send, elems, op->dtype);
     else
         memcpy(s->work, send, elems * sov_dtype_size(acc));
     *acc_out = acc;
@@ -202,7 +192,7 @@ static sov_status reduce_into_work(sov_comm *c, const sov_op *op, const void *se
 static void work_out(const tcp_state *s, void *dst, size_t off, size_t n, sov_dtype dt, sov_dtype acc) {
     size_t esz = sov_dtype_size(acc);
     if (acc != dt)
-        narrow(dst, (const float *)(s->work + off * esz), n, dt);
+        sov_narrow_half(dst, (const float *)(s->work + off * esz), n, dt);
     else
         memcpy(dst, s->work + off * esz, n * esz);
 }

@@ -13,7 +13,8 @@ static const char *verdict(sov_status st) {
 
 static void usage(FILE *out) {
     fprintf(out, "usage: sovtrain ckpt ls DIR                  checkpoints under DIR: step, size, ratio, status\n"
-                 "       sovtrain ckpt verify PATH             check every checksum of DIR/step-N (exit 1 if damaged)\n"
+                 "       sovtrain ckpt verify PATH             check every checksum of DIR/step-N (exit 1 if damaged\n"
+                 "                                             or of a format version it does not read)\n"
                  "       sovtrain ckpt inspect PATH            summary of the manifest\n"
                  "       sovtrain ckpt export PATH --format safetensors -o FILE\n"
                  "PATH is a checkpoint directory (DIR/step-N) or DIR itself, meaning its newest good checkpoint.\n");
@@ -36,8 +37,10 @@ static void sizes(const sov_ckpt *c, double *raw, double *stored) {
     size_t i;
     json_t *b, *f;
     *raw = *stored = 0;
-    json_array_foreach(json_object_get(sov_ckpt_manifest(c), "buffers"), i, b)
-        *raw += 4.0 * (double)json_integer_value(json_object_get(b, "count"));
+    json_array_foreach(json_object_get(sov_ckpt_manifest(c), "buffers"), i, b) {
+        const char *dtype = json_string_value(json_object_get(b, "dtype"));
+        *raw += (dtype && strcmp(dtype, "bf16") == 0 ? 2.0 : 4.0) * (double)json_integer_value(json_object_get(b, "count"));
+    }
     json_array_foreach(json_object_get(sov_ckpt_manifest(c), "files"), i, f)
         *stored += (double)json_integer_value(json_object_get(f, "bytes"));
 }

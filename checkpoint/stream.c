@@ -35,17 +35,19 @@ static sov_status write_direct(int fd, const char *path, const uint8_t *span, si
 }
 
 /* Buffered: starts writeback of the newest window and waits for the one before it, which keeps the disk busy
- * while the caller computes and leaves little for the final fsync. Errors here are not final: fsync reports them. */
-static void stream_out(sov_stream *s) {
+ * while the caller computes and leaves little for the final fsync. A writeback error must fail the save here:
+ * waiting on the range consumes it, and the final fsync would not see it again. */
+static sov_status stream_out(sov_stream *s) {
     if (s->pos - s->begun < WRITEBACK_WINDOW)
-        return;
-    sync_file_range(s->fd, (off_t)s->begun, (off_t)(s->pos - s->begun), SYNC_FILE_RANGE_WRITE);
-    if (s->begun > s->waited) {
-        sync_file_range(s->fd, (off_t)s->waited, (off_t)(s->begun - s->waited),
-                        SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE | SYNC_FILE_RANGE_WAIT_AFTER);
-        s->waited = s->begun;
-    }
+        return SOV_OK;
+    if (sync_file_range(s->fd, (off_t)s->begun, (off_t)(s->pos - s->begun), SYNC_FILE_RANGE_WRITE) != 0 ||
+        (s->begun > s->waited &&
+         sync_file_range(s->fd, (off_t)s->waited, (off_t)(s->begun - s->waited),
+                         SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE | SYNC_FILE_RANGE_WAIT_AFTER) != 0))
+        return sov_fail(SOV_ERR_IO, "writing %s back to the disk: %s", s->path, strerror(errno));
+    s->waited = s->begun;
     s->begun = s->pos;
+    return SOV_OK;
 }
 
 sov_status sov_stream_open(sov_stream *s, const char *path) {
@@ -73,9 +75,7 @@ sov_status sov_stream_append(sov_stream *s, uint8_t *record, size_t n, uint64_t 
     *offset = s->pos;
     s->end = s->pos + n;
     s->pos += padded;
-    if (!s->direct)
-        stream_out(s);
-    return SOV_OK;
+    return s->direct ? SOV_OK : stream_out(s);
 }
 
 sov_status sov_stream_close(sov_stream *s) {

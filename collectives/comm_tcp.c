@@ -203,7 +203,7 @@ static sov_status tcp_allreduce(sov_comm *c, const sov_op *op, double deadline) 
     size_t esz = sov_dtype_size(acc);
     if (acc == op->dtype) { /* summed in its own type: in recv itself, with no copy out (one pass less) */
         if (op->send != op->recv)
-            memcpy(op->recv, op->send, op->count * esz);
+            memmove(op->recv, op->send, op->count * esz); /* buffers that overlap in part, too */
         SOV_CHECK(reduce_in_place(c, op, op->recv, op->count, acc, deadline));
         return ring_allgather(c, op, op->recv, op->count, esz, deadline);
     }

@@ -74,7 +74,7 @@ def load_manifest(ckpt):
     need(is_int(m.get("step"), 0) and not (dm and int(dm.group(1)) != m["step"]),
          f"step {m.get('step')!r} is not >= 0 or differs from the directory's step-<N>")
     cb = m.get("chunk_bytes")
-    need(is_int(cb, 4, 1 << 30) and cb % 4 == 0, f"chunk_bytes {cb!r} is not a multiple of 4 in 4 .. 2^30")
+    need(is_int(cb, 4, 256 << 20) and cb % 4 == 0, f"chunk_bytes {cb!r} is not a multiple of 4 in 4 .. 256 MiB")
     bufs = m.get("buffers")
     need(isinstance(bufs, list), "buffers is not an array")
     for b in bufs:

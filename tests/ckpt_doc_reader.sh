@@ -29,7 +29,8 @@ assert r["ok"] is True and r["format_version"] == 3, r
 assert all(r["codings"][k] >= 1 for k in ("0", "1", "2")), f"not every coding used: {r['codings']}"
 assert set(r["buffers"]) == {"params", "adamw.m", "adamw.v"}, r["buffers"]
 m = re.search(r"parameters identical on all 2 ranks \(xxh3 ([0-9a-f]{16})\)", open(sys.argv[2]).read())
-assert m is None or m.group(1) == r["buffers"]["params"]["xxh3_of_decoded"], "params differ from the trainer's"
+assert m, "the trainer did not print its parameters' hash"
+assert m.group(1) == r["buffers"]["params"]["xxh3_of_decoded"], "params differ from the trainer's"
 print(f"ok: reader: {r['chunks']} chunks, plane codings {r['codings']}, "
       f"params xxh3 {r['buffers']['params']['xxh3_of_decoded']}")
 PY

@@ -19,6 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 enum { NF = 300007, NB = 200003 }; /* odd counts: chunks and the last 4 KiB block end part-way */
@@ -133,6 +134,9 @@ static void refused_writes_fail_the_save(void **state) {
         assert_non_null(strstr(sov_last_error(), "rank-0.bin"));
         assert_non_null(strstr(sov_last_error(), strerror(EFBIG)));
         sov_ckpt_writer_close(w);
+        char failed[4300];
+        snprintf(failed, sizeof failed, "%s/step-%ld.partial/rank-0.bin", dir, good + 10);
+        assert_int_not_equal(access(failed, F_OK), 0); /* the failed data file is gone: its space is back */
         char latest[4200];
         assert_int_equal(sov_ckpt_find(dir, latest, sizeof latest, NULL, NULL), SOV_OK);
         char want[300];
@@ -229,6 +233,36 @@ static void format_versions(void **state) {
     }
 }
 
+/* Two ranks where rank 0 owns no element (the state is one element): its data file is empty, with no chunks, and
+ * the checkpoint verifies and reads back. Both writers run in this process, as two ranks would. */
+static void a_rank_with_no_chunks(void **state) {
+    (void)state;
+    float one = 1.5f, back = 0;
+    sov_ckpt_writer *w[2];
+    sov_ckpt_options o = {.keep = 1, .threads = 1, .chunk_bytes = 64 << 10, .commit_timeout_s = 30};
+    sov_ckpt_state s = {.step = 80, .num_buffers = 1};
+    s.buffers[0] = (sov_ckpt_buffer){"params", &one, 1, SOV_CKPT_F32};
+    for (int r = 1; r >= 0; r--) {
+        assert_int_equal(sov_ckpt_writer_open(&w[r], dir, r, 2, &o), SOV_OK);
+        assert_int_equal(sov_ckpt_save(w[r], &s, 99, NULL, NULL), SOV_OK);
+    }
+    char path[4200], bin[4300];
+    assert_int_equal(sov_ckpt_wait(w[1], NULL, 0), SOV_OK);
+    assert_int_equal(sov_ckpt_wait(w[0], path, sizeof path), SOV_OK);
+    sov_ckpt_writer_close(w[0]);
+    sov_ckpt_writer_close(w[1]);
+    snprintf(bin, sizeof bin, "%s/rank-0.bin", path);
+    struct stat sb;
+    assert_int_equal(stat(bin, &sb), 0);
+    assert_int_equal(sb.st_size, 0);
+    sov_ckpt *c;
+    assert_int_equal(sov_ckpt_open(path, &c), SOV_OK);
+    assert_int_equal(sov_ckpt_verify(c), SOV_OK);
+    assert_int_equal(sov_ckpt_read_buffer(c, "params", SOV_CKPT_F32, &back, 1), SOV_OK);
+    assert_true(back == one);
+    sov_ckpt_close(c);
+}
+
 /* The file's first chunk, and where its padding (the zeros up to the next chunk) is. */
 static void first_padding(const char *path, size_t *pad_at, size_t *pad_len) {
     json_t *m = load_manifest(path), *chunks = json_object_get(json_array_get(json_object_get(m, "files"), 0), "chunks");
@@ -295,6 +329,7 @@ int main(void) {
         cmocka_unit_test(refused_writes_fail_the_save),
         cmocka_unit_test(format_versions),
         cmocka_unit_test(padding_and_layout_are_checked),
+        cmocka_unit_test(a_rank_with_no_chunks),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

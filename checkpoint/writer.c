@@ -330,13 +330,17 @@ static int reported_failure(const sov_ckpt_writer *w, const char *partial, int r
 
 /* ---- rank 0: commit ---- */
 
-/* Waits until every rank's marker for this save is there; returns them in rank order (a JSON array). */
-static sov_status gather_markers(sov_ckpt_writer *w, const char *partial, json_t **files) {
+/* Waits until every other rank's marker for this save is there; returns them, and rank 0's own (`mine`, which it
+ * need not write: only rank 0 reads markers), in rank order (a JSON array). */
+static sov_status gather_markers(sov_ckpt_writer *w, const char *partial, json_t *mine, json_t **files) {
     char id[17];
     snprintf(id, sizeof id, "%016llx", (unsigned long long)w->save_id);
     *files = json_array();
+    json_object_del(mine, "save_id");
+    json_object_del(mine, "rank");
+    json_array_append(*files, mine);
     double start = sov_now();
-    for (int r = 0; r < w->world; r++) {
+    for (int r = 1; r < w->world; r++) {
         char path[4300];
         snprintf(path, sizeof path, "%s/rank-%d.json", partial, r);
         for (;;) {
@@ -431,9 +435,9 @@ static void remove_strays(sov_ckpt_writer *w, const char *partial) {
         closedir(d);
 }
 
-static sov_status commit(sov_ckpt_writer *w, const char *partial, const char *final) {
+static sov_status commit(sov_ckpt_writer *w, const char *partial, const char *final, json_t *marker) {
     json_t *files;
-    SOV_CHECK(gather_markers(w, partial, &files));
+    SOV_CHECK(gather_markers(w, partial, marker, &files));
     remove_strays(w, partial);
     SOV_CHECK(write_manifest(w, partial, files)); /* atomically: its last step is the directory's fsync */
     struct stat sb;
@@ -483,12 +487,12 @@ static void *writer_main(void *arg) {
     if (st == SOV_OK)
         test_hold(w->rank);
     if (st == SOV_OK)
-        st = write_marker(w, partial, marker);
-    json_decref(marker);
+        st = w->rank == 0 ? SOV_OK : write_marker(w, partial, marker);
     if (st != SOV_OK && w->rank != 0)
         write_failure(w, partial, sov_last_error());
     if (st == SOV_OK && w->rank == 0)
-        st = commit(w, partial, final);
+        st = commit(w, partial, final, marker);
+    json_decref(marker);
     w->save_seconds = sov_now() - w->started;
     if (st == SOV_OK && w->rank == 0)
         prune(w); /* only now that the new checkpoint is durable and latest */

@@ -99,6 +99,8 @@ const json_t *sov_ckpt_manifest(const sov_ckpt *c);
 const char *sov_ckpt_path(const sov_ckpt *c);
 /* Elements of buffer `name`, or 0 when the checkpoint has none. */
 size_t sov_ckpt_buffer_count(const sov_ckpt *c, const char *name);
+/* Bytes per element of a listed buffer: 2 for bf16, 4 for f32. */
+size_t sov_ckpt_buffer_elem_bytes(const sov_ckpt *c, const char *name);
 /* Decodes buffer `name`, which must hold count elements of dtype, into dst, verifying every chunk. */
 sov_status sov_ckpt_read_buffer(sov_ckpt *c, const char *name, sov_ckpt_dtype dtype, void *dst, size_t count);
 /* The same for several buffers in one pass: their chunks are read in file order by one set of threads, so a

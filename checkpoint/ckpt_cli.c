@@ -38,8 +38,8 @@ static void sizes(const sov_ckpt *c, double *raw, double *stored) {
     json_t *b, *f;
     *raw = *stored = 0;
     json_array_foreach(json_object_get(sov_ckpt_manifest(c), "buffers"), i, b) {
-        const char *dtype = json_string_value(json_object_get(b, "dtype"));
-        *raw += (dtype && strcmp(dtype, "bf16") == 0 ? 2.0 : 4.0) * (double)json_integer_value(json_object_get(b, "count"));
+        const char *name = json_string_value(json_object_get(b, "name"));
+        *raw += (double)sov_ckpt_buffer_elem_bytes(c, name) * (double)sov_ckpt_buffer_count(c, name);
     }
     json_array_foreach(json_object_get(sov_ckpt_manifest(c), "files"), i, f)
         *stored += (double)json_integer_value(json_object_get(f, "bytes"));

@@ -41,6 +41,9 @@ static sov_status bad(const sov_ckpt *c, const char *what) {
     return sov_fail(SOV_ERR_FORMAT, "%s/manifest.json: %s", c->path, what);
 }
 
+/* Where the chunk after one that ends at `end` starts in a data file. */
+static uint64_t next_start(const sov_ckpt *c, uint64_t end) { return (end + c->align - 1) / c->align * c->align; }
+
 static int by_start(const void *a, const void *b) {
     const uint64_t *x = a, *y = b;
     return x[0] < y[0] ? -1 : x[0] > y[0];
@@ -70,7 +73,7 @@ static sov_status check_layout(const sov_ckpt *c, size_t fi, json_t *f) {
     qsort(span, n, sizeof *span, by_start);
     uint64_t at = 0; /* where the next chunk must start; no overflow: offsets < 2^63, sizes < 2^29 */
     for (i = 0; i < n && span[i][0] == at; i++)
-        at = i + 1 < n ? (span[i][0] + span[i][1] + c->align - 1) / c->align * c->align : span[i][0] + span[i][1];
+        at = i + 1 < n ? next_start(c, span[i][0] + span[i][1]) : span[i][0] + span[i][1];
     free(span);
     if (i != n || !json_is_integer(size) || (uint64_t)json_integer_value(size) != at)
         return sov_fail(SOV_ERR_FORMAT, "%s/manifest.json: the chunks of file %zu do not lie where the format puts "
@@ -195,8 +198,8 @@ size_t sov_ckpt_buffer_count(const sov_ckpt *c, const char *name) {
     return b ? (size_t)json_integer_value(json_object_get(b, "count")) : 0;
 }
 
-/* Element size of a listed buffer (validate() allows f32 and bf16 only). */
-static size_t buffer_elem_bytes(const sov_ckpt *c, const char *name) {
+/* validate() allows f32 and bf16 only. */
+size_t sov_ckpt_buffer_elem_bytes(const sov_ckpt *c, const char *name) {
     json_t *b = buffer_entry(c, name);
     return b && strcmp(json_string_value(json_object_get(b, "dtype")), "bf16") == 0 ? 2 : 4;
 }
@@ -236,7 +239,7 @@ static sov_status collect_chunks(const sov_ckpt *c, const char *name, size_t cou
             const char *buf = json_string_value(json_object_get(ch, "buffer"));
             json_t *eo = json_object_get(ch, "elem_offset"), *el = json_object_get(ch, "elems"),
                    *fo = json_object_get(ch, "file_offset"), *by = json_object_get(ch, "bytes");
-            size_t elem_bytes = buf ? buffer_elem_bytes(c, buf) : 4;
+            size_t elem_bytes = buf ? sov_ckpt_buffer_elem_bytes(c, buf) : 4;
             if (!buf || !json_is_integer(eo) || !json_is_integer(el) || !json_is_integer(fo) || !json_is_integer(by) ||
                 json_integer_value(eo) < 0 || json_integer_value(el) < 1 || json_integer_value(fo) < 0 ||
                 json_integer_value(by) < SOV_CHUNK_HEADER_BYTES ||
@@ -262,7 +265,7 @@ static sov_status collect_chunks(const sov_ckpt *c, const char *name, size_t cou
             refs[n++] = (chunk_ref){.file = fi, .elem_offset = (size_t)json_integer_value(eo),
                                     .elems = (size_t)json_integer_value(el), .elem_bytes = elem_bytes, .file_offset = (uint64_t)json_integer_value(fo),
                                     .bytes = (uint64_t)json_integer_value(by),
-                                    .pad = end < file_end ? (size_t)((end + c->align - 1) / c->align * c->align - end) : 0};
+                                    .pad = end < file_end ? (size_t)(next_start(c, end) - end) : 0};
         }
     }
     if (name) { /* the chunks must tile [0, count) exactly: each starts where the previous one ended */
@@ -431,7 +434,7 @@ static sov_status add_buffer_chunks(sov_ckpt *c, const sov_ckpt_buffer *b, chunk
     if (have != b->count)
         return sov_fail(SOV_ERR_INVALID, "%s: buffer \"%s\" has %zu elements, %zu expected (a different model or "
                         "optimizer?)", c->path, b->name, have, b->count);
-    if (buffer_elem_bytes(c, b->name) != sov_ckpt_dtype_bytes(b->dtype))
+    if (sov_ckpt_buffer_elem_bytes(c, b->name) != sov_ckpt_dtype_bytes(b->dtype))
         return sov_fail(SOV_ERR_INVALID, "%s: buffer \"%s\" holds %s elements, %s expected", c->path, b->name,
                         json_string_value(json_object_get(buffer_entry(c, b->name), "dtype")),
                         sov_ckpt_dtype_name(b->dtype));

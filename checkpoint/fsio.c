@@ -7,6 +7,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <stdint.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 #include <xxhash.h>
@@ -23,6 +25,30 @@ sov_status sov_write_all(int fd, const void *buf, size_t n, const char *path) {
         n -= (size_t)w;
     }
     return SOV_OK;
+}
+
+#define HUGE_PAGE ((size_t)2 << 20)
+#define SMALL_PAGE ((size_t)4096)
+
+static size_t round_up(size_t n, size_t to) { return (n + to - 1) / to * to; }
+
+void *sov_io_alloc(size_t bytes) {
+    size_t size = round_up(bytes ? bytes : 1, SMALL_PAGE);
+    uint8_t *map = mmap(NULL, size + HUGE_PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (map == MAP_FAILED)
+        return NULL;
+    uint8_t *buf = (uint8_t *)round_up((uintptr_t)map, HUGE_PAGE);
+    if (buf > map) /* give back the slack before and after the aligned buffer */
+        munmap(map, (size_t)(buf - map));
+    if (map + size + HUGE_PAGE > buf + size)
+        munmap(buf + size, (size_t)(map + size + HUGE_PAGE - (buf + size)));
+    (void)madvise(buf, size, MADV_HUGEPAGE); /* a hint: refused (THP off), the buffer only moves slower */
+    return buf;
+}
+
+void sov_io_free(void *buf, size_t bytes) {
+    if (buf)
+        munmap(buf, round_up(bytes ? bytes : 1, SMALL_PAGE));
 }
 
 sov_status sov_pread_all(int fd, void *buf, size_t n, off_t offset, const char *path) {

@@ -24,6 +24,7 @@
 typedef struct decoder { /* one reading thread's tools, created at the first read and reused */
     sov_codec *codec;
     uint8_t *chunk;   /* one stored chunk and the aligned span around it (O_DIRECT reads) */
+    size_t chunk_cap; /* its bytes */
     uint8_t *scratch; /* one decoded chunk, when verifying only */
     int direct;       /* the open file is read with O_DIRECT */
 } decoder;
@@ -172,7 +173,7 @@ void sov_ckpt_close(sov_ckpt *c) {
         return;
     for (int i = 0; i < MAX_READ_THREADS; i++) {
         sov_codec_destroy(c->decoders[i].codec);
-        free(c->decoders[i].chunk);
+        sov_io_free(c->decoders[i].chunk, c->decoders[i].chunk_cap);
         free(c->decoders[i].scratch);
     }
     json_decref(c->manifest);
@@ -305,9 +306,11 @@ typedef struct read_worker {
 static sov_status decoder_ready(decoder *d, size_t chunk_bytes, int verify_only) {
     if (!d->codec)
         SOV_CHECK(sov_codec_create(&d->codec, chunk_bytes));
-    size_t span = (sov_chunk_bound(chunk_bytes) / DIRECT_ALIGN + 2) * DIRECT_ALIGN; /* a multiple, as C11 asks */
-    if (!d->chunk && !(d->chunk = aligned_alloc(DIRECT_ALIGN, span)))
-        return sov_fail(SOV_ERR_NOMEM, "reading a checkpoint: cannot allocate a chunk buffer");
+    if (!d->chunk) {
+        d->chunk_cap = (sov_chunk_bound(chunk_bytes) / DIRECT_ALIGN + 2) * DIRECT_ALIGN;
+        if (!(d->chunk = sov_io_alloc(d->chunk_cap)))
+            return sov_fail(SOV_ERR_NOMEM, "reading a checkpoint: cannot allocate a chunk buffer");
+    }
     if (verify_only && !d->scratch && !(d->scratch = sov_malloc(chunk_bytes)))
         return SOV_ERR_NOMEM;
     return SOV_OK;

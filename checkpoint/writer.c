@@ -36,6 +36,8 @@ struct sov_ckpt_writer {
     sov_ckpt_options opt;
     sov_codec *codecs[MAX_THREADS];
     uint8_t *out[SLOTS(MAX_THREADS)]; /* encoded chunks: the pipeline's slots, aligned for the stream */
+    uint8_t *out_memory;              /* the slots, back to back in one buffer for O_DIRECT writes */
+    size_t out_bytes;
     /* the save in flight */
     pthread_t thread;
     int running;
@@ -528,9 +530,13 @@ sov_status sov_ckpt_writer_open(sov_ckpt_writer **out, const char *dir, int rank
     sov_status st = sov_mkdir_p(dir);
     for (int i = 0; st == SOV_OK && i < w->opt.threads; i++)
         st = sov_codec_create(&w->codecs[i], w->opt.chunk_bytes);
+    size_t slot = sov_stream_padded(sov_chunk_bound(w->opt.chunk_bytes)); /* a multiple of SOV_STREAM_ALIGN */
+    w->out_bytes = slot * (size_t)SLOTS(w->opt.threads);
+    if (st == SOV_OK && !(w->out_memory = sov_io_alloc(w->out_bytes)))
+        st = sov_fail(SOV_ERR_NOMEM, "rank %d: cannot allocate the checkpoint's output buffers (%zu MiB)", rank,
+                      w->out_bytes >> 20);
     for (int i = 0; st == SOV_OK && i < SLOTS(w->opt.threads); i++)
-        if (!(w->out[i] = aligned_alloc(SOV_STREAM_ALIGN, sov_stream_padded(sov_chunk_bound(w->opt.chunk_bytes)))))
-            st = sov_fail(SOV_ERR_NOMEM, "rank %d: cannot allocate the checkpoint's output buffers", rank);
+        w->out[i] = w->out_memory + (size_t)i * slot;
     if (st != SOV_OK) {
         sov_ckpt_writer_close(w);
         return st;
@@ -726,8 +732,7 @@ void sov_ckpt_writer_close(sov_ckpt_writer *w) {
     sov_ckpt_wait(w, NULL, 0);
     for (int i = 0; i < MAX_THREADS; i++)
         sov_codec_destroy(w->codecs[i]);
-    for (int i = 0; i < SLOTS(MAX_THREADS); i++)
-        free(w->out[i]);
+    sov_io_free(w->out_memory, w->out_bytes);
     json_decref(w->manifest_base);
     free_staging(w);
     pthread_mutex_destroy(&w->snap_lock);

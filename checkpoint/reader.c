@@ -1,6 +1,7 @@
 /* reader.c: opening, verifying and reading checkpoints, hardened against damaged input: every size, count and
  * offset from a manifest or chunk header is checked before it is used, and nothing is allocated by an unchecked
  * size. */
+#include "chunk_reader.h"
 #include "ckpt.h"
 #include "codec.h"
 #include "fsio.h"
@@ -8,7 +9,6 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,25 +17,13 @@
 
 #define MANIFEST_MAX_BYTES ((size_t)64 << 20)
 
-#define MAX_READ_THREADS 8
-
-#define DIRECT_ALIGN 4096
-
-typedef struct decoder { /* one reading thread's tools, created at the first read and reused */
-    sov_codec *codec;
-    uint8_t *chunk;   /* one stored chunk and the aligned span around it (O_DIRECT reads) */
-    size_t chunk_cap; /* its bytes */
-    uint8_t *scratch; /* one decoded chunk, when verifying only */
-    int direct;       /* the open file is read with O_DIRECT */
-} decoder;
-
 struct sov_ckpt {
     char path[4096];
     json_t *manifest;
     long step;
     size_t chunk_bytes;
     uint64_t align; /* where chunks start in a data file: multiples of this (1: back to back) */
-    decoder decoders[MAX_READ_THREADS];
+    sov_chunk_reader *chunks; /* made at the first read */
 };
 
 static sov_status bad(const sov_ckpt *c, const char *what) {
@@ -171,11 +159,7 @@ sov_status sov_ckpt_open(const char *path, sov_ckpt **out) {
 void sov_ckpt_close(sov_ckpt *c) {
     if (!c)
         return;
-    for (int i = 0; i < MAX_READ_THREADS; i++) {
-        sov_codec_destroy(c->decoders[i].codec);
-        sov_io_free(c->decoders[i].chunk, c->decoders[i].chunk_cap);
-        free(c->decoders[i].scratch);
-    }
+    sov_chunk_reader_destroy(c->chunks);
     json_decref(c->manifest);
     free(c);
 }
@@ -208,33 +192,24 @@ size_t sov_ckpt_buffer_elem_bytes(const sov_ckpt *c, const char *name) {
 size_t sov_ckpt_dtype_bytes(sov_ckpt_dtype dtype) { return dtype == SOV_CKPT_BF16 ? 2 : 4; }
 const char *sov_ckpt_dtype_name(sov_ckpt_dtype dtype) { return dtype == SOV_CKPT_BF16 ? "bf16" : "f32"; }
 
-typedef struct chunk_ref {
-    size_t file;      /* index into files */
-    size_t elem_offset, elems;
-    size_t elem_bytes; /* of the chunk's buffer */
-    uint64_t file_offset, bytes;
-    size_t pad;       /* bytes of zeros after it in the file (to the next chunk's aligned start) */
-    uint8_t *dst;     /* the start of the buffer it decodes into; NULL: verify only */
-} chunk_ref;
-
 static int by_offset(const void *a, const void *b) {
-    const chunk_ref *x = a, *y = b;
+    const sov_chunk_ref *x = a, *y = b;
     return x->elem_offset < y->elem_offset ? -1 : x->elem_offset > y->elem_offset;
 }
 
 /* File order: the threads of a restore then read each file front to back, whatever buffers its chunks hold. */
 static int by_place(const void *a, const void *b) {
-    const chunk_ref *x = a, *y = b;
+    const sov_chunk_ref *x = a, *y = b;
     if (x->file != y->file)
         return x->file < y->file ? -1 : 1;
     return x->file_offset < y->file_offset ? -1 : x->file_offset > y->file_offset;
 }
 
 /* The chunks of buffer `name` (all when name is NULL), checked: within the buffer, sizes plausible. */
-static sov_status collect_chunks(const sov_ckpt *c, const char *name, size_t count, chunk_ref **out, size_t *n_out) {
+static sov_status collect_chunks(const sov_ckpt *c, const char *name, size_t count, sov_chunk_ref **out, size_t *n_out) {
     json_t *files = json_object_get(c->manifest, "files"), *f, *ch;
     size_t fi, ci, n = 0, cap = 0;
-    chunk_ref *refs = NULL;
+    sov_chunk_ref *refs = NULL;
     json_array_foreach(files, fi, f) {
         json_array_foreach(json_object_get(f, "chunks"), ci, ch) {
             const char *buf = json_string_value(json_object_get(ch, "buffer"));
@@ -254,7 +229,7 @@ static sov_status collect_chunks(const sov_ckpt *c, const char *name, size_t cou
                 continue;
             if (n == cap) {
                 cap = cap ? 2 * cap : 64;
-                chunk_ref *grown = realloc(refs, cap * sizeof *refs);
+                sov_chunk_ref *grown = realloc(refs, cap * sizeof *refs);
                 if (!grown) {
                     free(refs);
                     return sov_fail(SOV_ERR_NOMEM, "reading %s: out of memory", c->path);
@@ -263,7 +238,7 @@ static sov_status collect_chunks(const sov_ckpt *c, const char *name, size_t cou
             }
             uint64_t end = (uint64_t)json_integer_value(fo) + (uint64_t)json_integer_value(by),
                      file_end = (uint64_t)json_integer_value(json_object_get(f, "bytes")); /* check_layout's */
-            refs[n++] = (chunk_ref){.file = fi, .elem_offset = (size_t)json_integer_value(eo),
+            refs[n++] = (sov_chunk_ref){.file = fi, .elem_offset = (size_t)json_integer_value(eo),
                                     .elems = (size_t)json_integer_value(el), .elem_bytes = elem_bytes, .file_offset = (uint64_t)json_integer_value(fo),
                                     .bytes = (uint64_t)json_integer_value(by),
                                     .pad = end < file_end ? (size_t)(next_start(c, end) - end) : 0};
@@ -286,153 +261,26 @@ static sov_status collect_chunks(const sov_ckpt *c, const char *name, size_t cou
     return SOV_OK;
 }
 
-/* Reading the chunks of a restore or a verify: threads take chunks in turn, each reading its own and decoding it
- * into place, so that decoding overlaps the reads and uses every core (chunks are independent by design). */
-typedef struct read_job {
-    sov_ckpt *c;
-    const chunk_ref *refs;
-    size_t n, next;
-    int verify_only; /* decode into scratch and drop (the refs have no dst) */
-    pthread_mutex_t lock;
-    sov_status status; /* the first failure, with its message */
-    char error[1024];
-} read_job;
-
-typedef struct read_worker {
-    read_job *job;
-    decoder *d;
-} read_worker;
-
-static sov_status decoder_ready(decoder *d, size_t chunk_bytes, int verify_only) {
-    if (!d->codec)
-        SOV_CHECK(sov_codec_create(&d->codec, chunk_bytes));
-    if (!d->chunk) {
-        d->chunk_cap = (sov_chunk_bound(chunk_bytes) / DIRECT_ALIGN + 2) * DIRECT_ALIGN;
-        if (!(d->chunk = sov_io_alloc(d->chunk_cap)))
-            return sov_fail(SOV_ERR_NOMEM, "reading a checkpoint: cannot allocate a chunk buffer");
-    }
-    if (verify_only && !d->scratch && !(d->scratch = sov_malloc(chunk_bytes)))
-        return SOV_ERR_NOMEM;
-    return SOV_OK;
-}
-
-/* Reads n bytes at offset into d->chunk; *data is where they start. With O_DIRECT (direct) the aligned span
- * around them is read, which a file's end may cut short. */
-static sov_status read_span(int fd, int direct, decoder *d, uint64_t offset, size_t n, const char *path,
-                            const uint8_t **data) {
-    if (!direct) {
-        *data = d->chunk;
-        return sov_pread_all(fd, d->chunk, n, (off_t)offset, path);
-    }
-    uint64_t start = offset / DIRECT_ALIGN * DIRECT_ALIGN;
-    size_t need = (size_t)(offset - start) + n, span = (need + DIRECT_ALIGN - 1) / DIRECT_ALIGN * DIRECT_ALIGN, got = 0;
-    while (got < need) {
-        ssize_t r = pread(fd, d->chunk + got, span - got, (off_t)(start + got));
-        if (r < 0 && errno == EINTR)
-            continue;
-        if (r < 0)
-            return sov_fail(SOV_ERR_IO, "reading %s: %s", path, strerror(errno));
-        got += (size_t)r;
-        if (r == 0 || r % DIRECT_ALIGN)
-            break; /* the end of the file */
-    }
-    if (got < need)
-        return sov_fail(SOV_ERR_FORMAT, "%s: truncated (ends %zu bytes early at offset %llu)", path, need - got,
-                        (unsigned long long)(start + got));
-    *data = d->chunk + (offset - start);
-    return SOV_OK;
-}
-
-/* Reads and decodes refs[i] with d, keeping the file it is in open in *fd. */
-static sov_status read_chunk(read_job *j, decoder *d, size_t i, int *fd, size_t *open_file, char *path, size_t cap) {
-    const chunk_ref *r = &j->refs[i];
-    if (r->file != *open_file) {
-        if (*fd >= 0)
-            close(*fd);
-        json_t *files = json_object_get(j->c->manifest, "files");
-        snprintf(path, cap, "%s/%s", j->c->path,
-                 json_string_value(json_object_get(json_array_get(files, r->file), "file")));
-        /* O_DIRECT: chunks go from the disk to this thread's buffer, with no page cache to fill and several reads
-         * in flight at once (one per thread); where it is refused (EINVAL), buffered reads */
-        if ((*fd = open(path, O_RDONLY | O_CLOEXEC | O_DIRECT)) >= 0)
-            d->direct = 1;
-        else if ((*fd = open(path, O_RDONLY | O_CLOEXEC)) >= 0)
-            d->direct = 0;
-        else
-            return sov_fail(SOV_ERR_IO, "%s: %s", path, strerror(errno));
-        *open_file = r->file;
-    }
-    char where[4500];
-    snprintf(where, sizeof where, "%s chunk at byte %llu", path, (unsigned long long)r->file_offset);
-    const uint8_t *stored = NULL;
-    SOV_CHECK(read_span(*fd, d->direct, d, r->file_offset, (size_t)r->bytes + r->pad, path, &stored));
-    for (size_t k = 0; k < r->pad; k++)
-        if (stored[r->bytes + k])
-            return sov_fail(SOV_ERR_FORMAT, "%s: the %zu bytes of padding after it are not all zero (byte %llu is "
-                            "damaged)", where, r->pad, (unsigned long long)(r->file_offset + r->bytes + k));
-    size_t got = 0;
-    SOV_CHECK(sov_chunk_decode(d->codec, stored, (size_t)r->bytes,
-                               r->dst ? r->dst + r->elem_offset * r->elem_bytes : d->scratch, r->elems * r->elem_bytes,
-                               &got, where));
-    if (got != r->elems * r->elem_bytes)
-        return sov_fail(SOV_ERR_FORMAT, "%s: decodes to %zu bytes, the manifest says %zu elements", where, got,
-                        r->elems);
-    return SOV_OK;
-}
-
-static void *read_worker_main(void *arg) {
-    read_worker *rw = arg;
-    read_job *j = rw->job;
-    int fd = -1;
-    size_t open_file = (size_t)-1;
-    char path[4400] = "";
-    sov_status st = decoder_ready(rw->d, j->c->chunk_bytes, j->verify_only);
-    for (;;) {
-        pthread_mutex_lock(&j->lock);
-        if (st != SOV_OK && j->status == SOV_OK) {
-            j->status = st;
-            snprintf(j->error, sizeof j->error, "%s", sov_last_error());
-        }
-        size_t i = j->next++;
-        int done = j->status != SOV_OK || i >= j->n;
-        pthread_mutex_unlock(&j->lock);
-        if (done)
-            break;
-        st = read_chunk(j, rw->d, i, &fd, &open_file, path, sizeof path);
-    }
-    if (fd >= 0)
-        close(fd);
-    return NULL;
-}
-
-/* Two threads per core: while one waits for its read, the other decodes. */
-static int read_threads(size_t chunks) {
-    long cpus = sysconf(_SC_NPROCESSORS_ONLN);
-    size_t t = cpus < 1 ? 2 : 2 * (size_t)cpus > MAX_READ_THREADS ? MAX_READ_THREADS : 2 * (size_t)cpus;
-    return (int)(chunks < t ? (chunks ? chunks : 1) : t);
-}
-
-/* Reads and decodes the chunks in refs, each into its dst + elem_offset (verify_only: into scratch). */
-static sov_status decode_chunks(sov_ckpt *c, const chunk_ref *refs, size_t n, int verify_only) {
-    read_job j = {.c = c, .refs = refs, .n = n, .verify_only = verify_only, .status = SOV_OK};
-    pthread_mutex_init(&j.lock, NULL);
-    int threads = read_threads(n), started = 1;
-    pthread_t tids[MAX_READ_THREADS];
-    read_worker workers[MAX_READ_THREADS];
-    for (int t = 0; t < threads; t++)
-        workers[t] = (read_worker){.job = &j, .d = &c->decoders[t]};
-    for (; started < threads; started++) /* fewer threads than asked for only means a slower read */
-        if (pthread_create(&tids[started], NULL, read_worker_main, &workers[started]) != 0)
-            break;
-    read_worker_main(&workers[0]); /* this thread reads too */
-    for (int t = 1; t < started; t++)
-        pthread_join(tids[t], NULL);
-    pthread_mutex_destroy(&j.lock);
-    return j.status == SOV_OK ? SOV_OK : sov_fail(j.status, "%s", j.error);
+/* Reads and decodes the chunks in refs, each into its dst + elem_offset (no dst: verified and dropped). */
+static sov_status decode_chunks(sov_ckpt *c, const sov_chunk_ref *refs, size_t n) {
+    if (n == 0)
+        return SOV_OK;
+    if (!c->chunks)
+        SOV_CHECK(sov_chunk_reader_create(&c->chunks, c->chunk_bytes));
+    json_t *files = json_object_get(c->manifest, "files");
+    size_t nfiles = json_array_size(files);
+    const char **names = malloc((nfiles ? nfiles : 1) * sizeof *names);
+    if (!names)
+        return sov_fail(SOV_ERR_NOMEM, "reading %s: out of memory", c->path);
+    for (size_t i = 0; i < nfiles; i++)
+        names[i] = json_string_value(json_object_get(json_array_get(files, i), "file"));
+    sov_status st = sov_chunk_reader_run(c->chunks, c->path, names, refs, n);
+    free(names);
+    return st;
 }
 
 /* The chunks of one buffer the caller asked for, checked against its count and dtype, appended to *all. */
-static sov_status add_buffer_chunks(sov_ckpt *c, const sov_ckpt_buffer *b, chunk_ref **all, size_t *n_all) {
+static sov_status add_buffer_chunks(sov_ckpt *c, const sov_ckpt_buffer *b, sov_chunk_ref **all, size_t *n_all) {
     size_t have = sov_ckpt_buffer_count(c, b->name);
     if (have != b->count)
         return sov_fail(SOV_ERR_INVALID, "%s: buffer \"%s\" has %zu elements, %zu expected (a different model or "
@@ -441,10 +289,10 @@ static sov_status add_buffer_chunks(sov_ckpt *c, const sov_ckpt_buffer *b, chunk
         return sov_fail(SOV_ERR_INVALID, "%s: buffer \"%s\" holds %s elements, %s expected", c->path, b->name,
                         json_string_value(json_object_get(buffer_entry(c, b->name), "dtype")),
                         sov_ckpt_dtype_name(b->dtype));
-    chunk_ref *refs;
+    sov_chunk_ref *refs;
     size_t n;
     SOV_CHECK(collect_chunks(c, b->name, b->count, &refs, &n));
-    chunk_ref *grown = realloc(*all, (*n_all + n + 1) * sizeof *grown);
+    sov_chunk_ref *grown = realloc(*all, (*n_all + n + 1) * sizeof *grown);
     if (!grown) {
         free(refs);
         return sov_fail(SOV_ERR_NOMEM, "reading %s: out of memory", c->path);
@@ -460,7 +308,7 @@ static sov_status add_buffer_chunks(sov_ckpt *c, const sov_ckpt_buffer *b, chunk
 }
 
 sov_status sov_ckpt_read_buffers(sov_ckpt *c, const sov_ckpt_buffer *buffers, int num_buffers) {
-    chunk_ref *refs = NULL;
+    sov_chunk_ref *refs = NULL;
     size_t n = 0;
     sov_status st = SOV_OK;
     for (int b = 0; b < num_buffers && st == SOV_OK; b++)
@@ -468,7 +316,7 @@ sov_status sov_ckpt_read_buffers(sov_ckpt *c, const sov_ckpt_buffer *buffers, in
     if (st == SOV_OK && n)
         qsort(refs, n, sizeof *refs, by_place);
     if (st == SOV_OK)
-        st = decode_chunks(c, refs, n, 0);
+        st = decode_chunks(c, refs, n);
     free(refs);
     return st;
 }
@@ -483,7 +331,7 @@ sov_status sov_ckpt_verify(sov_ckpt *c) {
     json_t *b;
     json_array_foreach(json_object_get(c->manifest, "buffers"), i, b) { /* coverage of every buffer */
         const char *name = json_string_value(json_object_get(b, "name"));
-        chunk_ref *refs;
+        sov_chunk_ref *refs;
         size_t n;
         SOV_CHECK(collect_chunks(c, name, (size_t)json_integer_value(json_object_get(b, "count")), &refs, &n));
         free(refs);
@@ -500,10 +348,10 @@ sov_status sov_ckpt_verify(sov_ckpt *c) {
             return sov_fail(SOV_ERR_FORMAT, "%s: %lld bytes, the manifest says %lld", path, (long long)sb.st_size,
                             json_is_integer(bytes) ? (long long)json_integer_value(bytes) : -1LL);
     }
-    chunk_ref *refs;
+    sov_chunk_ref *refs;
     size_t n;
     SOV_CHECK(collect_chunks(c, NULL, 0, &refs, &n));
-    sov_status st = decode_chunks(c, refs, n, 1);
+    sov_status st = decode_chunks(c, refs, n);
     free(refs);
     return st;
 }

@@ -19,7 +19,7 @@ if ! "$cc" -fsanitize=fuzzer,address,undefined "$work/probe.c" -o "$work/probe" 
 fi
 flags="-I$root/runtime -I$root/checkpoint -I$root/collectives -D_GNU_SOURCE -std=c11 -g -O1"
 flags="$flags -fsanitize=fuzzer,address,undefined"
-lib="$root/runtime/status.c $root/checkpoint/codec.c $root/checkpoint/checksum.c $root/checkpoint/fsio.c $root/checkpoint/reader.c"
+lib="$root/runtime/status.c $root/checkpoint/codec.c $root/checkpoint/checksum.c $root/checkpoint/fsio.c $root/checkpoint/chunk_reader.c $root/checkpoint/reader.c"
 lib="$lib $root/checkpoint/safetensors.c"
 status=0
 for t in chunk manifest; do

@@ -1,0 +1,281 @@
+/* chunk_reader.c: see chunk_reader.h. */
+#include "chunk_reader.h"
+#include "codec.h"
+#include "fsio.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define MAX_DECODERS 16
+#define FETCHERS 4 /* reads in flight: the development VM's disk streams from 2 on; NVMe wants a few more */
+#define MAX_BUFFERS (MAX_DECODERS + 2 * FETCHERS)
+#define DIRECT_ALIGN 4096
+#define BUFFER_MEMORY ((size_t)512 << 20) /* at most, unless two buffers need more (chunks of over 256 MiB) */
+
+struct sov_chunk_reader {
+    size_t chunk_bytes;
+    int decoders, buffers;
+    sov_codec *codecs[MAX_DECODERS];
+    uint8_t *scratch[MAX_DECODERS]; /* one decoded chunk, for chunks that are only verified */
+    uint8_t *memory;                /* the buffers, back to back, for O_DIRECT reads (sov_io_alloc) */
+    size_t memory_bytes, buffer_bytes;
+};
+
+sov_status sov_chunk_reader_create(sov_chunk_reader **out, size_t chunk_bytes) {
+    sov_chunk_reader *r = calloc(1, sizeof *r);
+    if (!r)
+        return sov_fail(SOV_ERR_NOMEM, "reading a checkpoint: out of memory");
+    long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+    r->chunk_bytes = chunk_bytes;
+    r->decoders = cpus < 1 ? 1 : cpus > MAX_DECODERS ? MAX_DECODERS : (int)cpus;
+    /* a chunk and the aligned span around it: it may start anywhere in a block (formats before version 3) */
+    r->buffer_bytes = (sov_chunk_bound(chunk_bytes) / DIRECT_ALIGN + 2) * DIRECT_ALIGN;
+    /* decoders at work, reads in flight, and as many read chunks waiting, so that a batch of reads that comes
+     * back together does not hold up the next batch; big chunks get fewer, down to one read and one decode */
+    size_t fit = BUFFER_MEMORY / r->buffer_bytes;
+    r->buffers = r->decoders + 2 * FETCHERS;
+    r->buffers = fit < 2 ? 2 : fit < (size_t)r->buffers ? (int)fit : r->buffers;
+    *out = r;
+    return SOV_OK;
+}
+
+void sov_chunk_reader_destroy(sov_chunk_reader *r) {
+    if (!r)
+        return;
+    for (int i = 0; i < MAX_DECODERS; i++) {
+        sov_codec_destroy(r->codecs[i]);
+        free(r->scratch[i]);
+    }
+    sov_io_free(r->memory, r->memory_bytes);
+    free(r);
+}
+
+/* One run: the chunks, the queues between fetchers and decoders, and the first failure. */
+typedef struct run {
+    sov_chunk_reader *r;
+    const char *dir;
+    const char *const *files;
+    const sov_chunk_ref *refs;
+    size_t n;
+    pthread_mutex_t lock;
+    pthread_cond_t buffer_freed, chunk_read;
+    size_t next_fetch;  /* the next chunk to read */
+    size_t next_decode; /* chunks taken by decoders so far */
+    int free_buffers[MAX_BUFFERS], n_free;
+    struct read_chunk {
+        int buffer;
+        size_t chunk;
+        const uint8_t *data; /* where the chunk starts in its buffer */
+    } ready[MAX_BUFFERS];
+    int n_ready;
+    sov_status status; /* the first failure, with its message */
+    char error[1024];
+} run;
+
+/* Under the lock: records the first failure and wakes everyone, so that all threads stop. */
+static void fail_locked(run *j, sov_status st) {
+    if (j->status == SOV_OK) {
+        j->status = st;
+        snprintf(j->error, sizeof j->error, "%s", sov_last_error());
+    }
+    pthread_cond_broadcast(&j->buffer_freed);
+    pthread_cond_broadcast(&j->chunk_read);
+}
+
+static uint8_t *buffer_at(const run *j, int b) { return j->r->memory + (size_t)b * j->r->buffer_bytes; }
+
+/* Reads n bytes at offset into buf; *data is where they start. With O_DIRECT (direct) the aligned span around
+ * them is read, which a file's end may cut short. */
+static sov_status read_span(int fd, int direct, uint8_t *buf, uint64_t offset, size_t n, const char *path,
+                            const uint8_t **data) {
+    if (!direct) {
+        *data = buf;
+        return sov_pread_all(fd, buf, n, (off_t)offset, path);
+    }
+    uint64_t start = offset / DIRECT_ALIGN * DIRECT_ALIGN;
+    size_t need = (size_t)(offset - start) + n, span = (need + DIRECT_ALIGN - 1) / DIRECT_ALIGN * DIRECT_ALIGN, got = 0;
+    while (got < need) {
+        ssize_t r = pread(fd, buf + got, span - got, (off_t)(start + got));
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r < 0)
+            return sov_fail(SOV_ERR_IO, "reading %s: %s", path, strerror(errno));
+        got += (size_t)r;
+        if (r == 0 || r % DIRECT_ALIGN)
+            break; /* the end of the file */
+    }
+    if (got < need)
+        return sov_fail(SOV_ERR_FORMAT, "%s: truncated (ends %zu bytes early at offset %llu)", path, need - got,
+                        (unsigned long long)(start + got));
+    *data = buf + (offset - start);
+    return SOV_OK;
+}
+
+/* A fetcher's open data file: the one its last chunk was in. */
+typedef struct open_file {
+    int fd, direct;
+    size_t file;
+    char path[4400];
+} open_file;
+
+static sov_status open_data_file(const run *j, size_t file, open_file *f) {
+    if (f->fd >= 0 && f->file == file)
+        return SOV_OK;
+    if (f->fd >= 0)
+        close(f->fd);
+    snprintf(f->path, sizeof f->path, "%s/%s", j->dir, j->files[file]);
+    f->file = file;
+    /* O_DIRECT: chunks go from the disk to the buffer, with no page cache to fill; where it is refused (EINVAL),
+     * buffered reads */
+    if ((f->fd = open(f->path, O_RDONLY | O_CLOEXEC | O_DIRECT)) >= 0)
+        f->direct = 1;
+    else if ((f->fd = open(f->path, O_RDONLY | O_CLOEXEC)) >= 0)
+        f->direct = 0;
+    else
+        return sov_fail(SOV_ERR_IO, "%s: %s", f->path, strerror(errno));
+    return SOV_OK;
+}
+
+static void *fetcher_main(void *arg) {
+    run *j = arg;
+    open_file f = {.fd = -1};
+    pthread_mutex_lock(&j->lock);
+    for (;;) {
+        while (j->status == SOV_OK && j->next_fetch < j->n && j->n_free == 0)
+            pthread_cond_wait(&j->buffer_freed, &j->lock);
+        if (j->status != SOV_OK || j->next_fetch >= j->n)
+            break;
+        size_t i = j->next_fetch++;
+        int b = j->free_buffers[--j->n_free];
+        pthread_mutex_unlock(&j->lock);
+        const sov_chunk_ref *c = &j->refs[i];
+        const uint8_t *data = NULL;
+        sov_status st = open_data_file(j, c->file, &f);
+        if (st == SOV_OK)
+            st = read_span(f.fd, f.direct, buffer_at(j, b), c->file_offset, (size_t)c->bytes + c->pad, f.path, &data);
+        pthread_mutex_lock(&j->lock);
+        if (st != SOV_OK) {
+            fail_locked(j, st);
+            break;
+        }
+        j->ready[j->n_ready++] = (struct read_chunk){.buffer = b, .chunk = i, .data = data};
+        pthread_cond_signal(&j->chunk_read);
+    }
+    pthread_mutex_unlock(&j->lock);
+    if (f.fd >= 0)
+        close(f.fd);
+    return NULL;
+}
+
+/* Checks chunk c's padding and decodes it, read into `stored`, with decoder d's codec. */
+static sov_status decode_chunk(const run *j, int d, const sov_chunk_ref *c, const uint8_t *stored) {
+    char where[4500];
+    snprintf(where, sizeof where, "%s/%s chunk at byte %llu", j->dir, j->files[c->file],
+             (unsigned long long)c->file_offset);
+    for (size_t k = 0; k < c->pad; k++)
+        if (stored[c->bytes + k])
+            return sov_fail(SOV_ERR_FORMAT, "%s: the %zu bytes of padding after it are not all zero (byte %llu is "
+                            "damaged)", where, c->pad, (unsigned long long)(c->file_offset + c->bytes + k));
+    size_t got = 0, want = c->elems * c->elem_bytes;
+    uint8_t *dst = c->dst ? c->dst + c->elem_offset * c->elem_bytes : j->r->scratch[d];
+    SOV_CHECK(sov_chunk_decode(j->r->codecs[d], stored, (size_t)c->bytes, dst, want, &got, where));
+    if (got != want)
+        return sov_fail(SOV_ERR_FORMAT, "%s: decodes to %zu bytes, the manifest says %zu elements", where, got,
+                        c->elems);
+    return SOV_OK;
+}
+
+typedef struct decoder_arg {
+    run *job;
+    int index;
+} decoder_arg;
+
+static void *decoder_main(void *arg) {
+    run *j = ((decoder_arg *)arg)->job;
+    int d = ((decoder_arg *)arg)->index;
+    pthread_mutex_lock(&j->lock);
+    for (;;) {
+        while (j->status == SOV_OK && j->next_decode < j->n && j->n_ready == 0)
+            pthread_cond_wait(&j->chunk_read, &j->lock);
+        if (j->status != SOV_OK || j->next_decode >= j->n)
+            break;
+        struct read_chunk rc = j->ready[--j->n_ready];
+        if (++j->next_decode == j->n) /* the last chunk: the decoders waiting for one can stop */
+            pthread_cond_broadcast(&j->chunk_read);
+        pthread_mutex_unlock(&j->lock);
+        sov_status st = decode_chunk(j, d, &j->refs[rc.chunk], rc.data);
+        pthread_mutex_lock(&j->lock);
+        j->free_buffers[j->n_free++] = rc.buffer;
+        pthread_cond_signal(&j->buffer_freed);
+        if (st != SOV_OK) {
+            fail_locked(j, st);
+            break;
+        }
+    }
+    pthread_mutex_unlock(&j->lock);
+    return NULL;
+}
+
+/* The codecs, scratch and buffers a run of n chunks needs, made where missing. */
+static sov_status reader_ready(sov_chunk_reader *r, int decoders, int verify) {
+    for (int d = 0; d < decoders; d++) {
+        if (!r->codecs[d])
+            SOV_CHECK(sov_codec_create(&r->codecs[d], r->chunk_bytes));
+        if (verify && !r->scratch[d] && !(r->scratch[d] = malloc(r->chunk_bytes)))
+            return sov_fail(SOV_ERR_NOMEM, "verifying a checkpoint: out of memory");
+    }
+    if (!r->memory) {
+        r->memory_bytes = (size_t)r->buffers * r->buffer_bytes;
+        if (!(r->memory = sov_io_alloc(r->memory_bytes)))
+            return sov_fail(SOV_ERR_NOMEM, "reading a checkpoint: cannot allocate %zu MiB of read buffers",
+                            r->memory_bytes >> 20);
+    }
+    return SOV_OK;
+}
+
+static int at_most(size_t n, int cap) { return n < (size_t)cap ? (n ? (int)n : 1) : cap; }
+
+sov_status sov_chunk_reader_run(sov_chunk_reader *r, const char *dir, const char *const *files,
+                                const sov_chunk_ref *refs, size_t n) {
+    int verify = 0;
+    for (size_t i = 0; i < n && !verify; i++)
+        verify = refs[i].dst == NULL;
+    int decoders = at_most(n, r->decoders), fetchers = at_most(n, FETCHERS);
+    SOV_CHECK(reader_ready(r, decoders, verify));
+    run j = {.r = r, .dir = dir, .files = files, .refs = refs, .n = n, .status = SOV_OK};
+    for (int b = 0; b < r->buffers; b++)
+        j.free_buffers[j.n_free++] = b;
+    pthread_mutex_init(&j.lock, NULL);
+    pthread_cond_init(&j.buffer_freed, NULL);
+    pthread_cond_init(&j.chunk_read, NULL);
+    pthread_t tids[MAX_DECODERS + FETCHERS];
+    decoder_arg args[MAX_DECODERS];
+    int started = 0, fetching = 0;
+    for (int f = 0; f < fetchers; f++)
+        if (pthread_create(&tids[started], NULL, fetcher_main, &j) == 0)
+            started++;
+    fetching = started;
+    for (int d = 1; d < decoders; d++) { /* fewer threads than asked for only means a slower read */
+        args[d] = (decoder_arg){.job = &j, .index = d};
+        if (pthread_create(&tids[started], NULL, decoder_main, &args[d]) == 0)
+            started++;
+    }
+    if (fetching == 0) { /* no thread to read with: fail rather than wait forever */
+        pthread_mutex_lock(&j.lock);
+        fail_locked(&j, sov_fail(SOV_ERR_IO, "reading %s: cannot start a reading thread", dir));
+        pthread_mutex_unlock(&j.lock);
+    }
+    args[0] = (decoder_arg){.job = &j, .index = 0};
+    decoder_main(&args[0]); /* this thread decodes too */
+    for (int t = 0; t < started; t++)
+        pthread_join(tids[t], NULL);
+    pthread_cond_destroy(&j.chunk_read);
+    pthread_cond_destroy(&j.buffer_freed);
+    pthread_mutex_destroy(&j.lock);
+    return j.status == SOV_OK ? SOV_OK : sov_fail(j.status, "%s", j.error);
+}

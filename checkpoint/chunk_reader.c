@@ -6,6 +6,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -33,7 +34,8 @@ sov_status sov_chunk_reader_create(sov_chunk_reader **out, size_t chunk_bytes) {
     sov_chunk_reader *r = calloc(1, sizeof *r);
     if (!r)
         return sov_fail(SOV_ERR_NOMEM, "reading a checkpoint: out of memory");
-    long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+    cpu_set_t mask; /* the CPUs this process may run on (a container's share), not the machine's */
+    long cpus = sched_getaffinity(0, sizeof mask, &mask) == 0 ? CPU_COUNT(&mask) : sysconf(_SC_NPROCESSORS_ONLN);
     r->chunk_bytes = chunk_bytes;
     r->decoders = cpus < 1 ? 1 : cpus > MAX_DECODERS ? MAX_DECODERS : (int)cpus;
     /* a chunk and the aligned span around it: it may start anywhere in a block (formats before version 3) */
@@ -144,6 +146,13 @@ static sov_status open_data_file(const run *j, size_t file, open_file *f) {
     return SOV_OK;
 }
 
+/* Reads chunk i into buffer b; *data is where it starts there. */
+static sov_status fetch_chunk(const run *j, size_t i, int b, open_file *f, const uint8_t **data) {
+    const sov_chunk_ref *c = &j->refs[i];
+    SOV_CHECK(open_data_file(j, c->file, f));
+    return read_span(f->fd, f->direct, buffer_at(j, b), c->file_offset, (size_t)c->bytes + c->pad, f->path, data);
+}
+
 static void *fetcher_main(void *arg) {
     run *j = arg;
     open_file f = {.fd = -1};
@@ -156,11 +165,8 @@ static void *fetcher_main(void *arg) {
         size_t i = j->next_fetch++;
         int b = j->free_buffers[--j->n_free];
         pthread_mutex_unlock(&j->lock);
-        const sov_chunk_ref *c = &j->refs[i];
         const uint8_t *data = NULL;
-        sov_status st = open_data_file(j, c->file, &f);
-        if (st == SOV_OK)
-            st = read_span(f.fd, f.direct, buffer_at(j, b), c->file_offset, (size_t)c->bytes + c->pad, f.path, &data);
+        sov_status st = fetch_chunk(j, i, b, &f, &data);
         pthread_mutex_lock(&j->lock);
         if (st != SOV_OK) {
             fail_locked(j, st);
@@ -224,6 +230,21 @@ static void *decoder_main(void *arg) {
     return NULL;
 }
 
+/* Reads and decodes every chunk in turn on the calling thread, with decoder 0 and buffer 0. */
+static sov_status read_serially(const run *j) {
+    open_file f = {.fd = -1};
+    sov_status st = SOV_OK;
+    for (size_t i = 0; i < j->n && st == SOV_OK; i++) {
+        const uint8_t *data = NULL;
+        st = fetch_chunk(j, i, 0, &f, &data);
+        if (st == SOV_OK)
+            st = decode_chunk(j, 0, &j->refs[i], data);
+    }
+    if (f.fd >= 0)
+        close(f.fd);
+    return st;
+}
+
 /* The codecs, scratch and buffers a run of n chunks needs, made where missing. */
 static sov_status reader_ready(sov_chunk_reader *r, int decoders, int verify) {
     for (int d = 0; d < decoders; d++) {
@@ -258,23 +279,23 @@ sov_status sov_chunk_reader_run(sov_chunk_reader *r, const char *dir, const char
     pthread_cond_init(&j.chunk_read, NULL);
     pthread_t tids[MAX_DECODERS + FETCHERS];
     decoder_arg args[MAX_DECODERS];
-    int started = 0, fetching = 0;
+    int started = 0;
     for (int f = 0; f < fetchers; f++)
         if (pthread_create(&tids[started], NULL, fetcher_main, &j) == 0)
             started++;
-    fetching = started;
-    for (int d = 1; d < decoders; d++) { /* fewer threads than asked for only means a slower read */
-        args[d] = (decoder_arg){.job = &j, .index = d};
-        if (pthread_create(&tids[started], NULL, decoder_main, &args[d]) == 0)
-            started++;
+    if (started == 0) { /* no thread to read with (a thread limit): one chunk at a time, on this thread */
+        j.status = read_serially(&j);
+        if (j.status != SOV_OK)
+            snprintf(j.error, sizeof j.error, "%s", sov_last_error());
+    } else {
+        for (int d = 1; d < decoders; d++) { /* fewer threads than asked for only means a slower read */
+            args[d] = (decoder_arg){.job = &j, .index = d};
+            if (pthread_create(&tids[started], NULL, decoder_main, &args[d]) == 0)
+                started++;
+        }
+        args[0] = (decoder_arg){.job = &j, .index = 0};
+        decoder_main(&args[0]); /* this thread decodes too */
     }
-    if (fetching == 0) { /* no thread to read with: fail rather than wait forever */
-        pthread_mutex_lock(&j.lock);
-        fail_locked(&j, sov_fail(SOV_ERR_IO, "reading %s: cannot start a reading thread", dir));
-        pthread_mutex_unlock(&j.lock);
-    }
-    args[0] = (decoder_arg){.job = &j, .index = 0};
-    decoder_main(&args[0]); /* this thread decodes too */
     for (int t = 0; t < started; t++)
         pthread_join(tids[t], NULL);
     pthread_cond_destroy(&j.chunk_read);

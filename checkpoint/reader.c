@@ -281,6 +281,8 @@ static sov_status decode_chunks(sov_ckpt *c, const sov_chunk_ref *refs, size_t n
 
 /* The chunks of one buffer the caller asked for, checked against its count and dtype, appended to *all. */
 static sov_status add_buffer_chunks(sov_ckpt *c, const sov_ckpt_buffer *b, sov_chunk_ref **all, size_t *n_all) {
+    if (b->count && !b->data)
+        return sov_fail(SOV_ERR_INVALID, "%s: no memory given to read buffer \"%s\" into", c->path, b->name);
     size_t have = sov_ckpt_buffer_count(c, b->name);
     if (have != b->count)
         return sov_fail(SOV_ERR_INVALID, "%s: buffer \"%s\" has %zu elements, %zu expected (a different model or "

@@ -64,6 +64,8 @@ static void check_reads_back(const char *path) {
     assert_int_equal(sov_ckpt_read_buffer(c, "weights.bf16", SOV_CKPT_F32, f2, NB), SOV_ERR_INVALID);
     assert_non_null(strstr(sov_last_error(), "bf16"));
     assert_non_null(strstr(sov_last_error(), "f32 expected"));
+    assert_int_equal(sov_ckpt_read_buffer(c, "params", SOV_CKPT_F32, NULL, NF), SOV_ERR_INVALID); /* no memory */
+    assert_non_null(strstr(sov_last_error(), "no memory given"));
     sov_ckpt_close(c);
     free(f), free(f2), free(h), free(h2);
 }

@@ -21,8 +21,10 @@
 #define DIRECT_ALIGN 4096
 #define BUFFER_MEMORY ((size_t)512 << 20) /* at most, unless two buffers need more (chunks of over 256 MiB) */
 
+/* Sized by the largest chunk read so far, not by the checkpoint's chunk size: verifying a small checkpoint written
+ * with 4 MiB chunks then neither allocates nor zeroes megabytes it never uses. */
 struct sov_chunk_reader {
-    size_t chunk_bytes;
+    size_t codec_bytes; /* the largest decoded chunk the codecs and scratch take */
     int decoders, buffers;
     sov_codec *codecs[MAX_DECODERS];
     uint8_t *scratch[MAX_DECODERS]; /* one decoded chunk, for chunks that are only verified */
@@ -30,21 +32,13 @@ struct sov_chunk_reader {
     size_t memory_bytes, buffer_bytes;
 };
 
-sov_status sov_chunk_reader_create(sov_chunk_reader **out, size_t chunk_bytes) {
+sov_status sov_chunk_reader_create(sov_chunk_reader **out) {
     sov_chunk_reader *r = calloc(1, sizeof *r);
     if (!r)
         return sov_fail(SOV_ERR_NOMEM, "reading a checkpoint: out of memory");
     cpu_set_t mask; /* the CPUs this process may run on (a container's share), not the machine's */
     long cpus = sched_getaffinity(0, sizeof mask, &mask) == 0 ? CPU_COUNT(&mask) : sysconf(_SC_NPROCESSORS_ONLN);
-    r->chunk_bytes = chunk_bytes;
     r->decoders = cpus < 1 ? 1 : cpus > MAX_DECODERS ? MAX_DECODERS : (int)cpus;
-    /* a chunk and the aligned span around it: it may start anywhere in a block (formats before version 3) */
-    r->buffer_bytes = (sov_chunk_bound(chunk_bytes) / DIRECT_ALIGN + 2) * DIRECT_ALIGN;
-    /* decoders at work, reads in flight, and as many read chunks waiting, so that a batch of reads that comes
-     * back together does not hold up the next batch; big chunks get fewer, down to one read and one decode */
-    size_t fit = BUFFER_MEMORY / r->buffer_bytes;
-    r->buffers = r->decoders + 2 * FETCHERS;
-    r->buffers = fit < 2 ? 2 : fit < (size_t)r->buffers ? (int)fit : r->buffers;
     *out = r;
     return SOV_OK;
 }
@@ -245,20 +239,43 @@ static sov_status read_serially(const run *j) {
     return st;
 }
 
-/* The codecs, scratch and buffers a run of n chunks needs, made where missing. */
-static sov_status reader_ready(sov_chunk_reader *r, int decoders, int verify) {
+/* Codecs and scratch for `decoders` decoders, for chunks that decode to at most raw_bytes. */
+static sov_status codecs_ready(sov_chunk_reader *r, int decoders, int verify, size_t raw_bytes) {
+    if (raw_bytes > r->codec_bytes) { /* bigger chunks than before: make them anew */
+        for (int d = 0; d < MAX_DECODERS; d++) {
+            sov_codec_destroy(r->codecs[d]);
+            free(r->scratch[d]);
+            r->codecs[d] = NULL;
+            r->scratch[d] = NULL;
+        }
+        r->codec_bytes = raw_bytes;
+    }
     for (int d = 0; d < decoders; d++) {
         if (!r->codecs[d])
-            SOV_CHECK(sov_codec_create(&r->codecs[d], r->chunk_bytes));
-        if (verify && !r->scratch[d] && !(r->scratch[d] = malloc(r->chunk_bytes)))
+            SOV_CHECK(sov_codec_create(&r->codecs[d], r->codec_bytes));
+        if (verify && !r->scratch[d] && !(r->scratch[d] = malloc(r->codec_bytes)))
             return sov_fail(SOV_ERR_NOMEM, "verifying a checkpoint: out of memory");
     }
-    if (!r->memory) {
-        r->memory_bytes = (size_t)r->buffers * r->buffer_bytes;
-        if (!(r->memory = sov_io_alloc(r->memory_bytes)))
-            return sov_fail(SOV_ERR_NOMEM, "reading a checkpoint: cannot allocate %zu MiB of read buffers",
-                            r->memory_bytes >> 20);
-    }
+    return SOV_OK;
+}
+
+/* Read buffers for stored chunks (with their padding) of at most span bytes. */
+static sov_status buffers_ready(sov_chunk_reader *r, size_t span) {
+    /* the chunk and the aligned blocks around it: it may start anywhere in a block (formats before version 3) */
+    size_t buffer_bytes = (span / DIRECT_ALIGN + 2) * DIRECT_ALIGN;
+    if (r->memory && r->buffer_bytes >= buffer_bytes)
+        return SOV_OK;
+    sov_io_free(r->memory, r->memory_bytes);
+    r->buffer_bytes = buffer_bytes;
+    /* decoders at work, reads in flight, and as many read chunks waiting, so that a batch of reads that comes
+     * back together does not hold up the next batch; big chunks get fewer, down to one read and one decode */
+    size_t fit = BUFFER_MEMORY / buffer_bytes;
+    r->buffers = r->decoders + 2 * FETCHERS;
+    r->buffers = fit < 2 ? 2 : fit < (size_t)r->buffers ? (int)fit : r->buffers;
+    r->memory_bytes = (size_t)r->buffers * buffer_bytes;
+    if (!(r->memory = sov_io_alloc(r->memory_bytes)))
+        return sov_fail(SOV_ERR_NOMEM, "reading a checkpoint: cannot allocate %zu MiB of read buffers",
+                        r->memory_bytes >> 20);
     return SOV_OK;
 }
 
@@ -266,11 +283,18 @@ static int at_most(size_t n, int cap) { return n < (size_t)cap ? (n ? (int)n : 1
 
 sov_status sov_chunk_reader_run(sov_chunk_reader *r, const char *dir, const char *const *files,
                                 const sov_chunk_ref *refs, size_t n) {
+    if (n == 0)
+        return SOV_OK;
     int verify = 0;
-    for (size_t i = 0; i < n && !verify; i++)
-        verify = refs[i].dst == NULL;
+    size_t raw_bytes = 0, span = 0;
+    for (size_t i = 0; i < n; i++) {
+        verify |= refs[i].dst == NULL;
+        raw_bytes = refs[i].elems * refs[i].elem_bytes > raw_bytes ? refs[i].elems * refs[i].elem_bytes : raw_bytes;
+        span = refs[i].bytes + refs[i].pad > span ? (size_t)refs[i].bytes + refs[i].pad : span;
+    }
     int decoders = at_most(n, r->decoders), fetchers = at_most(n, FETCHERS);
-    SOV_CHECK(reader_ready(r, decoders, verify));
+    SOV_CHECK(codecs_ready(r, decoders, verify, raw_bytes));
+    SOV_CHECK(buffers_ready(r, span));
     run j = {.r = r, .dir = dir, .files = files, .refs = refs, .n = n, .status = SOV_OK};
     for (int b = 0; b < r->buffers; b++)
         j.free_buffers[j.n_free++] = b;

@@ -24,10 +24,10 @@ typedef struct sov_chunk_ref {
     uint8_t *dst; /* the start of the buffer it decodes into; NULL: verify only (decoded and dropped) */
 } sov_chunk_ref;
 
-/* Codecs and buffers, made at the first run and reused by the next ones. */
+/* Codecs and buffers, made at the first run and reused by the next ones (made anew for bigger chunks). */
 typedef struct sov_chunk_reader sov_chunk_reader;
 
-sov_status sov_chunk_reader_create(sov_chunk_reader **out, size_t chunk_bytes);
+sov_status sov_chunk_reader_create(sov_chunk_reader **out);
 void sov_chunk_reader_destroy(sov_chunk_reader *r);
 
 /* Reads and decodes refs[0..n), each into dst + elem_offset * elem_bytes (or into scratch where dst is NULL), from

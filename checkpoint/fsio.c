@@ -32,8 +32,13 @@ sov_status sov_write_all(int fd, const void *buf, size_t n, const char *path) {
 
 static size_t round_up(size_t n, size_t to) { return (n + to - 1) / to * to; }
 
+/* The mapped size: whole huge pages from one up, so that the end of a buffer is not left in small pages. */
+static size_t io_size(size_t bytes) {
+    return bytes >= HUGE_PAGE ? round_up(bytes, HUGE_PAGE) : round_up(bytes ? bytes : 1, SMALL_PAGE);
+}
+
 void *sov_io_alloc(size_t bytes) {
-    size_t size = round_up(bytes ? bytes : 1, SMALL_PAGE);
+    size_t size = io_size(bytes);
     uint8_t *map = mmap(NULL, size + HUGE_PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (map == MAP_FAILED)
         return NULL;
@@ -48,7 +53,7 @@ void *sov_io_alloc(size_t bytes) {
 
 void sov_io_free(void *buf, size_t bytes) {
     if (buf)
-        munmap(buf, round_up(bytes ? bytes : 1, SMALL_PAGE));
+        munmap(buf, io_size(bytes));
 }
 
 sov_status sov_pread_all(int fd, void *buf, size_t n, off_t offset, const char *path) {

@@ -12,8 +12,9 @@ sov_status sov_pread_all(int fd, void *buf, size_t n, off_t offset, const char *
 /* A buffer for O_DIRECT reads and writes: zeroed, 2 MiB-aligned, with transparent huge pages asked for. The block
  * layer gives a request one segment per physically contiguous run of memory and caps the segments (254 on
  * virtio-blk), so a 4 MiB transfer from 4 KiB pages is cut into ~1 MiB requests, which read at ~60 % of the disk's
- * speed here; from 2 MiB pages it goes out whole. Without huge pages the buffer still works, only slower. NULL
- * when out of memory. Free with sov_io_free and the same size. */
+ * speed here; from 2 MiB pages it goes out whole. Sizes from 2 MiB up are mapped in whole huge pages. Without
+ * huge pages the buffer still works, only slower. NULL when out of memory. Free with sov_io_free and the same
+ * size. */
 void *sov_io_alloc(size_t bytes);
 void sov_io_free(void *buf, size_t bytes);
 /* fsync of a file or directory by path. */

@@ -266,7 +266,7 @@ static sov_status decode_chunks(sov_ckpt *c, const sov_chunk_ref *refs, size_t n
     if (n == 0)
         return SOV_OK;
     if (!c->chunks)
-        SOV_CHECK(sov_chunk_reader_create(&c->chunks, c->chunk_bytes));
+        SOV_CHECK(sov_chunk_reader_create(&c->chunks));
     json_t *files = json_object_get(c->manifest, "files");
     size_t nfiles = json_array_size(files);
     const char **names = malloc((nfiles ? nfiles : 1) * sizeof *names);

@@ -3,7 +3,8 @@
  * otherwise: SOVTRAIN_CKPT_DIRECT=0 runs the second path), and a buffer read as the wrong dtype is refused; the
  * encoder pipeline survives hundreds of tiny chunks; a write the system refuses (the file-size limit) fails the
  * save with the reason and leaves the previous checkpoint the latest; format versions 1 to 3 are read, others
- * refused as unsupported; a data file's layout and its padding are checked. */
+ * refused as unsupported; a data file's layout and its padding are checked; reads of growing chunk sizes through one
+ * open checkpoint. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -265,6 +266,40 @@ static void a_rank_with_no_chunks(void **state) {
     sov_ckpt_close(c);
 }
 
+/* One open checkpoint read buffer by buffer, smallest first: the reader sizes its codecs and buffers by the chunks
+ * of each read, so the big buffer's read must make them anew and bigger, and a verify after it (into scratch) and a
+ * small read again must still work. */
+static void reads_of_growing_chunks(void **state) {
+    (void)state;
+    float tiny[10], tiny_back[10] = {0}, *big = malloc(NF * sizeof *big), *big_back = calloc(NF, sizeof *big);
+    uint16_t *unused = malloc(NB * sizeof *unused);
+    fill(big, unused);
+    for (int i = 0; i < 10; i++)
+        tiny[i] = (float)i / 3.0f;
+    sov_ckpt_writer *w;
+    sov_ckpt_options o = {.keep = 1, .threads = 2, .chunk_bytes = 64 << 10, .commit_timeout_s = 30};
+    sov_ckpt_state s = {.step = 81, .num_buffers = 2};
+    s.buffers[0] = (sov_ckpt_buffer){"tiny", tiny, 10, SOV_CKPT_F32};
+    s.buffers[1] = (sov_ckpt_buffer){"big", big, NF, SOV_CKPT_F32};
+    char path[4200];
+    assert_int_equal(sov_ckpt_writer_open(&w, dir, 0, 1, &o), SOV_OK);
+    assert_int_equal(sov_ckpt_save(w, &s, 100, NULL, NULL), SOV_OK);
+    assert_int_equal(sov_ckpt_wait(w, path, sizeof path), SOV_OK);
+    sov_ckpt_writer_close(w);
+    sov_ckpt *c;
+    assert_int_equal(sov_ckpt_open(path, &c), SOV_OK);
+    assert_int_equal(sov_ckpt_read_buffer(c, "tiny", SOV_CKPT_F32, tiny_back, 10), SOV_OK);
+    assert_memory_equal(tiny, tiny_back, sizeof tiny);
+    assert_int_equal(sov_ckpt_read_buffer(c, "big", SOV_CKPT_F32, big_back, NF), SOV_OK);
+    assert_memory_equal(big, big_back, NF * sizeof *big);
+    assert_int_equal(sov_ckpt_verify(c), SOV_OK);
+    memset(tiny_back, 0, sizeof tiny_back);
+    assert_int_equal(sov_ckpt_read_buffer(c, "tiny", SOV_CKPT_F32, tiny_back, 10), SOV_OK);
+    assert_memory_equal(tiny, tiny_back, sizeof tiny);
+    sov_ckpt_close(c);
+    free(big), free(big_back), free(unused);
+}
+
 /* The file's first chunk, and where its padding (the zeros up to the next chunk) is. */
 static void first_padding(const char *path, size_t *pad_at, size_t *pad_len) {
     json_t *m = load_manifest(path), *chunks = json_object_get(json_array_get(json_object_get(m, "files"), 0), "chunks");
@@ -332,6 +367,7 @@ int main(void) {
         cmocka_unit_test(format_versions),
         cmocka_unit_test(padding_and_layout_are_checked),
         cmocka_unit_test(a_rank_with_no_chunks),
+        cmocka_unit_test(reads_of_growing_chunks),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

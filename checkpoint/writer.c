@@ -35,9 +35,8 @@ struct sov_ckpt_writer {
     int rank, world;
     sov_ckpt_options opt;
     sov_codec *codecs[MAX_THREADS];
-    uint8_t *out[SLOTS(MAX_THREADS)]; /* encoded chunks: the pipeline's slots, aligned for the stream */
-    uint8_t *out_memory;              /* the slots, back to back in one buffer for O_DIRECT writes */
-    size_t out_bytes;
+    uint8_t *out_memory; /* encoded chunks: the pipeline's slots, back to back in one buffer for O_DIRECT writes */
+    size_t out_bytes, slot_bytes; /* slot_bytes: a multiple of SOV_STREAM_ALIGN, so each slot is aligned */
     /* the save in flight */
     pthread_t thread;
     int running;
@@ -97,6 +96,11 @@ typedef struct pipeline {
     pthread_cond_t changed;
     int abort;
 } pipeline;
+
+/* Where job's encoded chunk goes: its slot in the writer's output buffer. */
+static uint8_t *slot_buffer(const pipeline *p, size_t job) {
+    return p->w->out_memory + job % (size_t)p->nslots * p->w->slot_bytes;
+}
 
 typedef struct encoder_arg {
     pipeline *p;
@@ -171,7 +175,7 @@ static void *encoder_main(void *arg) {
         p->next++;
         pthread_mutex_unlock(&p->lock);
         size_t bytes = 0;
-        uint8_t *out = p->w->out[job % (size_t)p->nslots];
+        uint8_t *out = slot_buffer(p, job);
         sov_status st = snapshot_reached(p->w, p->jobs[job].src + p->jobs[job].bytes);
         if (st == SOV_OK)
             st = sov_chunk_encode(codec, p->jobs[job].src, p->jobs[job].bytes, p->jobs[job].elem_bytes, out, &bytes);
@@ -204,7 +208,7 @@ static sov_status write_chunks(pipeline *p, sov_stream *out, json_t *chunks) {
             st = snapshot_failure(p->w);
         uint64_t offset = 0;
         if (st == SOV_OK)
-            st = sov_stream_append(out, p->w->out[job % (size_t)p->nslots], sl->bytes, &offset);
+            st = sov_stream_append(out, slot_buffer(p, job), sl->bytes, &offset);
         if (st == SOV_OK)
             json_array_append_new(chunks, json_pack("{s:s, s:I, s:I, s:I, s:I}", "buffer", p->jobs[job].buffer,
                                                     "elem_offset", (json_int_t)p->jobs[job].elem_offset, "elems",
@@ -530,13 +534,11 @@ sov_status sov_ckpt_writer_open(sov_ckpt_writer **out, const char *dir, int rank
     sov_status st = sov_mkdir_p(dir);
     for (int i = 0; st == SOV_OK && i < w->opt.threads; i++)
         st = sov_codec_create(&w->codecs[i], w->opt.chunk_bytes);
-    size_t slot = sov_stream_padded(sov_chunk_bound(w->opt.chunk_bytes)); /* a multiple of SOV_STREAM_ALIGN */
-    w->out_bytes = slot * (size_t)SLOTS(w->opt.threads);
+    w->slot_bytes = sov_stream_padded(sov_chunk_bound(w->opt.chunk_bytes));
+    w->out_bytes = w->slot_bytes * (size_t)SLOTS(w->opt.threads);
     if (st == SOV_OK && !(w->out_memory = sov_io_alloc(w->out_bytes)))
         st = sov_fail(SOV_ERR_NOMEM, "rank %d: cannot allocate the checkpoint's output buffers (%zu MiB)", rank,
                       w->out_bytes >> 20);
-    for (int i = 0; st == SOV_OK && i < SLOTS(w->opt.threads); i++)
-        w->out[i] = w->out_memory + (size_t)i * slot;
     if (st != SOV_OK) {
         sov_ckpt_writer_close(w);
         return st;

@@ -189,8 +189,13 @@ static double restore_once(const bench_case *c, const char *path, sov_ckpt_dtype
 }
 
 /* Rounds of (the disk's bound, then a save), so that both see the same state of a disk whose speed drifts; the
- * best of each is kept. The first save also warms the writer's staging, as in training. */
-#define ROUNDS 3
+ * best of each is kept. The first save also warms the writer's staging, as in training. A small state gets more:
+ * a 20 ms restore on a disk whose speed drifts by a third needs more than 3 samples to find its best. The rule is
+ * bench/peers/torch_ckpt.py's too, so that torch.save and torch.load get as many tries. */
+static int tries_for(double bytes) {
+    int tries = (int)ceil(192.0 * 1048576 / bytes);
+    return tries < 3 ? 3 : tries > 12 ? 12 : tries;
+}
 
 /* Saves and restores with sovtrain; measures the disk bound between the saves. */
 static void sovtrain_save_restore(const bench_case *c, const char *dir, int threads, double *save_gbs,
@@ -209,7 +214,8 @@ static void sovtrain_save_restore(const bench_case *c, const char *dir, int thre
     double best = 1e9, stall = 1e9;
     char path[4200];
     *disk = 0;
-    for (int rep = 0; rep < ROUNDS; rep++) {
+    int tries = tries_for(total_bytes(c));
+    for (int rep = 0; rep < tries; rep++) {
         double d = disk_gbs(c, dir);
         *disk = d > *disk ? d : *disk;
         s.step = rep + 1;
@@ -227,7 +233,7 @@ static void sovtrain_save_restore(const bench_case *c, const char *dir, int thre
     *save_gbs = total_bytes(c) / best / 1e9;
     *stall_ms = stall * 1e3;
     double best_restore = 1e9;
-    for (int rep = 0; rep < ROUNDS; rep++) { /* as many tries as the saves and as torch.load get */
+    for (int rep = 0; rep < tries; rep++) { /* as many tries as the saves and as torch.load get */
         drop_cached(path);
         double t = restore_once(c, path, dtype);
         best_restore = t < best_restore ? t : best_restore;

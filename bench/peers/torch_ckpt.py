@@ -7,6 +7,7 @@ file (the save's durable cost), and torch.load of it back from the disk (the fil
 first, as bench/ckpt_perf does for sovtrain's files). Prints one JSON line per case:
 {"bench":"ckpt","case","impl":"torch","bytes","torch_save_gbs","torch_load_gbs"}. Exit 77 without torch."""
 import json
+import math
 import os
 import sys
 import time
@@ -18,6 +19,11 @@ except ImportError as e:
     sys.exit(77)
 
 
+def tries_for(nbytes):
+    """bench/ckpt_perf's rule, so that both get as many tries: 3, or more for a small state (up to 12)."""
+    return max(3, min(12, math.ceil(192 * 1048576 / nbytes)))
+
+
 def measure(raw_path):
     name = os.path.basename(raw_path)[:-len(".raw")]
     data = bytearray(open(raw_path, "rb").read())
@@ -25,7 +31,7 @@ def measure(raw_path):
     state = {"params": torch.frombuffer(data, dtype=dtype).clone()}
     out = raw_path[:-len(".raw")] + ".pt"
     best_save = best_load = float("inf")
-    for _ in range(3):  # as many tries as bench/ckpt_perf gives sovtrain's save and restore
+    for _ in range(tries_for(len(data))):  # as many tries as bench/ckpt_perf gives sovtrain's save and restore
         t0 = time.perf_counter()
         with open(out, "wb") as f:
             torch.save(state, f)

@@ -202,7 +202,8 @@ static void sovtrain_save_restore(const bench_case *c, const char *dir, int thre
                                   double *stall_ms, double *restore_gbs, double *ratio, double *disk,
                                   double *save_cores) {
     sov_ckpt_writer *w;
-    sov_ckpt_options o = {.keep = 1, .threads = threads, .chunk_bytes = (size_t)4 << 20, .commit_timeout_s = 60};
+    sov_ckpt_options o = {.keep = 1, .threads = threads, .chunk_bytes = SOV_CKPT_DEFAULT_CHUNK_BYTES,
+                          .commit_timeout_s = 60};
     char ckdir[4200];
     snprintf(ckdir, sizeof ckdir, "%s/ckpt-%s", dir, c->name);
     if (sov_ckpt_writer_open(&w, ckdir, 0, 1, &o) != SOV_OK)
@@ -317,7 +318,8 @@ int main(int argc, char **argv) {
         h[i] = sov_f32_to_bf16(g[i]);
     cases[ncase++] = (bench_case){.name = "gauss-bf16", .elem = 2, .nbuf = 1, .names = {"params"}, .data = {h},
                                   .bytes = {n * 2}};
-    printf("# ckpt_perf: one rank, %d compression threads, chunks of 4 MiB, files in %s\n", threads, dir);
+    printf("# ckpt_perf: one rank, %d compression threads, chunks of %zu KiB (the trainer's), files in %s\n", threads,
+           SOV_CKPT_DEFAULT_CHUNK_BYTES >> 10, dir);
     long cpus = sysconf(_SC_NPROCESSORS_ONLN);
     printf("# %-11s %9s %9s %9s %8s %8s %7s %7s %8s %9s %9s %8s %9s\n", "case", "MB", "save GB/s", "rest GB/s", "stall ms",
            "memcpy", "ratio", "bound", "% bound", "zstd -1", "disk GB/s", "% disk", "cores");

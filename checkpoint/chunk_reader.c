@@ -13,16 +13,17 @@
 #include <unistd.h>
 
 #define MAX_DECODERS 16
-/* Reads in flight. The development VM's disk reads 4 MiB requests as fast at 2 in flight as at 4 or 8, and a
- * restore of a small state (6 chunks) is faster with 2: reads in flight share the disk and come back together, so
- * fewer of them hand the decoders their first chunks sooner. 8 MiB in flight also keeps an NVMe drive streaming. */
+/* Reads in flight. The development VM's disk reads 2 and 4 MiB requests as fast at 2 in flight as at 4 or 8, and a
+ * restore of a small state is faster with 2: reads in flight share the disk and come back together, so fewer of
+ * them hand the decoders their first chunks sooner. With the default 2 MiB chunks that is 4 MiB in flight; an NVMe
+ * drive may stream better with more (not measured yet: no such machine has run a restore). */
 #define FETCHERS 2
 #define MAX_BUFFERS (MAX_DECODERS + 2 * FETCHERS)
 #define DIRECT_ALIGN 4096
 #define BUFFER_MEMORY ((size_t)512 << 20) /* at most, unless two buffers need more (chunks of over 256 MiB) */
 
 /* Sized by the largest chunk read so far, not by the checkpoint's chunk size: verifying a small checkpoint written
- * with 4 MiB chunks then neither allocates nor zeroes megabytes it never uses. */
+ * with 2 MiB chunks then neither allocates nor zeroes megabytes it never uses. */
 struct sov_chunk_reader {
     size_t codec_bytes; /* the largest decoded chunk the codecs and scratch take */
     int decoders, buffers;

@@ -527,7 +527,7 @@ sov_status sov_ckpt_writer_open(sov_ckpt_writer **out, const char *dir, int rank
         w->opt.keep = 1;
     w->opt.threads = w->opt.threads < 1 ? 1 : w->opt.threads > MAX_THREADS ? MAX_THREADS : w->opt.threads;
     if (w->opt.chunk_bytes < 4096 || w->opt.chunk_bytes > ((size_t)256 << 20))
-        w->opt.chunk_bytes = (size_t)4 << 20;
+        w->opt.chunk_bytes = SOV_CKPT_DEFAULT_CHUNK_BYTES;
     w->opt.chunk_bytes &= ~(size_t)3;
     if (w->opt.commit_timeout_s <= 0)
         w->opt.commit_timeout_s = 600;

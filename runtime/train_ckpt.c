@@ -274,7 +274,7 @@ sov_status sov_trainer_ckpt_init(trainer *t) {
         snprintf(t->ckpt_dir, sizeof t->ckpt_dir, "%s", t->args.ckpt_dir);
     else
         snprintf(t->ckpt_dir, sizeof t->ckpt_dir, "%s/checkpoints", t->args.run_dir);
-    sov_ckpt_options o = {.keep = t->args.keep, .threads = t->args.ckpt_threads, .chunk_bytes = (size_t)4 << 20,
+    sov_ckpt_options o = {.keep = t->args.keep, .threads = t->args.ckpt_threads, .chunk_bytes = SOV_CKPT_DEFAULT_CHUNK_BYTES,
                           .commit_timeout_s = t->args.comm_timeout};
     if (t->dev) { /* state on the GPU: snapshot through pinned host memory */
         o.copy_to_host = copy_from_gpu;

@@ -64,7 +64,7 @@ static double entropy_bound(const bench_case *c) {
 }
 
 static double zstd1_ratio(const bench_case *c) {
-    size_t chunk = (size_t)4 << 20, cap = ZSTD_compressBound(chunk), stored = 0;
+    size_t chunk = SOV_CKPT_DEFAULT_CHUNK_BYTES, cap = ZSTD_compressBound(chunk), stored = 0; /* as ours */
     void *out = malloc(cap);
     for (int b = 0; b < c->nbuf; b++)
         for (size_t off = 0; off < c->bytes[b]; off += chunk) {
@@ -190,11 +190,11 @@ static double restore_once(const bench_case *c, const char *path, sov_ckpt_dtype
 
 /* Rounds of (the disk's bound, then a save), so that both see the same state of a disk whose speed drifts; the
  * best of each is kept. The first save also warms the writer's staging, as in training. A small state gets more:
- * a 20 ms restore on a disk whose speed drifts by a third needs more than 3 samples to find its best. The rule is
+ * a 15-20 ms restore on a disk whose speed drifts by a third needs more than 3 samples to find its best. The rule is
  * bench/peers/torch_ckpt.py's too, so that torch.save and torch.load get as many tries. */
 static int tries_for(double bytes) {
-    int tries = (int)ceil(192.0 * 1048576 / bytes);
-    return tries < 3 ? 3 : tries > 12 ? 12 : tries;
+    double tries = bytes > 0 ? ceil(192.0 * 1048576 / bytes) : 3;
+    return tries < 3 ? 3 : tries > 12 ? 12 : (int)tries;
 }
 
 /* Saves and restores with sovtrain; measures the disk bound between the saves. */

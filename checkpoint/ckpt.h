@@ -50,10 +50,11 @@ typedef struct sov_ckpt_state {
 } sov_ckpt_state;
 
 /* Raw bytes per chunk unless told otherwise (the trainer's and bench/ckpt's value). The development VM's disk reads
- * and writes 2 MiB requests as fast as 4 MiB ones (1.84 vs 1.86 GB/s at 2 in flight; 1 MiB: 1.53), and half the
- * chunk halves a restore's read buffers (fresh pages the kernel must zero), its wait for the first chunk and the
- * decode left after the last read: the trained MLP's 22 MB state restored 15 % faster than with 4 MiB chunks
- * (medians of 30, three runs), with the large states' save and restore unchanged and the same ratio. */
+ * 2 MiB requests as fast as 4 MiB ones (O_DIRECT, 2 in flight, medians of 25: 1.84 vs 1.86 GB/s; 1 MiB: 1.53), and
+ * bench/ckpt's saves ran as fast at 2 MiB. Half the chunk halves a restore's read buffers (fresh pages the kernel
+ * must zero), its wait for the first chunk and the decode left after the last read: the trained MLP's 22 MB state
+ * restored 15 % faster than with 4 MiB chunks (alternated scratch runs, medians of 30, three runs; bench/ckpt:
+ * 1.13-1.46x torch.load against 0.93-1.29x), with the large states' save and restore unchanged, the same ratio. */
 #define SOV_CKPT_DEFAULT_CHUNK_BYTES ((size_t)2 << 20)
 
 typedef struct sov_ckpt_options {

@@ -9,11 +9,14 @@
 #define ZSTD_STATIC_LINKING_ONLY /* ZSTD_c_literalCompressionMode */
 #include <zstd.h>
 
-/* At or above this a plane is stored raw: coding it would save under 16 %, less than its Huffman pass costs (encode
- * and decode, ~1 GB/s per core on the development VM: more time than the disk saves). Mantissa bytes are near-random,
- * 8 bits; the low byte of an all-positive buffer (AdamW's second moment: a constant sign bit) is 7. Coded at 7.9, that
- * plane cost the trained MLP's restore 1.8 ms of decoding for 1 % of its bytes; raw, restores were 5-11 % faster. */
-#define RAW_ENTROPY_BITS 6.75
+/* A plane's sample at or above NEAR_RANDOM_BITS is stored raw without a trial: mantissa bytes, 8 bits. One at or
+ * above HUFFMAN_MIN_GAIN_BITS is stored raw too unless level 1's matches (runs, repeats) beat the literals: a Huffman
+ * pass alone would save under 16 %, less than it costs (encode and decode, ~1 GB/s per core on the development VM:
+ * more time than the disk saves). The low byte of an all-positive buffer (AdamW's second moment: a constant sign
+ * bit) is 7 bits; coded, it cost the trained MLP's restore ~1.8 ms of decoding for 1 % of its bytes, and raw, its
+ * restores ran 5-11 % faster (alternated scratch runs, medians of 40). */
+#define NEAR_RANDOM_BITS 7.9
+#define HUFFMAN_MIN_GAIN_BITS 6.75
 #define SAMPLE_BLOCKS 16
 #define SAMPLE_BLOCK 4096 /* elements */
 #define SAMPLE_BYTES (SAMPLE_BLOCKS * SAMPLE_BLOCK) /* decisions are taken on a sample of each plane */
@@ -396,9 +399,9 @@ static uint8_t pairs_window(const uint32_t hist[256], size_t *inside) {
     return (uint8_t)base;
 }
 
-/* Which coding suits a plane, judged on its sample: raw (near-random), literals only (Huffman), or level 1, whose
- * matches suit runs of zeros and repeated values as in optimizer moments. Level 1 is tried only when adjacent bytes
- * repeat more often than independent bytes with this histogram would (sum of p^2): for a weight's exponent plane
+/* Which coding suits a plane, judged on its sample: raw (near-random, or too little to gain), literals only
+ * (Huffman), or level 1, whose matches suit runs of zeros and repeated values as in optimizer moments. Level 1 is
+ * tried only when adjacent bytes repeat more often than independent bytes with this histogram would (sum of p^2): for a weight's exponent plane
  * they do not, and the two trial compressions would cost more than the entropy pass. A plane for literals whose
  * sample lies nearly all in one window of 15 values (*base on) is paired first (coding 2). */
 static int choose_coder(sov_codec *c, const uint8_t *smp, size_t len, uint8_t *base) {
@@ -406,7 +409,8 @@ static int choose_coder(sov_codec *c, const uint8_t *smp, size_t len, uint8_t *b
         return CODER_RAW;
     uint32_t hist[256];
     histogram(smp, len, hist);
-    if (entropy_of(hist, len) >= RAW_ENTROPY_BITS)
+    double bits = entropy_of(hist, len);
+    if (bits >= NEAR_RANDOM_BITS)
         return CODER_RAW;
     double chance = 0.0;
     for (int b = 0; b < 256; b++)
@@ -417,6 +421,8 @@ static int choose_coder(sov_codec *c, const uint8_t *smp, size_t len, uint8_t *b
         if (!ZSTD_isError(lit) && !ZSTD_isError(lz) && lz < lit)
             return CODER_LEVEL1;
     }
+    if (bits >= HUFFMAN_MIN_GAIN_BITS)
+        return CODER_RAW;
     size_t inside = 0;
     *base = pairs_window(hist, &inside);
     return len >= PAIRS_MIN_PLANE && len - inside <= len / PAIRS_MAX_OUTSIDE ? CODER_PAIRS : CODER_LITERAL;

@@ -1,6 +1,7 @@
 /* Checkpoint chunks: bitwise round trips for every element size and awkward values; compression where the bytes
- * allow it; exponent planes paired (coding 2), with escapes anywhere; every single-byte corruption of an encoded
- * chunk detected, and pair headers that disagree with their data refused. */
+ * allow it, and planes that would gain too little stored raw; exponent planes paired (coding 2), with escapes
+ * anywhere; every single-byte corruption of an encoded chunk detected, and pair headers that disagree with their
+ * data refused. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -208,6 +209,33 @@ static void exponent_planes_are_paired(void **state) {
     assert_int_equal(h.coding[1], 2);
 }
 
+/* |gaussian(seed)|, with the elements of every 16th run of 256 zeroed when `runs` is set. */
+static void positive_weights(float *x, size_t n, uint64_t seed, int runs) {
+    gaussian(x, n, seed);
+    for (size_t i = 0; i < n; i++)
+        x[i] = runs && (i / 256) % 16 == 0 ? 0.0f : fabsf(x[i]);
+}
+
+/* An all-positive buffer (AdamW's second moment) has a constant sign bit in plane 0: 7 bits per byte, which a
+ * Huffman pass would cut by only 1/8 for its cost at both ends, so the plane is stored raw. With runs of zeros in
+ * it (1/16 of the elements: entropy ~6.9 bits, still above the 6.75 cut) level 1's matches pay, and it is coded. */
+static void low_gain_planes_stay_raw_unless_runs_pay(void **state) {
+    (void)state;
+    static float x[MAX / 4];
+    sov_chunk_header h;
+    positive_weights(x, MAX / 4, 11, 0);
+    round_trip(x, sizeof x, 4);
+    assert_int_equal(sov_chunk_parse_header(out, &h, "test"), SOV_OK);
+    double bits = sov_entropy_bits(out + SOV_CHUNK_HEADER_BYTES, MAX / 4); /* plane 0, stored as it is */
+    assert_true(bits > 6.9 && bits < 7.1);
+    assert_int_equal(h.coding[0], 0);
+    assert_int_equal(h.coding[3], 2);
+    positive_weights(x, MAX / 4, 11, 1);
+    round_trip(x, sizeof x, 4);
+    assert_int_equal(sov_chunk_parse_header(out, &h, "test"), SOV_OK);
+    assert_int_equal(h.coding[0], 1);
+}
+
 /* Escapes anywhere: the first and last element of an odd count, a whole block of 64 of them, a spread of others;
  * many enough to go as a zstd frame, or one alone, stored as it is. */
 static void pair_escapes_round_trip(void **state) {
@@ -382,6 +410,7 @@ int main(void) {
         cmocka_unit_test(every_single_byte_corruption_is_detected),
         cmocka_unit_test(large_chunks_and_plane_placements),
         cmocka_unit_test(exponent_planes_are_paired),
+        cmocka_unit_test(low_gain_planes_stay_raw_unless_runs_pay),
         cmocka_unit_test(pair_escapes_round_trip),
         cmocka_unit_test(inconsistent_pair_headers_are_refused),
         cmocka_unit_test(non_canonical_pairs_are_refused),

@@ -21,7 +21,7 @@ except ImportError as e:
 
 def tries_for(nbytes):
     """bench/ckpt_perf's rule, so that both get as many tries: 3, or more for a small state (up to 12)."""
-    return max(3, min(12, math.ceil(192 * 1048576 / nbytes)))
+    return max(3, min(12, math.ceil(192 * 1048576 / nbytes))) if nbytes > 0 else 3
 
 
 def measure(raw_path):

@@ -288,10 +288,11 @@ sov_status sov_chunk_reader_run(sov_chunk_reader *r, const char *dir, const char
         return SOV_OK;
     int verify = 0;
     size_t raw_bytes = 0, span = 0;
-    for (size_t i = 0; i < n; i++) {
+    for (size_t i = 0; i < n; i++) { /* the largest chunk, decoded and as stored with its padding */
+        size_t decoded = refs[i].elems * refs[i].elem_bytes, stored = (size_t)refs[i].bytes + refs[i].pad;
         verify |= refs[i].dst == NULL;
-        raw_bytes = refs[i].elems * refs[i].elem_bytes > raw_bytes ? refs[i].elems * refs[i].elem_bytes : raw_bytes;
-        span = refs[i].bytes + refs[i].pad > span ? (size_t)refs[i].bytes + refs[i].pad : span;
+        raw_bytes = decoded > raw_bytes ? decoded : raw_bytes;
+        span = stored > span ? stored : span;
     }
     int decoders = at_most(n, r->decoders), fetchers = at_most(n, FETCHERS);
     SOV_CHECK(codecs_ready(r, decoders, verify, raw_bytes));

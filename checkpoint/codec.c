@@ -401,9 +401,10 @@ static uint8_t pairs_window(const uint32_t hist[256], size_t *inside) {
 
 /* Which coding suits a plane, judged on its sample: raw (near-random, or too little to gain), literals only
  * (Huffman), or level 1, whose matches suit runs of zeros and repeated values as in optimizer moments. Level 1 is
- * tried only when adjacent bytes repeat more often than independent bytes with this histogram would (sum of p^2): for a weight's exponent plane
- * they do not, and the two trial compressions would cost more than the entropy pass. A plane for literals whose
- * sample lies nearly all in one window of 15 values (*base on) is paired first (coding 2). */
+ * tried only when adjacent bytes repeat more often than independent bytes with this histogram would (sum of p^2):
+ * for a weight's exponent plane they do not, and the two trial compressions would cost more than the entropy pass.
+ * A plane for literals whose sample lies nearly all in one window of 15 values (*base on) is paired first
+ * (coding 2). */
 static int choose_coder(sov_codec *c, const uint8_t *smp, size_t len, uint8_t *base) {
     if (len < 64)
         return CODER_RAW;

@@ -274,8 +274,8 @@ sov_status sov_trainer_ckpt_init(trainer *t) {
         snprintf(t->ckpt_dir, sizeof t->ckpt_dir, "%s", t->args.ckpt_dir);
     else
         snprintf(t->ckpt_dir, sizeof t->ckpt_dir, "%s/checkpoints", t->args.run_dir);
-    sov_ckpt_options o = {.keep = t->args.keep, .threads = t->args.ckpt_threads, .chunk_bytes = SOV_CKPT_DEFAULT_CHUNK_BYTES,
-                          .commit_timeout_s = t->args.comm_timeout};
+    sov_ckpt_options o = {.keep = t->args.keep, .threads = t->args.ckpt_threads,
+                          .chunk_bytes = SOV_CKPT_DEFAULT_CHUNK_BYTES, .commit_timeout_s = t->args.comm_timeout};
     if (t->dev) { /* state on the GPU: snapshot through pinned host memory */
         o.copy_to_host = copy_from_gpu;
         o.alloc_host = pinned_alloc;

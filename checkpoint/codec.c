@@ -41,6 +41,7 @@ struct sov_codec {
     uint8_t pair_base;   /* the paired plane's window, and its escapes so far */
     size_t pair_escapes;
     sov_xxh3_stream *raw_hash;
+    sov_xxh3_stream *stored_hash; /* the payload's, begun in the split when its first plane is stored raw */
     size_t trial_cap;
     ZSTD_CCtx *literal;  /* literals only: Huffman coding of the bytes, no matches */
     ZSTD_CCtx *level1;
@@ -58,11 +59,12 @@ sov_status sov_codec_create(sov_codec **out, size_t max_raw) {
     c->trial[1] = sov_malloc(c->trial_cap);
     c->samples = sov_malloc((size_t)SAMPLE_BYTES * SOV_CHUNK_MAX_PLANES);
     c->raw_hash = sov_xxh3_stream_create();
+    c->stored_hash = sov_xxh3_stream_create();
     c->literal = ZSTD_createCCtx();
     c->level1 = ZSTD_createCCtx();
     c->dctx = ZSTD_createDCtx();
-    if (!c->planes || !c->trial[0] || !c->trial[1] || !c->samples || !c->raw_hash || !c->literal || !c->level1 ||
-        !c->dctx) {
+    if (!c->planes || !c->trial[0] || !c->trial[1] || !c->samples || !c->raw_hash || !c->stored_hash || !c->literal ||
+        !c->level1 || !c->dctx) {
         sov_codec_destroy(c);
         return sov_fail(SOV_ERR_NOMEM, "checkpoint codec: cannot allocate %zu bytes of scratch", max_raw);
     }
@@ -93,6 +95,7 @@ void sov_codec_destroy(sov_codec *c) {
     free(c->pairs);
     free(c->pass);
     sov_xxh3_stream_free(c->raw_hash);
+    sov_xxh3_stream_free(c->stored_hash);
     ZSTD_freeCCtx(c->literal);
     ZSTD_freeCCtx(c->level1);
     ZSTD_freeDCtx(c->dctx);
@@ -491,7 +494,8 @@ static size_t store_plane(sov_codec *c, int coder, uint8_t *plane, size_t n, uin
 /* The transform, each plane written where it goes: a plane to be stored raw, with only raw planes before it, goes
  * straight to its place in the payload (for weights that is all but the exponent plane, which saves copying them);
  * the others go to scratch, except a paired last plane, which is paired pass by pass while the pass is in L1 and
- * never written whole. The raw bytes' hash is taken in the same pass. Returns that hash. */
+ * never written whole. The raw bytes' hash is taken in the same pass, and so is the stored bytes' hash of a first
+ * plane stored raw: the payload begins with it (c->stored_hash goes on from there). Returns the raw bytes' hash. */
 static uint64_t split_to_places(sov_codec *c, const uint8_t *raw, size_t count, int elem_size, const int *coder,
                                 uint8_t *payload, uint8_t *plane[]) {
     int leading_raw = 1, paired = coder[elem_size - 1] == CODER_PAIRS ? elem_size - 1 : -1;
@@ -502,6 +506,7 @@ static uint64_t split_to_places(sov_codec *c, const uint8_t *raw, size_t count, 
     size_t half = (count + 1) / 2;
     c->pair_escapes = 0;
     sov_xxh3_stream_reset(c->raw_hash);
+    sov_xxh3_stream_reset(c->stored_hash);
     for (size_t at = 0; at < count; at += PASS_ELEMS) { /* at stays even: pairs never straddle two passes */
         size_t n = count - at < PASS_ELEMS ? count - at : PASS_ELEMS;
         const uint8_t *x = raw + at * (size_t)elem_size;
@@ -510,6 +515,8 @@ static uint64_t split_to_places(sov_codec *c, const uint8_t *raw, size_t count, 
             dst[k] = k == paired ? c->pass : plane[k] + at;
         sov_xxh3_stream_update(c->raw_hash, x, n * (size_t)elem_size);
         split_at(x, n, elem_size, dst, 0);
+        if (coder[0] == CODER_RAW)
+            sov_xxh3_stream_update(c->stored_hash, dst[0], n);
         if (paired >= 0)
             c->pair_escapes +=
                 pack_pairs(c->pass, n, c->pair_base, c->pairs + at / 2, c->pairs + half + c->pair_escapes);
@@ -563,7 +570,12 @@ sov_status sov_chunk_encode(sov_codec *c, const void *raw, size_t raw_bytes, int
         pos += s;
     }
     h.stored_bytes = pos;
-    h.xxh3_stored = sov_xxh3(payload, pos);
+    if (h.transform && coder[0] == CODER_RAW) { /* hashed from the first plane on in the split */
+        sov_xxh3_stream_update(c->stored_hash, payload + plane_n, pos - plane_n);
+        h.xxh3_stored = sov_xxh3_stream_digest(c->stored_hash);
+    } else {
+        h.xxh3_stored = sov_xxh3(payload, pos);
+    }
     header_write(&h, out);
     *out_bytes = SOV_CHUNK_HEADER_BYTES + pos;
     return SOV_OK;

@@ -18,7 +18,7 @@
 #include <xxhash.h>
 
 #define MAX_RAW ((size_t)1 << 20)
-#define TILED_PLANE ((size_t)68 << 10) /* bytes per plane of a tiled input: above the codec's 64 KiB sample */
+#define TILED_PLANE ((size_t)68 << 10) /* bytes per plane of a tiled input: above the codec's 16 KiB sample */
 
 static sov_codec *codec;
 static _Alignas(64) uint8_t raw[MAX_RAW];

@@ -6,7 +6,6 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
-#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -37,9 +36,8 @@ sov_status sov_chunk_reader_create(sov_chunk_reader **out) {
     sov_chunk_reader *r = calloc(1, sizeof *r);
     if (!r)
         return sov_fail(SOV_ERR_NOMEM, "reading a checkpoint: out of memory");
-    cpu_set_t mask; /* the CPUs this process may run on (a container's share), not the machine's */
-    long cpus = sched_getaffinity(0, sizeof mask, &mask) == 0 ? CPU_COUNT(&mask) : sysconf(_SC_NPROCESSORS_ONLN);
-    r->decoders = cpus < 1 ? 1 : cpus > MAX_DECODERS ? MAX_DECODERS : (int)cpus;
+    int cpus = sov_usable_cpus();
+    r->decoders = cpus > MAX_DECODERS ? MAX_DECODERS : cpus;
     *out = r;
     return SOV_OK;
 }

@@ -65,7 +65,7 @@ typedef struct sov_ckpt_options {
     /* Buffers in GPU memory: the snapshot copies them with copy_to_host into staging memory from alloc_host
      * (pinned, so the copy runs at the bus's speed and the training stall is one device-to-host copy). All NULL:
      * the buffers are host memory (memcpy into aligned host memory). copy_to_host must have finished copying when
-     * it returns: the encoders start on each copied piece at once. */
+     * it returns: the encoders start on each copied piece at once (as many as cores are free of the copy). */
     sov_status (*copy_to_host)(void *ctx, void *dst, const void *src, size_t bytes);
     void *(*alloc_host)(void *ctx, size_t bytes);
     void (*free_host)(void *ctx, void *ptr);
@@ -82,8 +82,8 @@ sov_status sov_ckpt_writer_open(sov_ckpt_writer **out, const char *dir, int rank
 sov_status sov_ckpt_writer_reserve(sov_ckpt_writer *w, const sov_ckpt_state *state);
 /* Waits for the previous save (its wait in *waited_s), snapshots this rank's share (its time in *stall_s) and
  * starts writing. When the previous save failed, returns its error and starts nothing (call sov_ckpt_wait first
- * to handle that failure separately). `save_id` must be the same on every rank for one save and differ between saves (it keeps a
- * crashed attempt's leftovers out of a new checkpoint). */
+ * to handle that failure separately). `save_id` must be the same on every rank for one save and differ between
+ * saves (it keeps a crashed attempt's leftovers out of a new checkpoint). */
 sov_status sov_ckpt_save(sov_ckpt_writer *w, const sov_ckpt_state *state, uint64_t save_id, double *stall_s,
                          double *waited_s);
 /* Waits for the save in flight (on rank 0 until it is committed). Returns its status; on success and when

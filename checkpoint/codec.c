@@ -17,9 +17,10 @@
  * restores ran 5-11 % faster (alternated scratch runs, medians of 40). */
 #define NEAR_RANDOM_BITS 7.9
 #define HUFFMAN_MIN_GAIN_BITS 6.75
-/* Decisions are taken on a sample of each plane: 16 runs of 1024 elements spread over the chunk. 16 KiB estimate a
- * plane's entropy to ~0.01 bit (the bias of 256 symbols' plug-in estimate); 64 KiB samples were 1/16 of a 2 MiB
- * chunk's bf16 planes and cost 4-7 % of its encoding (histograms and the sample's transform) for no better choice. */
+/* Decisions are taken on a sample of each plane: SAMPLE_BLOCKS runs of SAMPLE_BLOCK elements spread over the chunk.
+ * 16 KiB estimate a plane's entropy to ~0.01 bit (the bias of 256 symbols' plug-in estimate); 64 KiB samples were
+ * 1/16 of a 2 MiB chunk's bf16 planes and cost 4-7 % of its encoding (histograms and the sample's transform) for no
+ * better choice. */
 #define SAMPLE_BLOCKS 16
 #define SAMPLE_BLOCK 1024 /* elements */
 #define SAMPLE_BYTES (SAMPLE_BLOCKS * SAMPLE_BLOCK)
@@ -506,7 +507,8 @@ static uint64_t split_to_places(sov_codec *c, const uint8_t *raw, size_t count, 
     size_t half = (count + 1) / 2;
     c->pair_escapes = 0;
     sov_xxh3_stream_reset(c->raw_hash);
-    sov_xxh3_stream_reset(c->stored_hash);
+    if (plane[0] == payload)
+        sov_xxh3_stream_reset(c->stored_hash);
     for (size_t at = 0; at < count; at += PASS_ELEMS) { /* at stays even: pairs never straddle two passes */
         size_t n = count - at < PASS_ELEMS ? count - at : PASS_ELEMS;
         const uint8_t *x = raw + at * (size_t)elem_size;
@@ -515,7 +517,7 @@ static uint64_t split_to_places(sov_codec *c, const uint8_t *raw, size_t count, 
             dst[k] = k == paired ? c->pass : plane[k] + at;
         sov_xxh3_stream_update(c->raw_hash, x, n * (size_t)elem_size);
         split_at(x, n, elem_size, dst, 0);
-        if (coder[0] == CODER_RAW)
+        if (plane[0] == payload)
             sov_xxh3_stream_update(c->stored_hash, dst[0], n);
         if (paired >= 0)
             c->pair_escapes +=
@@ -570,8 +572,8 @@ sov_status sov_chunk_encode(sov_codec *c, const void *raw, size_t raw_bytes, int
         pos += s;
     }
     h.stored_bytes = pos;
-    if (h.transform && coder[0] == CODER_RAW) { /* hashed from the first plane on in the split */
-        sov_xxh3_stream_update(c->stored_hash, payload + plane_n, pos - plane_n);
+    if (plane[0] == payload) { /* the split wrote the first plane in place, and hashed it */
+        sov_xxh3_stream_update(c->stored_hash, payload + h.plane_bytes[0], pos - h.plane_bytes[0]);
         h.xxh3_stored = sov_xxh3_stream_digest(c->stored_hash);
     } else {
         h.xxh3_stored = sov_xxh3(payload, pos);

@@ -202,8 +202,7 @@ static void *encoder_main(void *arg) {
  * it; when that one held the next chunk to write, the disk sat idle for up to 20 ms of a 140 ms save (traced on 2
  * cores). At least one. */
 static int encoders_while_copying(int threads) {
-    cpu_set_t cpus;
-    int free_cores = sched_getaffinity(0, sizeof cpus, &cpus) == 0 ? CPU_COUNT(&cpus) - 1 : 1;
+    int free_cores = sov_usable_cpus() - 1;
     return free_cores < 1 ? 1 : free_cores < threads ? free_cores : threads;
 }
 
@@ -223,10 +222,11 @@ static sov_status write_chunks(pipeline *p, sov_stream *out, json_t *chunks) {
         uint64_t offset = 0;
         if (st == SOV_OK)
             st = sov_stream_append(out, slot_buffer(p, job), sl->bytes, &offset);
+        const chunk_job *cj = &p->jobs[job];
         if (st == SOV_OK)
-            json_array_append_new(chunks, json_pack("{s:s, s:I, s:I, s:I, s:I}", "buffer", p->jobs[job].buffer,
-                                                    "elem_offset", (json_int_t)p->jobs[job].elem_offset, "elems",
-                                                    (json_int_t)(p->jobs[job].bytes / (size_t)p->jobs[job].elem_bytes), "file_offset",
+            json_array_append_new(chunks, json_pack("{s:s, s:I, s:I, s:I, s:I}", "buffer", cj->buffer, "elem_offset",
+                                                    (json_int_t)cj->elem_offset, "elems",
+                                                    (json_int_t)(cj->bytes / (size_t)cj->elem_bytes), "file_offset",
                                                     (json_int_t)offset, "bytes", (json_int_t)sl->bytes));
         pthread_mutex_lock(&p->lock);
         sl->ready = 0;
@@ -238,8 +238,8 @@ static sov_status write_chunks(pipeline *p, sov_stream *out, json_t *chunks) {
     return st;
 }
 
-/* This rank's share cut into chunks of at most chunk_bytes, piece by piece. */
-static chunk_job *plan_chunks(const sov_ckpt_writer *w, size_t *n) {
+/* This rank's share cut into chunks of at most chunk_bytes, piece by piece; *bytes is the share's size. */
+static chunk_job *plan_chunks(const sov_ckpt_writer *w, size_t *n, size_t *bytes) {
     size_t count = 0, staged = 0; /* bytes */
     for (int p = 0; p < w->npieces; p++) {
         size_t chunk_elems = w->opt.chunk_bytes / w->elem_bytes[w->pieces[p].buffer];
@@ -254,10 +254,12 @@ static chunk_job *plan_chunks(const sov_ckpt_writer *w, size_t *n) {
         for (size_t off = 0; off < w->pieces[p].count; off += chunk_elems) {
             size_t m = w->pieces[p].count - off < chunk_elems ? w->pieces[p].count - off : chunk_elems;
             jobs[(*n)++] = (chunk_job){.src = w->staging + staged, .bytes = m * elem, .elem_bytes = (int)elem,
-                                       .buffer = w->names[w->pieces[p].buffer], .elem_offset = w->pieces[p].offset + off};
+                                       .buffer = w->names[w->pieces[p].buffer],
+                                       .elem_offset = w->pieces[p].offset + off};
             staged += m * elem;
         }
     }
+    *bytes = staged;
     return jobs;
 }
 
@@ -265,8 +267,8 @@ static sov_status write_share(sov_ckpt_writer *w, const char *partial, json_t **
     char name[64], path[4300];
     snprintf(name, sizeof name, "rank-%d.bin", w->rank);
     snprintf(path, sizeof path, "%s/%s", partial, name);
-    size_t njobs = 0;
-    chunk_job *jobs = plan_chunks(w, &njobs);
+    size_t njobs = 0, share = 0;
+    chunk_job *jobs = plan_chunks(w, &njobs, &share);
     if (!jobs)
         return SOV_ERR_NOMEM;
     sov_stream out;
@@ -276,9 +278,7 @@ static sov_status write_share(sov_ckpt_writer *w, const char *partial, json_t **
         return sov_fail(st, "rank %d: %s", w->rank, sov_last_error());
     }
     pipeline p = {.w = w, .jobs = jobs, .njobs = njobs, .nslots = SLOTS(w->opt.threads),
-                  .while_copying = encoders_while_copying(w->opt.threads)};
-    for (size_t j = 0; j < njobs; j++)
-        p.share += jobs[j].bytes;
+                  .while_copying = encoders_while_copying(w->opt.threads), .share = share};
     pthread_mutex_init(&p.lock, NULL);
     pthread_cond_init(&p.changed, NULL);
     pthread_t tids[MAX_THREADS];
@@ -671,10 +671,10 @@ static sov_status start_writer(sov_ckpt_writer *w) {
     return SOV_OK;
 }
 
-/* The snapshot: one copy of this rank's share (`share` bytes, as planned) into staging (two threads copy no faster here); from a GPU, one
- * device-to-host copy per piece into pinned memory. Once SNAPSHOT_FIRST bytes are copied, the writer starts and
- * encodes each block as soon as it is final, so that writing a large state overlaps the stall; a small state is
- * copied whole first (its copy is short, and threads starting beside it would only slow it down). */
+/* The snapshot: one copy of this rank's share (`share` bytes, as planned) into staging (two threads copy no faster
+ * here); from a GPU, one device-to-host copy per piece into pinned memory. Once SNAPSHOT_FIRST bytes are copied, the
+ * writer starts and encodes each block as soon as it is final, so that writing a large state overlaps the stall; a
+ * small state is copied whole first (its copy is short, and threads starting beside it would only slow it down). */
 static sov_status snapshot(sov_ckpt_writer *w, const sov_ckpt_state *s, size_t share) {
     size_t at = 0, first = share > SNAPSHOT_BLOCK ? SNAPSHOT_FIRST : SNAPSHOT_BLOCK; /* before the writer starts */
     for (int p = 0; p < w->npieces; p++) {

@@ -98,4 +98,8 @@ sov_status sov_mkdir_p(const char *path);
 /* Monotonic wall clock in seconds. */
 double sov_now(void);
 
+/* The CPUs this process may run on: its affinity mask (a container's or a binding's share, not the machine's), or
+ * the online count where the mask cannot be read. At least 1. */
+int sov_usable_cpus(void);
+
 #endif

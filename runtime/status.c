@@ -2,12 +2,14 @@
 #include "sov.h"
 
 #include <errno.h>
+#include <sched.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 static _Thread_local char last_error[1024];
 static _Thread_local char last_where[128];
@@ -106,6 +108,12 @@ double sov_now(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+int sov_usable_cpus(void) {
+    cpu_set_t mask;
+    long cpus = sched_getaffinity(0, sizeof mask, &mask) == 0 ? CPU_COUNT(&mask) : sysconf(_SC_NPROCESSORS_ONLN);
+    return cpus < 1 ? 1 : cpus > 4096 ? 4096 : (int)cpus;
 }
 
 sov_status sov_parse_long(const char *what, const char *text, long lo, long hi, long *out) {

@@ -3,13 +3,15 @@
  * Cases: (a) a trained MLP's real state (params + AdamW moments, read from a checkpoint given with --from),
  * (b) a synthetic f32 state (Gaussian, sigma 0.02; --mib, default 512), (c) the bf16 cast of (b).
  * For each: sovtrain's save (snapshot + compression + writes + fsync + commit: from the call until the checkpoint
- * is durable and latest; one rank, --threads compression threads) in GB/s of raw state, the training stall (the snapshot), restore GB/s (open + decode + verify, from the
- * disk: the files are dropped from the page cache first), the ratio; and, on the same bytes: the order-0 entropy bound of the transformed byte planes, plain zstd -1 on the
- * raw bytes, the disk's sequential write bandwidth with fsync (the better of buffered and O_DIRECT writes,
- * measured in rounds alternating with the saves; the best of each), and
- * one memcpy of the state; and the cores the process kept busy during the best save (CPU time / its time; against
- * the machine's count it tells a save bound by the CPU from one that waited on the disk). --torch-dump DIR also
- * writes each case's raw bytes there for bench/peers/torch_ckpt.py (the torch.save / torch.load peer).
+ * is durable and latest; one rank, --threads compression threads) in GB/s of raw state, the training stall (the
+ * snapshot), restore GB/s (open + decode + verify, from the disk: the files are dropped from the page cache first),
+ * the ratio; and, on the same bytes: the order-0 entropy bound of the transformed byte planes, plain zstd -1 on the
+ * raw bytes, the disk's sequential write bandwidth with fsync (the better of buffered and O_DIRECT writes), one
+ * memcpy of the state, and the cores the process kept busy during the best save (CPU time / its time; against the
+ * machine's count it tells a save bound by the CPU from one that waited on the disk). With --peer SCRIPT
+ * (bench/peers/torch_ckpt.py), torch.save and torch.load of the same bytes too. Every timed figure is taken in tries
+ * that alternate with the others' (the disk's bound, our save, torch.save; our restore, torch.load), so that all of
+ * them see the disk in the same states (its speed drifts by a third); the best try of each is kept.
  * Prints a table and JSON lines {"bench":"ckpt","case",...}. */
 #include "ckpt.h"
 #include "codec.h"
@@ -21,7 +23,9 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <math.h>
+#include <signal.h>
 #include <sys/resource.h>
+#include <sys/wait.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -188,19 +192,100 @@ static double restore_once(const bench_case *c, const char *path, sov_ckpt_dtype
     return dt;
 }
 
-/* Rounds of (the disk's bound, then a save), so that both see the same state of a disk whose speed drifts; the
- * best of each is kept. The first save also warms the writer's staging, as in training. A small state gets more:
- * a 15-20 ms restore on a disk whose speed drifts by a third needs more than 3 samples to find its best. The rule is
- * bench/peers/torch_ckpt.py's too, so that torch.save and torch.load get as many tries. */
+/* Tries of each timed figure: 3, or more for a small state (up to 12): a 15-20 ms restore on a disk whose speed
+ * drifts by a third needs more than 3 samples to find its best. Ours and the peer's get as many. */
 static int tries_for(double bytes) {
     double tries = bytes > 0 ? ceil(192.0 * 1048576 / bytes) : 3;
     return tries < 3 ? 3 : tries > 12 ? 12 : (int)tries;
 }
 
-/* Saves and restores with sovtrain; measures the disk bound between the saves. */
-static void sovtrain_save_restore(const bench_case *c, const char *dir, int threads, double *save_gbs,
-                                  double *stall_ms, double *restore_gbs, double *ratio, double *disk,
-                                  double *save_cores) {
+/* ---- the torch.save / torch.load peer: bench/peers/torch_ckpt.py, one process per case, one try per request ---- */
+
+typedef struct peer {
+    pid_t pid;
+    FILE *to, *from;
+    double save_s, load_s; /* the best tries */
+} peer;
+
+static void dump_raw(const bench_case *c, const char *path) {
+    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    if (fd < 0) {
+        fprintf(stderr, "ckpt_perf: creating %s: %s\n", path, strerror(errno));
+        exit(1);
+    }
+    for (int b = 0; b < c->nbuf; b++)
+        if (sov_write_all(fd, c->data[b], c->bytes[b], path) != SOV_OK)
+            die("writing the peer's copy of the state");
+    close(fd);
+}
+
+static void peer_stop(peer *p) {
+    if (!p->to)
+        return;
+    fputs("quit\n", p->to);
+    fclose(p->to);
+    fclose(p->from);
+    waitpid(p->pid, NULL, 0);
+    p->to = p->from = NULL;
+}
+
+/* Starts the peer on the case's bytes (written to dir for it, and removed once it has read them). Returns 0 when
+ * it cannot run: python3-torch is not installed (exit 77), or it failed, which it has said on stderr. */
+static int peer_start(peer *p, const char *script, const bench_case *c, const char *dir) {
+    char raw[4200], line[256];
+    snprintf(raw, sizeof raw, "%s/%s.raw", dir, c->name);
+    dump_raw(c, raw);
+    int to[2], from[2];
+    if (pipe(to) != 0 || pipe(from) != 0) {
+        fprintf(stderr, "ckpt_perf: pipe: %s\n", strerror(errno));
+        exit(1);
+    }
+    *p = (peer){.pid = fork(), .save_s = 1e9, .load_s = 1e9};
+    if (p->pid == 0) {
+        dup2(to[0], 0);
+        dup2(from[1], 1);
+        close(to[0]), close(to[1]), close(from[0]), close(from[1]);
+        /* argv[0] in full: Python finds its prefix (and so Debian's torch) from it, not from the PATH's python3 */
+        execl("/usr/bin/python3", "/usr/bin/python3", script, raw, (char *)NULL);
+        fprintf(stderr, "ckpt_perf: running /usr/bin/python3 %s: %s\n", script, strerror(errno));
+        _exit(127);
+    }
+    close(to[0]);
+    close(from[1]);
+    p->to = fdopen(to[1], "w");
+    p->from = fdopen(from[0], "r");
+    int ready = p->pid > 0 && fgets(line, sizeof line, p->from) && strncmp(line, "ready ", 6) == 0;
+    unlink(raw);
+    if (!ready) {
+        peer_stop(p);
+        return 0;
+    }
+    return 1;
+}
+
+/* One try of the peer's ("save" or "load"); keeps the best. */
+static void peer_try(peer *p, const char *what) {
+    char line[1024];
+    fprintf(p->to, "%s\n", what);
+    fflush(p->to);
+    if (!fgets(line, sizeof line, p->from) || strncmp(line, "error", 5) == 0) {
+        fprintf(stderr, "ckpt_perf: the torch peer's %s failed: %s\n", what, ferror(p->from) || feof(p->from) ?
+                "it exited" : line);
+        exit(1);
+    }
+    double *best = strcmp(what, "save") == 0 ? &p->save_s : &p->load_s, t = atof(line);
+    *best = t < *best ? t : *best;
+}
+
+/* ---- sovtrain's save and restore, in tries alternating with the disk's bound and the peer's ---- */
+
+typedef struct figures {
+    double save_gbs, stall_ms, restore_gbs, ratio, disk_gbs, save_cores;
+} figures;
+
+/* Tries of (the disk's bound, a save, the peer's save): the best of each is kept. The first save also warms the
+ * writer's staging, as in training. Returns the last save's checkpoint in path. */
+static void saves(const bench_case *c, const char *dir, int threads, peer *pr, figures *f, char *path, size_t cap) {
     sov_ckpt_writer *w;
     sov_ckpt_options o = {.keep = 1, .threads = threads, .chunk_bytes = SOV_CKPT_DEFAULT_CHUNK_BYTES,
                           .commit_timeout_s = 60};
@@ -213,42 +298,48 @@ static void sovtrain_save_restore(const bench_case *c, const char *dir, int thre
     for (int b = 0; b < c->nbuf; b++)
         s.buffers[b] = (sov_ckpt_buffer){c->names[b], c->data[b], c->bytes[b] / (size_t)c->elem, dtype};
     double best = 1e9, stall = 1e9;
-    char path[4200];
-    *disk = 0;
-    int tries = tries_for(total_bytes(c));
-    for (int rep = 0; rep < tries; rep++) {
+    f->disk_gbs = 0;
+    for (int rep = 0, tries = tries_for(total_bytes(c)); rep < tries; rep++) {
         double d = disk_gbs(c, dir);
-        *disk = d > *disk ? d : *disk;
+        f->disk_gbs = d > f->disk_gbs ? d : f->disk_gbs;
         s.step = rep + 1;
         double st, cpu0 = cpu_seconds();
-        if (sov_ckpt_save(w, &s, (uint64_t)rep + 1, &st, NULL) != SOV_OK || sov_ckpt_wait(w, path, sizeof path) != SOV_OK)
+        if (sov_ckpt_save(w, &s, (uint64_t)rep + 1, &st, NULL) != SOV_OK || sov_ckpt_wait(w, path, cap) != SOV_OK)
             die("save");
         double dt = sov_ckpt_save_seconds(w); /* from the call to durable and latest; removing the old one after */
         if (dt < best) /* over the save's own time; the pruning after it adds little CPU */
-            *save_cores = (cpu_seconds() - cpu0) / dt;
+            f->save_cores = (cpu_seconds() - cpu0) / dt;
         best = dt < best ? dt : best;
         stall = st < stall ? st : stall;
+        if (pr)
+            peer_try(pr, "save");
     }
     sov_ckpt_writer_close(w);
-    drop_cached(path);
-    *save_gbs = total_bytes(c) / best / 1e9;
-    *stall_ms = stall * 1e3;
-    double best_restore = 1e9;
-    for (int rep = 0; rep < tries; rep++) { /* as many tries as the saves and as torch.load get */
+    f->save_gbs = total_bytes(c) / best / 1e9;
+    f->stall_ms = stall * 1e3;
+}
+
+/* Tries of (a restore, the peer's load), as many as the saves got; then the ratio, and the checkpoint goes. */
+static void restores(const bench_case *c, const char *path, peer *pr, figures *f) {
+    sov_ckpt_dtype dtype = c->elem == 2 ? SOV_CKPT_BF16 : SOV_CKPT_F32;
+    double best = 1e9;
+    for (int rep = 0, tries = tries_for(total_bytes(c)); rep < tries; rep++) {
         drop_cached(path);
         double t = restore_once(c, path, dtype);
-        best_restore = t < best_restore ? t : best_restore;
+        best = t < best ? t : best;
+        if (pr)
+            peer_try(pr, "load");
     }
-    *restore_gbs = total_bytes(c) / best_restore / 1e9;
+    f->restore_gbs = total_bytes(c) / best / 1e9;
     sov_ckpt *ck;
     if (sov_ckpt_open(path, &ck) != SOV_OK)
         die("open");
     double stored = 0;
     size_t i;
-    json_t *f;
-    json_array_foreach(json_object_get(sov_ckpt_manifest(ck), "files"), i, f)
-        stored += (double)json_integer_value(json_object_get(f, "bytes"));
-    *ratio = total_bytes(c) / stored;
+    json_t *file;
+    json_array_foreach(json_object_get(sov_ckpt_manifest(ck), "files"), i, file)
+        stored += (double)json_integer_value(json_object_get(file, "bytes"));
+    f->ratio = total_bytes(c) / stored;
     sov_ckpt_close(ck);
     sov_remove_dir(path);
 }
@@ -264,17 +355,8 @@ static void gaussian(float *x, size_t n) {
     }
 }
 
-static void dump_raw(const bench_case *c, const char *dir) {
-    char path[4200];
-    snprintf(path, sizeof path, "%s/%s.raw", dir, c->name);
-    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    for (int b = 0; b < c->nbuf; b++)
-        sov_write_all(fd, c->data[b], c->bytes[b], path);
-    close(fd);
-}
-
 int main(int argc, char **argv) {
-    const char *from = NULL, *dir = "/tmp", *torch_dump = NULL;
+    const char *from = NULL, *dir = "/tmp", *peer_script = NULL;
     size_t mib = 512;
     int threads = 2;
     for (int i = 1; i + 1 < argc; i += 2) {
@@ -282,9 +364,9 @@ int main(int argc, char **argv) {
         else if (!strcmp(argv[i], "--dir")) dir = argv[i + 1];
         else if (!strcmp(argv[i], "--mib")) mib = strtoull(argv[i + 1], NULL, 10);
         else if (!strcmp(argv[i], "--threads")) threads = atoi(argv[i + 1]);
-        else if (!strcmp(argv[i], "--torch-dump")) torch_dump = argv[i + 1];
+        else if (!strcmp(argv[i], "--peer")) peer_script = argv[i + 1];
         else {
-            fprintf(stderr, "usage: ckpt_perf [--from CKPT] [--dir DIR] [--mib N] [--threads N] [--torch-dump DIR]\n");
+            fprintf(stderr, "usage: ckpt_perf [--from CKPT] [--dir DIR] [--mib N] [--threads N] [--peer SCRIPT]\n");
             return 2;
         }
     }
@@ -321,23 +403,36 @@ int main(int argc, char **argv) {
     printf("# ckpt_perf: one rank, %d compression threads, chunks of %zu KiB (the trainer's), files in %s\n", threads,
            SOV_CKPT_DEFAULT_CHUNK_BYTES >> 10, dir);
     long cpus = sysconf(_SC_NPROCESSORS_ONLN);
-    printf("# %-11s %9s %9s %9s %8s %8s %7s %7s %8s %9s %9s %8s %9s\n", "case", "MB", "save GB/s", "rest GB/s", "stall ms",
-           "memcpy", "ratio", "bound", "% bound", "zstd -1", "disk GB/s", "% disk", "cores");
+    printf("# %-11s %9s %9s %9s %8s %8s %7s %7s %8s %9s %9s %8s %9s %9s %9s\n", "case", "MB", "save GB/s",
+           "rest GB/s", "stall ms", "memcpy", "ratio", "bound", "% bound", "zstd -1", "disk GB/s", "% disk", "cores",
+           "torch sv", "torch ld");
+    signal(SIGPIPE, SIG_IGN); /* a peer that dies is reported from the pipe's end, not by a signal */
     for (int i = 0; i < ncase; i++) {
         bench_case *c = &cases[i];
-        if (torch_dump)
-            dump_raw(c, torch_dump);
-        double bound = entropy_bound(c), z1 = zstd1_ratio(c), mc = memcpy_ms(c);
-        double save, stall, rest, ratio, disk, cores = 0;
-        sovtrain_save_restore(c, dir, threads, &save, &stall, &rest, &ratio, &disk, &cores);
-        printf("  %-11s %9.1f %9.3f %9.3f %8.1f %8.1f %7.3f %7.3f %7.1f%% %9.3f %9.3f %7.1f%% %5.2f/%-3ld\n", c->name,
-               total_bytes(c) / 1e6, save, rest, stall, mc, ratio, bound, 100 * ratio / bound, z1, disk,
-               100 * save / (disk * ratio), cores, cpus);
+        double bound = entropy_bound(c), z1 = zstd1_ratio(c), mc = memcpy_ms(c), bytes = total_bytes(c);
+        peer torch = {0};
+        int with_peer = peer_script && peer_start(&torch, peer_script, c, dir);
+        figures f = {0};
+        char path[4200];
+        saves(c, dir, threads, with_peer ? &torch : NULL, &f, path, sizeof path);
+        restores(c, path, with_peer ? &torch : NULL, &f);
+        peer_stop(&torch);
+        double tsave = with_peer ? bytes / torch.save_s / 1e9 : NAN, tload = with_peer ? bytes / torch.load_s / 1e9 : NAN;
+        printf("  %-11s %9.1f %9.3f %9.3f %8.1f %8.1f %7.3f %7.3f %7.1f%% %9.3f %9.3f %7.1f%% %5.2f/%-3ld %9.3f %9.3f\n",
+               c->name, bytes / 1e6, f.save_gbs, f.restore_gbs, f.stall_ms, mc, f.ratio, bound, 100 * f.ratio / bound,
+               z1, f.disk_gbs, 100 * f.save_gbs / (f.disk_gbs * f.ratio), f.save_cores, cpus, tsave, tload);
+        char peer_json[128] = "";
+        if (with_peer)
+            snprintf(peer_json, sizeof peer_json, ",\"torch_save_gbs\":%.4f,\"torch_load_gbs\":%.4f", tsave, tload);
         fprintf(stderr, "{\"bench\":\"ckpt\",\"case\":\"%s\",\"bytes\":%.0f,\"save_gbs\":%.4f,\"restore_gbs\":%.4f,"
                 "\"ratio\":%.4f,\"stall_ms\":%.2f,\"entropy_bound\":%.4f,\"zstd1_ratio\":%.4f,\"disk_gbs\":%.4f,"
-                "\"memcpy_ms\":%.2f,\"save_cpu_cores\":%.2f,\"cpus\":%ld}\n", c->name, total_bytes(c), save, rest, ratio,
-                isnan(stall) ? -1.0 : stall, bound, z1, disk, mc, cores, cpus);
+                "\"memcpy_ms\":%.2f,\"save_cpu_cores\":%.2f,\"cpus\":%ld%s}\n", c->name, bytes, f.save_gbs,
+                f.restore_gbs, f.ratio, f.stall_ms, bound, z1, f.disk_gbs, mc, f.save_cores, cpus, peer_json);
         fflush(stdout);
+        fflush(stderr);
     }
+    for (int i = 0; i < ncase; i++) /* each buffer belongs to one case */
+        for (int b = 0; b < cases[i].nbuf; b++)
+            free(cases[i].data[b]);
     return 0;
 }

@@ -1,13 +1,16 @@
 #!/usr/bin/python3
-"""bench/peers/torch_ckpt: the torch.save / torch.load peer for bench/ckpt_perf, on the same bytes.
+"""bench/peers/torch_ckpt: the torch.save / torch.load peer for bench/ckpt_perf, on the same bytes, try by try.
 
-For each RAW file given (a case's raw state, written by `ckpt_perf --torch-dump DIR`), builds a state dict of one
-f32 tensor (or bf16 for *bf16*.raw) over those bytes, then times torch.save to DIR/NAME.pt followed by fsync of the
-file (the save's durable cost), and torch.load of it back from the disk (the file is dropped from the page cache
-first, as bench/ckpt_perf does for sovtrain's files). Prints one JSON line per case:
-{"bench":"ckpt","case","impl":"torch","bytes","torch_save_gbs","torch_load_gbs"}. Exit 77 without torch."""
-import json
-import math
+    torch_ckpt.py RAW
+
+Reads RAW (a case's raw state, written by bench/ckpt_perf), builds a state dict of one f32 tensor over those bytes
+(bf16 for *bf16*.raw), prints "ready BYTES", then serves one try per line on stdin, so that ckpt_perf can alternate
+them with its own saves and restores and both see the disk in the same state:
+  save: torch.save to RAW's name with .pt, then fsync of the file (the save's durable cost);
+  load: torch.load of that file from the disk (its pages are dropped from the page cache first, as bench/ckpt_perf
+        does for sovtrain's restore), checked against the state;
+each answered with the try's seconds on one line (or "error: ..."). "quit" or the end of stdin ends it, removing
+the .pt file. Exits 77 without torch (Debian's python3-torch)."""
 import os
 import sys
 import time
@@ -19,38 +22,55 @@ except ImportError as e:
     sys.exit(77)
 
 
-def tries_for(nbytes):
-    """bench/ckpt_perf's rule, so that both get as many tries: 3, or more for a small state (up to 12)."""
-    return max(3, min(12, math.ceil(192 * 1048576 / nbytes))) if nbytes > 0 else 3
+def save_once(state, out):
+    t0 = time.perf_counter()
+    with open(out, "wb") as f:
+        torch.save(state, f)
+        f.flush()
+        os.fsync(f.fileno())
+    return time.perf_counter() - t0
 
 
-def measure(raw_path):
-    name = os.path.basename(raw_path)[:-len(".raw")]
+def load_once(state, out):
+    fd = os.open(out, os.O_RDONLY)  # from the disk, as sovtrain's restore: the (clean) pages leave the cache first
+    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    os.close(fd)
+    t0 = time.perf_counter()
+    loaded = torch.load(out)
+    dt = time.perf_counter() - t0
+    if not torch.equal(loaded["params"], state["params"]):
+        raise RuntimeError(f"{out} does not load back what was saved")
+    return dt
+
+
+def serve(raw_path):
     data = bytearray(open(raw_path, "rb").read())
-    dtype = torch.bfloat16 if "bf16" in name else torch.float32
+    dtype = torch.bfloat16 if "bf16" in os.path.basename(raw_path) else torch.float32
     state = {"params": torch.frombuffer(data, dtype=dtype).clone()}
-    out = raw_path[:-len(".raw")] + ".pt"
-    best_save = best_load = float("inf")
-    for _ in range(tries_for(len(data))):  # as many tries as bench/ckpt_perf gives sovtrain's save and restore
-        t0 = time.perf_counter()
-        with open(out, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-            # torch.load reads from the disk, as sovtrain's restore does: drop the (clean) pages from the cache
-            os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
-        best_save = min(best_save, time.perf_counter() - t0)
-        t0 = time.perf_counter()
-        loaded = torch.load(out)
-        best_load = min(best_load, time.perf_counter() - t0)
-        assert torch.equal(loaded["params"], state["params"])
-    os.unlink(out)
-    n = len(data)
-    print(json.dumps({"bench": "ckpt", "case": name, "impl": "torch", "torch": torch.__version__, "bytes": n,
-                      "torch_save_gbs": round(n / best_save / 1e9, 4), "torch_load_gbs": round(n / best_load / 1e9, 4)}))
+    del data
+    out = raw_path[:-len(".raw")] + ".pt" if raw_path.endswith(".raw") else raw_path + ".pt"
+    print(f"ready {state['params'].numel() * state['params'].element_size()}", flush=True)
+    try:
+        for line in sys.stdin:
+            what = line.strip()
+            if what == "quit":
+                break
+            try:
+                if what == "save":
+                    print(f"{save_once(state, out):.6f}", flush=True)
+                elif what == "load":
+                    print(f"{load_once(state, out):.6f}", flush=True)
+                else:
+                    print(f"error: unknown request {what!r} (save, load or quit)", flush=True)
+            except (OSError, RuntimeError) as e:
+                print(f"error: {e}", flush=True)
+    finally:
+        if os.path.exists(out):
+            os.unlink(out)
 
 
 if __name__ == "__main__":
+    if len(sys.argv) != 2:
+        sys.exit(__doc__)
     torch.set_num_threads(1)
-    for path in sys.argv[1:]:
-        measure(path)
+    serve(sys.argv[1])

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# bench/ckpt_perf runs end to end on a small state, with its torch.save / torch.load peer where Debian's
+# python3-torch is installed: each case's JSON line has every figure, each positive, and the peer's two; every
+# restore came back bitwise (ckpt_perf checks each and fails otherwise); the peer's files are gone afterwards.
+# Speeds are not judged here: bench/ckpt.py prints them beside their targets.
+# usage: bench_ckpt.sh SOVTRAIN CKPT_PERF
+. "$(dirname "$0")/lib.sh"
+PERF=$2
+PEER=$TESTS/../bench/peers/torch_ckpt.py
+with_torch=0
+/usr/bin/python3 -c "import torch" 2>/dev/null && with_torch=1
+
+"$PERF" --dir "$tmp" --mib 4 --threads 2 --peer "$PEER" >"$tmp/table" 2>"$tmp/json" ||
+    fail "ckpt_perf exited $?: $(cat "$tmp/table" "$tmp/json")"
+cat "$tmp/table"
+python3 - "$tmp/json" "$with_torch" <<'PY' || fail "the JSON lines: $(cat "$tmp/json")"
+import json, sys
+lines = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")]
+want = ["save_gbs", "restore_gbs", "ratio", "stall_ms", "entropy_bound", "zstd1_ratio", "disk_gbs", "memcpy_ms"]
+if sys.argv[2] == "1":
+    want += ["torch_save_gbs", "torch_load_gbs"]
+assert [j["case"] for j in lines] == ["gauss-f32", "gauss-bf16"], [j.get("case") for j in lines]
+for j in lines:
+    for k in want:
+        assert k in j and j[k] > 0, f"{j['case']}: {k} = {j.get(k)}"
+    assert j["bytes"] == (4 << 20) // (1 if j["case"] == "gauss-f32" else 2), j
+    assert j["ratio"] <= j["entropy_bound"] * 1.001, j  # nothing order-0 beats the bound
+print("JSON lines:", len(lines), "cases, every figure present" + (" with the torch peer's" if sys.argv[2] == "1" else ""))
+PY
+left=$(find "$tmp" \( -name '*.raw' -o -name '*.pt' \) | head -3)
+[ -z "$left" ] || fail "the peer's files were left behind: $left"
+[ "$with_torch" = 1 ] || echo "note: /usr/bin/python3 has no torch; the peer was skipped"
+finish

@@ -8,7 +8,7 @@
  * the ratio; and, on the same bytes: the order-0 entropy bound of the transformed byte planes, plain zstd -1 on the
  * raw bytes, the disk's sequential write bandwidth with fsync (the better of buffered and O_DIRECT writes), one
  * memcpy of the state, and the cores the process kept busy during the best save (CPU time / its time; against the
- * machine's count it tells a save bound by the CPU from one that waited on the disk). With --peer SCRIPT
+ * cores it may use it tells a save bound by the CPU from one that waited on the disk). With --peer SCRIPT
  * (bench/peers/torch_ckpt.py), torch.save and torch.load of the same bytes too. Every timed figure is taken in tries
  * that alternate with the others' (the disk's bound, our save, torch.save; our restore, torch.load), so that all of
  * them see the disk in the same states (its speed drifts by a third); the best try of each is kept.
@@ -156,8 +156,8 @@ static void drop_cached(const char *ckpt_dir) {
         closedir(d);
 }
 
-/* CPU seconds used by the whole process so far: around a save, how many cores it kept busy (against the machine's
- * count, whether the save was bound by the CPU or waited on the disk). */
+/* CPU seconds used by the whole process so far: around a save, how many cores it kept busy (against the cores it
+ * may use, whether the save was bound by the CPU or waited on the disk). */
 static double cpu_seconds(void) {
     struct rusage u;
     getrusage(RUSAGE_SELF, &u);
@@ -402,7 +402,7 @@ int main(int argc, char **argv) {
                                   .bytes = {n * 2}};
     printf("# ckpt_perf: one rank, %d compression threads, chunks of %zu KiB (the trainer's), files in %s\n", threads,
            SOV_CKPT_DEFAULT_CHUNK_BYTES >> 10, dir);
-    long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+    long cpus = sov_usable_cpus(); /* the cores this process may use (taskset, a container), as the encoders count */
     printf("# %-11s %9s %9s %9s %8s %8s %7s %7s %8s %9s %9s %8s %9s %9s %9s\n", "case", "MB", "save GB/s",
            "rest GB/s", "stall ms", "memcpy", "ratio", "bound", "% bound", "zstd -1", "disk GB/s", "% disk", "cores",
            "torch sv", "torch ld");

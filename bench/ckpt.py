@@ -4,9 +4,9 @@
 Trains the MLP briefly (AdamW) to get a real state, then runs bench/ckpt_perf on (a) that state, (b) a synthetic
 f32 state (Gaussian, sigma 0.02) and (c) its bf16 cast, with the torch.save / torch.load peer on the same bytes
 (bench/peers/torch_ckpt.py, Debian's python3-torch). ckpt_perf alternates every timed figure try by try (the disk's
-bound, our save, torch.save; our restore, torch.load), so that all see the disk in the same states; --rounds runs of
-it, and each figure keeps its best over all of them, ours and the peer's alike. Prints one table with the targets'
-ratios: compression vs the entropy bound and vs zstd -1, save vs torch.save and vs disk bandwidth x ratio,
+bound, our save, torch.save; our restore, torch.load), so that all sample the disk over the same minutes; --rounds
+runs it again, and each figure keeps its best over all of them, ours and the peer's alike. Prints one table with the
+targets' ratios: compression vs the entropy bound and vs zstd -1, save vs torch.save and vs disk bandwidth x ratio,
 stall vs one memcpy, restore vs torch.load; and JSON lines {"bench":"ckpt",...}."""
 import argparse
 import json
@@ -35,11 +35,11 @@ def best_of(old, new):
         return new
     merged = dict(old)
     for k in HIGHER:
-        if k in new:
-            merged[k] = max(old[k], new[k])
+        if k in new:  # a figure a round lacked (the peer did not start) is taken from the others
+            merged[k] = max(old.get(k, new[k]), new[k])
     for k in LOWER:
-        if k in new and new[k] >= 0:
-            merged[k] = min(old[k], new[k]) if old[k] >= 0 else new[k]
+        if k in new:
+            merged[k] = min(old.get(k, new[k]), new[k])
     if new.get("save_gbs", 0) > old.get("save_gbs", 0) and "save_cpu_cores" in new:
         merged["save_cpu_cores"] = new["save_cpu_cores"]  # the cores of the best save
     return merged
@@ -80,7 +80,7 @@ def main():
         peer = "torch_save_gbs" in o
         save_t = o["save_gbs"] / o["torch_save_gbs"] if peer else float("nan")
         rest_t = o["restore_gbs"] / o["torch_load_gbs"] if peer else float("nan")
-        stall = o["stall_ms"] / o["memcpy_ms"] if o["stall_ms"] >= 0 else float("nan")
+        stall = o["stall_ms"] / o["memcpy_ms"]
         print(f"  {case:<11} {o['ratio'] / o['entropy_bound']:>11.3f} {o['ratio'] / o['zstd1_ratio']:>11.3f} "
               f"{save_t:>10.2f} {o['save_gbs'] / (o['disk_gbs'] * o['ratio']):>11.2f} {stall:>12.2f} {rest_t:>13.2f}")
         print(json.dumps(o), file=sys.stderr)

@@ -11,7 +11,7 @@
  * cores it may use it tells a save bound by the CPU from one that waited on the disk). With --peer SCRIPT
  * (bench/peers/torch_ckpt.py), torch.save and torch.load of the same bytes too. Every timed figure is taken in tries
  * that alternate with the others' (the disk's bound, our save, torch.save; our restore, torch.load), so that all of
- * them see the disk in the same states (its speed drifts by a third); the best try of each is kept.
+ * them sample the disk over the same minutes (its speed drifts by a third); the best try of each is kept.
  * Prints a table and JSON lines {"bench":"ckpt","case",...}. */
 #include "ckpt.h"
 #include "codec.h"
@@ -207,8 +207,12 @@ typedef struct peer {
     double save_s, load_s; /* the best tries */
 } peer;
 
-static void dump_raw(const bench_case *c, const char *path) {
-    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+/* The case's bytes for the peer to read at its start: in /dev/shm where there is one, so that writing them leaves
+ * no writeback on the disk under test to slow the first tries. */
+static void dump_raw(const bench_case *c, const char *dir, char *path, size_t cap) {
+    snprintf(path, cap, "%s/sovtrain-ckpt-perf-%d-%s.raw", access("/dev/shm", W_OK) == 0 ? "/dev/shm" : dir,
+             (int)getpid(), c->name);
+    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
     if (fd < 0) {
         fprintf(stderr, "ckpt_perf: creating %s: %s\n", path, strerror(errno));
         exit(1);
@@ -219,61 +223,92 @@ static void dump_raw(const bench_case *c, const char *path) {
     close(fd);
 }
 
-static void peer_stop(peer *p) {
+/* Ends the peer (it removes its files on "quit" or at the end of its input); returns how it exited, in words. */
+static const char *peer_stop(peer *p, char *why, size_t cap) {
+    snprintf(why, cap, "not started");
     if (!p->to)
-        return;
+        return why;
     fputs("quit\n", p->to);
     fclose(p->to);
     fclose(p->from);
-    waitpid(p->pid, NULL, 0);
     p->to = p->from = NULL;
+    int status = 0;
+    if (waitpid(p->pid, &status, 0) != p->pid)
+        snprintf(why, cap, "lost (waitpid: %s)", strerror(errno));
+    else if (WIFSIGNALED(status))
+        snprintf(why, cap, "killed by signal %d%s", WTERMSIG(status),
+                 WTERMSIG(status) == SIGKILL ? " (out of memory?)" : "");
+    else
+        snprintf(why, cap, "exited with status %d%s", WEXITSTATUS(status),
+                 WEXITSTATUS(status) == 77 ? " (no python3-torch)" : "");
+    return why;
 }
 
-/* Starts the peer on the case's bytes (written to dir for it, and removed once it has read them). Returns 0 when
- * it cannot run: python3-torch is not installed (exit 77), or it failed, which it has said on stderr. */
+/* In the child: the peer's end of the pipes as stdin and stdout, then the script. Only async-signal-safe calls. */
+static void peer_exec(const int to[2], const int from[2], const char *script, const char *raw, const char *out) {
+    dup2(to[0], 0);
+    dup2(from[1], 1);
+    /* argv[0] in full: Python finds its prefix (and so Debian's torch) from it, not from the PATH's python3 */
+    execl("/usr/bin/python3", "/usr/bin/python3", script, raw, out, (char *)NULL);
+    static const char msg[] = "ckpt_perf: cannot run /usr/bin/python3 for the torch peer\n";
+    (void)!write(2, msg, sizeof msg - 1);
+    _exit(127);
+}
+
+/* Starts the peer on the case's bytes. Returns 0, having said why, when it cannot run: python3-torch is not
+ * installed (the peer exits 77), or it failed. */
 static int peer_start(peer *p, const char *script, const bench_case *c, const char *dir) {
-    char raw[4200], line[256];
-    snprintf(raw, sizeof raw, "%s/%s.raw", dir, c->name);
-    dump_raw(c, raw);
+    char raw[4200], out[4200], line[256] = "", why[128];
+    dump_raw(c, dir, raw, sizeof raw);
+    snprintf(out, sizeof out, "%s/%s.pt", dir, c->name); /* torch.save's file, on the disk under test */
     int to[2], from[2];
-    if (pipe(to) != 0 || pipe(from) != 0) {
+    if (pipe2(to, O_CLOEXEC) != 0 || pipe2(from, O_CLOEXEC) != 0) {
         fprintf(stderr, "ckpt_perf: pipe: %s\n", strerror(errno));
         exit(1);
     }
-    *p = (peer){.pid = fork(), .save_s = 1e9, .load_s = 1e9};
-    if (p->pid == 0) {
-        dup2(to[0], 0);
-        dup2(from[1], 1);
-        close(to[0]), close(to[1]), close(from[0]), close(from[1]);
-        /* argv[0] in full: Python finds its prefix (and so Debian's torch) from it, not from the PATH's python3 */
-        execl("/usr/bin/python3", "/usr/bin/python3", script, raw, (char *)NULL);
-        fprintf(stderr, "ckpt_perf: running /usr/bin/python3 %s: %s\n", script, strerror(errno));
-        _exit(127);
-    }
+    *p = (peer){.save_s = 1e9, .load_s = 1e9};
+    p->pid = fork();
+    if (p->pid == 0)
+        peer_exec(to, from, script, raw, out);
     close(to[0]);
     close(from[1]);
+    if (p->pid < 0) {
+        fprintf(stderr, "ckpt_perf: cannot start the torch peer: fork: %s\n", strerror(errno));
+        close(to[1]), close(from[0]), unlink(raw);
+        return 0;
+    }
     p->to = fdopen(to[1], "w");
     p->from = fdopen(from[0], "r");
-    int ready = p->pid > 0 && fgets(line, sizeof line, p->from) && strncmp(line, "ready ", 6) == 0;
+    if (!p->to || !p->from) {
+        fprintf(stderr, "ckpt_perf: fdopen: %s\n", strerror(errno));
+        exit(1);
+    }
+    /* "ready BYTES" once it holds the state: then its copy on disk can go */
+    int ready = fgets(line, sizeof line, p->from) && strncmp(line, "ready ", 6) == 0 &&
+                strtod(line + 6, NULL) == total_bytes(c);
     unlink(raw);
     if (!ready) {
-        peer_stop(p);
+        line[strcspn(line, "\n")] = '\0';
+        fprintf(stderr, "ckpt_perf: the torch peer did not start (\"%s\"; %s); going on without it\n", line,
+                peer_stop(p, why, sizeof why));
         return 0;
     }
     return 1;
 }
 
-/* One try of the peer's ("save" or "load"); keeps the best. */
+/* One try of the peer's ("save" or "load"): its seconds, kept when best. A peer that fails ends the bench. */
 static void peer_try(peer *p, const char *what) {
-    char line[1024];
+    char line[1024], why[128], *end = NULL;
     fprintf(p->to, "%s\n", what);
     fflush(p->to);
-    if (!fgets(line, sizeof line, p->from) || strncmp(line, "error", 5) == 0) {
-        fprintf(stderr, "ckpt_perf: the torch peer's %s failed: %s\n", what, ferror(p->from) || feof(p->from) ?
-                "it exited" : line);
+    double t = fgets(line, sizeof line, p->from) ? strtod(line, &end) : -1.0;
+    if (!end || end == line || !(t > 0)) {
+        line[strcspn(line, "\n")] = '\0';
+        fprintf(stderr, "ckpt_perf: the torch peer's %s failed: %s\n", what,
+                t < 0 && !end ? peer_stop(p, why, sizeof why) : line);
         exit(1);
     }
-    double *best = strcmp(what, "save") == 0 ? &p->save_s : &p->load_s, t = atof(line);
+    double *best = strcmp(what, "save") == 0 ? &p->save_s : &p->load_s;
     *best = t < *best ? t : *best;
 }
 
@@ -406,7 +441,8 @@ int main(int argc, char **argv) {
     printf("# %-11s %9s %9s %9s %8s %8s %7s %7s %8s %9s %9s %8s %9s %9s %9s\n", "case", "MB", "save GB/s",
            "rest GB/s", "stall ms", "memcpy", "ratio", "bound", "% bound", "zstd -1", "disk GB/s", "% disk", "cores",
            "torch sv", "torch ld");
-    signal(SIGPIPE, SIG_IGN); /* a peer that dies is reported from the pipe's end, not by a signal */
+    if (peer_script)
+        signal(SIGPIPE, SIG_IGN); /* a peer that dies is reported from the pipe's end, not by a signal */
     for (int i = 0; i < ncase; i++) {
         bench_case *c = &cases[i];
         double bound = entropy_bound(c), z1 = zstd1_ratio(c), mc = memcpy_ms(c), bytes = total_bytes(c);
@@ -416,11 +452,14 @@ int main(int argc, char **argv) {
         char path[4200];
         saves(c, dir, threads, with_peer ? &torch : NULL, &f, path, sizeof path);
         restores(c, path, with_peer ? &torch : NULL, &f);
-        peer_stop(&torch);
-        double tsave = with_peer ? bytes / torch.save_s / 1e9 : NAN, tload = with_peer ? bytes / torch.load_s / 1e9 : NAN;
-        printf("  %-11s %9.1f %9.3f %9.3f %8.1f %8.1f %7.3f %7.3f %7.1f%% %9.3f %9.3f %7.1f%% %5.2f/%-3ld %9.3f %9.3f\n",
-               c->name, bytes / 1e6, f.save_gbs, f.restore_gbs, f.stall_ms, mc, f.ratio, bound, 100 * f.ratio / bound,
-               z1, f.disk_gbs, 100 * f.save_gbs / (f.disk_gbs * f.ratio), f.save_cores, cpus, tsave, tload);
+        char why[128];
+        peer_stop(&torch, why, sizeof why);
+        double tsave = with_peer ? bytes / torch.save_s / 1e9 : NAN;
+        double tload = with_peer ? bytes / torch.load_s / 1e9 : NAN;
+        printf("  %-11s %9.1f %9.3f %9.3f %8.1f %8.1f %7.3f %7.3f %7.1f%% %9.3f %9.3f %7.1f%% %5.2f/%-3ld"
+               " %9.3f %9.3f\n", c->name, bytes / 1e6, f.save_gbs, f.restore_gbs, f.stall_ms, mc, f.ratio, bound,
+               100 * f.ratio / bound, z1, f.disk_gbs, 100 * f.save_gbs / (f.disk_gbs * f.ratio), f.save_cores, cpus,
+               tsave, tload);
         char peer_json[128] = "";
         if (with_peer)
             snprintf(peer_json, sizeof peer_json, ",\"torch_save_gbs\":%.4f,\"torch_load_gbs\":%.4f", tsave, tload);

@@ -1,16 +1,16 @@
 #!/usr/bin/python3
 """bench/peers/torch_ckpt: the torch.save / torch.load peer for bench/ckpt_perf, on the same bytes, try by try.
 
-    torch_ckpt.py RAW
+    torch_ckpt.py RAW OUT
 
 Reads RAW (a case's raw state, written by bench/ckpt_perf), builds a state dict of one f32 tensor over those bytes
 (bf16 for *bf16*.raw), prints "ready BYTES", then serves one try per line on stdin, so that ckpt_perf can alternate
-them with its own saves and restores and both see the disk in the same state:
-  save: torch.save to RAW's name with .pt, then fsync of the file (the save's durable cost);
+them with its own saves and restores and both sample the disk over the same minutes:
+  save: torch.save to OUT (on the disk under test), then fsync of the file (the save's durable cost);
   load: torch.load of that file from the disk (its pages are dropped from the page cache first, as bench/ckpt_perf
         does for sovtrain's restore), checked against the state;
 each answered with the try's seconds on one line (or "error: ..."). "quit" or the end of stdin ends it, removing
-the .pt file. Exits 77 without torch (Debian's python3-torch)."""
+OUT. Exits 77 without torch (Debian's python3-torch)."""
 import os
 import sys
 import time
@@ -23,6 +23,8 @@ except ImportError as e:
 
 
 def save_once(state, out):
+    if os.path.exists(out):  # the last try's file goes first, untimed: our saves' pruning is not timed either
+        os.unlink(out)
     t0 = time.perf_counter()
     with open(out, "wb") as f:
         torch.save(state, f)
@@ -43,13 +45,19 @@ def load_once(state, out):
     return dt
 
 
-def serve(raw_path):
+def serve(raw_path, out):
     data = bytearray(open(raw_path, "rb").read())
     dtype = torch.bfloat16 if "bf16" in os.path.basename(raw_path) else torch.float32
     state = {"params": torch.frombuffer(data, dtype=dtype).clone()}
     del data
-    out = raw_path[:-len(".raw")] + ".pt" if raw_path.endswith(".raw") else raw_path + ".pt"
-    print(f"ready {state['params'].numel() * state['params'].element_size()}", flush=True)
+    # the answers go on a copy of stdout; anything else printed there (a library's warning) goes to stderr
+    answers = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)
+
+    def answer(text):
+        print(text, file=answers, flush=True)
+
+    answer(f"ready {state['params'].numel() * state['params'].element_size()}")
     try:
         for line in sys.stdin:
             what = line.strip()
@@ -57,20 +65,20 @@ def serve(raw_path):
                 break
             try:
                 if what == "save":
-                    print(f"{save_once(state, out):.6f}", flush=True)
+                    answer(f"{save_once(state, out):.6f}")
                 elif what == "load":
-                    print(f"{load_once(state, out):.6f}", flush=True)
+                    answer(f"{load_once(state, out):.6f}")
                 else:
-                    print(f"error: unknown request {what!r} (save, load or quit)", flush=True)
+                    answer(f"error: unknown request {what!r} (save, load or quit)")
             except (OSError, RuntimeError) as e:
-                print(f"error: {e}", flush=True)
+                answer(f"error: {e}")
     finally:
         if os.path.exists(out):
             os.unlink(out)
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 2:
+    if len(sys.argv) != 3:
         sys.exit(__doc__)
     torch.set_num_threads(1)
-    serve(sys.argv[1])
+    serve(sys.argv[1], sys.argv[2])

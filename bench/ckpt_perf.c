@@ -298,7 +298,7 @@ static int peer_start(peer *p, const char *script, const bench_case *c, const ch
 
 /* One try of the peer's ("save" or "load"): its seconds, kept when best. A peer that fails ends the bench. */
 static void peer_try(peer *p, const char *what) {
-    char line[1024], why[128], *end = NULL;
+    char line[1024] = "", why[128], *end = NULL;
     fprintf(p->to, "%s\n", what);
     fflush(p->to);
     double t = fgets(line, sizeof line, p->from) ? strtod(line, &end) : -1.0;

@@ -23,7 +23,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 def run(cmd, **kw):
     out = subprocess.run(cmd, capture_output=True, text=True, **kw)
-    if out.returncode not in (0, 77):
+    if out.returncode != 0:
         sys.exit(f"bench/ckpt: {' '.join(cmd)} failed ({out.returncode}):\n{out.stdout}{out.stderr}")
     return out
 

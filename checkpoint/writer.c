@@ -3,6 +3,7 @@
 #include "codec.h"
 #include "copy.h"
 #include "fsio.h"
+#include "snapshot.h"
 #include "stream.h"
 
 #include <dirent.h>
@@ -53,11 +54,7 @@ struct sov_ckpt_writer {
     char error[1024];
     char committed[4200];
     double started;      /* when the save in flight was called */
-    /* The snapshot runs while the encoders start on its first bytes: staging[0, snapshotted) is final. */
-    pthread_mutex_t snap_lock;
-    pthread_cond_t snap_grew;
-    size_t snapshotted;
-    int snap_failed;
+    sov_snapshot snap;   /* the copy into staging, which the encoders follow (snapshot.h) */
     double save_seconds; /* the last save's time to durable (sov_ckpt_save_seconds) */
 };
 
@@ -70,7 +67,7 @@ static void step_paths(const sov_ckpt_writer *w, char *partial, char *final, siz
 
 /* One chunk of this rank's share. */
 typedef struct chunk_job {
-    const uint8_t *src;
+    size_t at; /* where it starts in staging */
     size_t bytes;
     int elem_bytes;
     const char *buffer;
@@ -113,25 +110,6 @@ static sov_status snapshot_failure(const sov_ckpt_writer *w) {
     return sov_fail(SOV_ERR_INTERNAL, "rank %d: the snapshot of step %ld failed", w->rank, w->step);
 }
 
-/* Whether the snapshot has failed: the chunks copied before the failure are not worth writing. */
-static int snapshot_failed(sov_ckpt_writer *w) {
-    pthread_mutex_lock(&w->snap_lock);
-    int failed = w->snap_failed;
-    pthread_mutex_unlock(&w->snap_lock);
-    return failed;
-}
-
-/* Waits until the snapshot has copied the staging bytes before `end`. */
-static sov_status snapshot_reached(sov_ckpt_writer *w, const uint8_t *end) {
-    size_t need = (size_t)(end - w->staging);
-    pthread_mutex_lock(&w->snap_lock);
-    while (w->snapshotted < need && !w->snap_failed)
-        pthread_cond_wait(&w->snap_grew, &w->snap_lock);
-    int failed = w->snap_failed;
-    pthread_mutex_unlock(&w->snap_lock);
-    return failed ? snapshot_failure(w) : SOV_OK;
-}
-
 /* Encoder threads yield to the training threads (nice +10, at most 19): a save is background work, and the
  * snapshot it overlaps with is the training's stall. Raising one's own niceness needs no privilege; where it is
  * refused the encoders simply run at the same priority. */
@@ -160,7 +138,7 @@ static void *encoder_main(void *arg) {
     pipeline *p = ea->p;
     sov_codec *codec = p->w->codecs[ea->thread];
     if (ea->thread >= p->while_copying) /* a failed snapshot is reported with the first chunk taken */
-        (void)snapshot_reached(p->w, p->w->staging + p->share);
+        (void)sov_snapshot_wait_done(&p->w->snap);
     pthread_mutex_lock(&p->lock);
     for (;;) {
         size_t job = p->next;
@@ -177,12 +155,20 @@ static void *encoder_main(void *arg) {
         }
         sl->busy = 1;
         p->next++;
+        const chunk_job *cj = &p->jobs[job];
+        const uint8_t *origin = sov_snapshot_claim(&p->w->snap, cj->at, cj->at + cj->bytes); /* in job order */
         pthread_mutex_unlock(&p->lock);
         size_t bytes = 0;
         uint8_t *out = slot_buffer(p, job);
-        sov_status st = snapshot_reached(p->w, p->jobs[job].src + p->jobs[job].bytes);
-        if (st == SOV_OK)
-            st = sov_chunk_encode(codec, p->jobs[job].src, p->jobs[job].bytes, p->jobs[job].elem_bytes, out, &bytes);
+        sov_status st = SOV_OK;
+        if (origin) { /* the state itself, while the caller is inside save: it will not copy these bytes */
+            st = sov_chunk_encode(codec, origin, cj->bytes, cj->elem_bytes, out, &bytes);
+            sov_snapshot_release(&p->w->snap);
+        } else if ((st = sov_snapshot_final(&p->w->snap, cj->at, cj->at + cj->bytes)) == SOV_OK) {
+            st = sov_chunk_encode(codec, p->w->staging + cj->at, cj->bytes, cj->elem_bytes, out, &bytes);
+        } else {
+            st = snapshot_failure(p->w);
+        }
         pthread_mutex_lock(&p->lock);
         sl->job = job;
         sl->bytes = bytes;
@@ -217,7 +203,7 @@ static sov_status write_chunks(pipeline *p, sov_stream *out, json_t *chunks) {
         pthread_mutex_unlock(&p->lock);
         if (sl->status != SOV_OK)
             st = sov_fail(sl->status, "%s", sl->error);
-        else if (snapshot_failed(p->w))
+        else if (sov_snapshot_has_failed(&p->w->snap))
             st = snapshot_failure(p->w);
         uint64_t offset = 0;
         if (st == SOV_OK)
@@ -253,7 +239,7 @@ static chunk_job *plan_chunks(const sov_ckpt_writer *w, size_t *n, size_t *bytes
         size_t elem = w->elem_bytes[w->pieces[p].buffer], chunk_elems = w->opt.chunk_bytes / elem;
         for (size_t off = 0; off < w->pieces[p].count; off += chunk_elems) {
             size_t m = w->pieces[p].count - off < chunk_elems ? w->pieces[p].count - off : chunk_elems;
-            jobs[(*n)++] = (chunk_job){.src = w->staging + staged, .bytes = m * elem, .elem_bytes = (int)elem,
+            jobs[(*n)++] = (chunk_job){.at = staged, .bytes = m * elem, .elem_bytes = (int)elem,
                                        .buffer = w->names[w->pieces[p].buffer],
                                        .elem_offset = w->pieces[p].offset + off};
             staged += m * elem;
@@ -534,8 +520,7 @@ sov_status sov_ckpt_writer_open(sov_ckpt_writer **out, const char *dir, int rank
     sov_ckpt_writer *w = sov_calloc(1, sizeof *w);
     if (!w)
         return SOV_ERR_NOMEM;
-    pthread_mutex_init(&w->snap_lock, NULL);
-    pthread_cond_init(&w->snap_grew, NULL);
+    sov_snapshot_init(&w->snap);
     snprintf(w->dir, sizeof w->dir, "%s", dir);
     w->rank = rank;
     w->world = world;
@@ -651,52 +636,45 @@ sov_status sov_ckpt_writer_reserve(sov_ckpt_writer *w, const sov_ckpt_state *s) 
 /* The snapshot's unit of progress. Large on purpose: glibc's memcpy switches to non-temporal stores above a
  * threshold (16-32 MiB on these machines), and copying in 4 MiB pieces ran 1.6x slower than one copy. */
 #define SNAPSHOT_BLOCK ((size_t)64 << 20)
-/* For a state larger than that, the writer starts after this much: its first chunks are encoded and on their way
- * to the disk while the rest is copied (waiting for a whole first block left the disk idle for ~6 ms more). */
-#define SNAPSHOT_FIRST ((size_t)8 << 20)
 
-/* Tells the encoders that staging[0, bytes) is final. */
-static void snapshot_publish(sov_ckpt_writer *w, size_t bytes, int failed) {
-    pthread_mutex_lock(&w->snap_lock);
-    w->snapshotted = bytes;
-    w->snap_failed = failed;
-    pthread_cond_broadcast(&w->snap_grew);
-    pthread_mutex_unlock(&w->snap_lock);
-}
-
-static sov_status start_writer(sov_ckpt_writer *w) {
+static sov_status start_writer(void *arg) {
+    sov_ckpt_writer *w = arg;
     if (pthread_create(&w->thread, NULL, writer_main, w) != 0)
         return sov_fail(SOV_ERR_INTERNAL, "rank %d: cannot start the checkpoint writer thread", w->rank);
     w->running = 1;
     return SOV_OK;
 }
 
+static sov_status copy_host(void *ctx, void *dst, const void *src, size_t bytes) {
+    (void)ctx;
+    sov_copy_to_staging(dst, src, bytes);
+    return SOV_OK;
+}
+
 /* The snapshot: one copy of this rank's share (`share` bytes, as planned) into staging (two threads copy no faster
- * here); from a GPU, one device-to-host copy per piece into pinned memory. Once SNAPSHOT_FIRST bytes are copied, the
- * writer starts and encodes each block as soon as it is final, so that writing a large state overlaps the stall; a
- * small state is copied whole first (its copy is short, and threads starting beside it would only slow it down). */
+ * here). A state in host memory larger than a block is copied from the back while the writer's encoders start on
+ * the front, reading the state itself (snapshot.h): the disk gets its first chunk sooner, and the stall ends when
+ * the two meet. A smaller one is copied whole first (its copy is short, and threads starting beside it would only
+ * slow it down). From a GPU, one device-to-host copy per piece into pinned memory, front to back, and the writer
+ * starts after the first. */
 static sov_status snapshot(sov_ckpt_writer *w, const sov_ckpt_state *s, size_t share) {
-    size_t at = 0, first = share > SNAPSHOT_BLOCK ? SNAPSHOT_FIRST : SNAPSHOT_BLOCK; /* before the writer starts */
+    int from_back = !w->opt.copy_to_host && share > SNAPSHOT_BLOCK;
+    sov_snapshot_begin(&w->snap, w->staging, share, from_back);
     for (int p = 0; p < w->npieces; p++) {
         const piece *pc = &w->pieces[p];
-        size_t elem = w->elem_bytes[pc->buffer], bytes = pc->count * elem;
-        const uint8_t *src = (const uint8_t *)s->buffers[pc->buffer].data + pc->offset * elem;
-        for (size_t done = 0, n; done < bytes; done += n) {
-            n = w->opt.copy_to_host ? bytes : w->running ? SNAPSHOT_BLOCK : first - at; /* few copies from a GPU */
-            n = bytes - done < n ? bytes - done : n;
-            sov_status st = w->opt.copy_to_host ? w->opt.copy_to_host(w->opt.memory_ctx, w->staging + at, src + done, n)
-                                                : (sov_copy_to_staging(w->staging + at, src + done, n), SOV_OK);
-            if (st != SOV_OK) {
-                snapshot_publish(w, at, 1);
-                return st;
-            }
-            at += n;
-            snapshot_publish(w, at, 0);
-            if (!w->running && at >= first)
-                SOV_CHECK(start_writer(w));
-        }
+        size_t elem = w->elem_bytes[pc->buffer];
+        SOV_CHECK(sov_snapshot_add(&w->snap, (const uint8_t *)s->buffers[pc->buffer].data + pc->offset * elem,
+                                   pc->count * elem));
     }
-    return w->running ? SOV_OK : start_writer(w);
+    if (from_back) {
+        SOV_CHECK(start_writer(w));
+        sov_snapshot_copy_backward(&w->snap, copy_host, NULL, SNAPSHOT_BLOCK);
+        return SOV_OK;
+    }
+    if (w->opt.copy_to_host)
+        return sov_snapshot_copy_forward(&w->snap, w->opt.copy_to_host, w->opt.memory_ctx, 0, SIZE_MAX, start_writer,
+                                         w);
+    return sov_snapshot_copy_forward(&w->snap, copy_host, NULL, share, SNAPSHOT_BLOCK, start_writer, w);
 }
 
 sov_status sov_ckpt_save(sov_ckpt_writer *w, const sov_ckpt_state *s, uint64_t save_id, double *stall_s,
@@ -724,7 +702,6 @@ sov_status sov_ckpt_save(sov_ckpt_writer *w, const sov_ckpt_state *s, uint64_t s
     w->save_id = save_id;
     w->status = SOV_OK;
     w->committed[0] = '\0';
-    snapshot_publish(w, 0, 0);
     sov_status st = snapshot(w, s, share);
     if (stall_s)
         *stall_s = sov_now() - t1;
@@ -754,7 +731,6 @@ void sov_ckpt_writer_close(sov_ckpt_writer *w) {
     sov_io_free(w->out_memory, w->out_bytes);
     json_decref(w->manifest_base);
     free_staging(w);
-    pthread_mutex_destroy(&w->snap_lock);
-    pthread_cond_destroy(&w->snap_grew);
+    sov_snapshot_destroy(&w->snap);
     free(w);
 }

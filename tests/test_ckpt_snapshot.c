@@ -1,8 +1,11 @@
 /* A snapshot that fails part-way (a device-to-host copy that errs, say): the save reports it once, nothing of that
  * step is committed, the previous checkpoint stays latest and the next save works; when the writer of a rank
  * other than 0 never started, that rank still tells rank 0 (rank-<r>.failed), so rank 0 does not wait for it.
- * The copies go through the options' copy_to_host hook, as a GPU job's do. And the host copy into staging (streaming
- * stores from 1 to 16 MiB) is exact at every size and alignment around its thresholds. */
+ * The copies go through the options' copy_to_host hook, as a GPU job's do. A host state larger than a snapshot block
+ * (copied from the back while the encoders read its front) comes back as it was when save returned, though every
+ * byte of it is overwritten at once after each save; and the snapshot's two sides, driven directly, never both
+ * take a byte, leave none out, and stop reading the state when the copy returns. And the host copy into staging
+ * (streaming stores from 1 to 16 MiB) is exact at every size and alignment around its thresholds. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -11,6 +14,9 @@
 #include "ckpt.h"
 #include "copy.h"
 #include "fsio.h"
+#include "snapshot.h"
+
+#include <pthread.h>
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -118,6 +124,136 @@ static void failure_before_a_writer_started_is_reported_to_rank_0(void **state) 
     free(x);
 }
 
+/* Three buffers, 68 MiB in all, in small chunks so that the encoders read many of them from the state itself before
+ * the copy from the back meets them. The trainer changes its state as soon as save returns: so does this test. */
+enum { HOST_F32 = 12 << 20, HOST_BF16 = 10 << 20, HOST_TAIL = 4099 };
+
+static void fill_state(float *a, uint16_t *b, float *c, unsigned seed) {
+    for (size_t i = 0; i < HOST_F32; i++)
+        a[i] = (float)((i * 2654435761u + seed) % 100003) * 1e-6f - 0.05f;
+    for (size_t i = 0; i < HOST_BF16; i++)
+        b[i] = (uint16_t)(0x3c00 + (i * 40503u + seed) % 1024);
+    for (size_t i = 0; i < HOST_TAIL; i++)
+        c[i] = (float)(i + seed);
+}
+
+static void host_state_changed_after_save_comes_back_as_saved(void **state) {
+    (void)state;
+    float *a = malloc(HOST_F32 * sizeof *a), *a0 = malloc(HOST_F32 * sizeof *a), *c = malloc(HOST_TAIL * sizeof *c);
+    uint16_t *b = malloc(HOST_BF16 * sizeof *b), *b0 = malloc(HOST_BF16 * sizeof *b);
+    float *c0 = malloc(HOST_TAIL * sizeof *c);
+    assert_true(a && a0 && b && b0 && c && c0);
+    sov_ckpt_options o = {.keep = 1, .threads = 2, .chunk_bytes = 256 << 10, .commit_timeout_s = 60};
+    sov_ckpt_writer *w;
+    assert_int_equal(sov_ckpt_writer_open(&w, dir, 0, 1, &o), SOV_OK);
+    sov_ckpt_state s = {.num_buffers = 3};
+    s.buffers[0] = (sov_ckpt_buffer){"params", a, HOST_F32, SOV_CKPT_F32};
+    s.buffers[1] = (sov_ckpt_buffer){"adamw.m", b, HOST_BF16, SOV_CKPT_BF16};
+    s.buffers[2] = (sov_ckpt_buffer){"adamw.v", c, HOST_TAIL, SOV_CKPT_F32};
+    for (unsigned step = 1; step <= 3; step++) {
+        fill_state(a, b, c, step);
+        memcpy(a0, a, HOST_F32 * sizeof *a);
+        memcpy(b0, b, HOST_BF16 * sizeof *b);
+        memcpy(c0, c, HOST_TAIL * sizeof *c);
+        s.step = step;
+        char path[4200];
+        assert_int_equal(sov_ckpt_save(w, &s, step, NULL, NULL), SOV_OK);
+        memset(a, 0xff, HOST_F32 * sizeof *a); /* the next step's training, at its worst */
+        memset(b, 0xff, HOST_BF16 * sizeof *b);
+        memset(c, 0xff, HOST_TAIL * sizeof *c);
+        assert_int_equal(sov_ckpt_wait(w, path, sizeof path), SOV_OK);
+        sov_ckpt *ck;
+        assert_int_equal(sov_ckpt_open(path, &ck), SOV_OK);
+        assert_int_equal(sov_ckpt_read_buffer(ck, "params", SOV_CKPT_F32, a, HOST_F32), SOV_OK);
+        assert_int_equal(sov_ckpt_read_buffer(ck, "adamw.m", SOV_CKPT_BF16, b, HOST_BF16), SOV_OK);
+        assert_int_equal(sov_ckpt_read_buffer(ck, "adamw.v", SOV_CKPT_F32, c, HOST_TAIL), SOV_OK);
+        sov_ckpt_close(ck);
+        assert_memory_equal(a, a0, HOST_F32 * sizeof *a);
+        assert_memory_equal(b, b0, HOST_BF16 * sizeof *b);
+        assert_memory_equal(c, c0, HOST_TAIL * sizeof *c);
+    }
+    sov_ckpt_writer_close(w);
+    free(a), free(a0), free(b), free(b0), free(c), free(c0);
+}
+
+/* The snapshot alone: an encoder thread claims chunks in order (reading each from the pieces, a byte at a time so
+ * that the copy overtakes it now and then) while this thread copies from the back in small blocks. Afterwards every
+ * chunk was either read from the pieces or is final in staging, never both; claimed chunks form a prefix; and once
+ * the copy has returned nothing more is claimed. The first chunk is claimed before the copy starts, so that path is
+ * taken every time; how far the thread gets beyond it varies from run to run. */
+enum { SNAP_BYTES = 3 << 20, SNAP_CHUNK = 4096, SNAP_CHUNKS = SNAP_BYTES / SNAP_CHUNK };
+
+typedef struct claimer {
+    sov_snapshot *snap;
+    uint8_t read_from_source[SNAP_CHUNKS];
+    size_t start; /* the first chunk it claims */
+    unsigned sum;
+} claimer;
+
+static void *claim_in_order(void *arg) {
+    claimer *c = arg;
+    for (size_t k = c->start; k < SNAP_CHUNKS; k++) {
+        const uint8_t *src = sov_snapshot_claim(c->snap, k * SNAP_CHUNK, (k + 1) * SNAP_CHUNK);
+        if (!src)
+            break;
+        for (size_t i = 0; i < SNAP_CHUNK; i++)
+            c->sum += src[i];
+        c->read_from_source[k] = 1;
+        sov_snapshot_release(c->snap);
+    }
+    return NULL;
+}
+
+static sov_status copy_plain(void *ctx, void *dst, const void *src, size_t bytes) {
+    (void)ctx;
+    memcpy(dst, src, bytes);
+    return SOV_OK;
+}
+
+static void snapshot_sides_meet_without_overlap(void **state) {
+    (void)state;
+    uint8_t *src = malloc(SNAP_BYTES), *staging = malloc(SNAP_BYTES);
+    assert_true(src && staging);
+    for (size_t i = 0; i < SNAP_BYTES; i++)
+        src[i] = (uint8_t)(i * 2654435761u >> 11);
+    sov_snapshot snap;
+    sov_snapshot_init(&snap);
+    for (int round = 0; round < 20; round++) {
+        memset(staging, 0, SNAP_BYTES);
+        sov_snapshot_begin(&snap, staging, SNAP_BYTES, 1);
+        assert_int_equal(sov_snapshot_add(&snap, src, SNAP_BYTES / 3), SOV_OK); /* three pieces */
+        assert_int_equal(sov_snapshot_add(&snap, src + SNAP_BYTES / 3, SNAP_BYTES / 3), SOV_OK);
+        assert_int_equal(sov_snapshot_add(&snap, src + 2 * (SNAP_BYTES / 3), SNAP_BYTES - 2 * (SNAP_BYTES / 3)),
+                         SOV_OK);
+        claimer *c = calloc(1, sizeof *c);
+        c->snap = &snap;
+        const uint8_t *first = sov_snapshot_claim(&snap, 0, SNAP_CHUNK); /* one claim for certain, before the copy */
+        assert_ptr_equal(first, src);
+        sov_snapshot_release(&snap);
+        c->read_from_source[0] = 1;
+        c->start = 1;
+        pthread_t t;
+        assert_int_equal(pthread_create(&t, NULL, claim_in_order, c), 0);
+        sov_snapshot_copy_backward(&snap, copy_plain, NULL, 5 * SNAP_CHUNK + 100 * round); /* blocks off chunk edges */
+        assert_null(sov_snapshot_claim(&snap, snap.claimed, snap.claimed + SNAP_CHUNK)); /* closed */
+        assert_int_equal(sov_snapshot_wait_done(&snap), SOV_OK);
+        assert_int_equal(snap.readers, 0);
+        pthread_join(t, NULL);
+        size_t prefix = snap.claimed;
+        assert_int_equal(prefix % SNAP_CHUNK, 0);
+        for (size_t k = 0; k < SNAP_CHUNKS; k++) {
+            int claimed = k * SNAP_CHUNK < prefix;
+            assert_int_equal(c->read_from_source[k], claimed);
+            for (size_t i = k * SNAP_CHUNK; i < (k + 1) * SNAP_CHUNK; i++) /* copied exactly where not claimed */
+                assert_int_equal(staging[i], claimed ? 0 : src[i]);
+        }
+        free(c);
+    }
+    sov_snapshot_destroy(&snap);
+    free(src);
+    free(staging);
+}
+
 /* Sizes across both thresholds and the 128-byte body, destinations at every kind of misalignment: each copy equals
  * its source and leaves the bytes around it alone. */
 static void staging_copy_is_exact(void **state) {
@@ -150,6 +286,8 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(failure_after_the_writer_started),
         cmocka_unit_test(failure_before_a_writer_started_is_reported_to_rank_0),
+        cmocka_unit_test(host_state_changed_after_save_comes_back_as_saved),
+        cmocka_unit_test(snapshot_sides_meet_without_overlap),
         cmocka_unit_test(staging_copy_is_exact),
     };
     return cmocka_run_group_tests(tests, setup, teardown);

@@ -33,8 +33,9 @@ sov_status sov_fail_at(sov_status status, const char *file, int line, const char
 
 /* On x86-64, a function so marked is compiled for AVX-512, AVX2 and the baseline, and the loader picks the best
  * the CPU has: for the plain loops GCC vectorises (byte planes, GELU, LayerNorm). Files using it are built with
- * -ffp-contract=off so that no clone fuses a multiply-add: every clone gives the same bits. */
-#if defined(__x86_64__) && defined(__has_attribute)
+ * -ffp-contract=off so that no clone fuses a multiply-add: every clone gives the same bits. Not under
+ * ThreadSanitizer, whose instrumented clone resolvers run before its runtime is up and crash the program at load. */
+#if defined(__x86_64__) && defined(__has_attribute) && !defined(__SANITIZE_THREAD__)
 #if __has_attribute(target_clones)
 #define SOV_SIMD_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
 #endif

@@ -2,6 +2,7 @@
 # missing first (scripts/setup.sh), then build.
 BUILD ?= build
 SAN_BUILD ?= build-sanitize
+TSAN_BUILD ?= build-tsan
 JOBS ?= $(shell nproc)
 NP ?= 2
 DEMO_DIR ?= runs/demo
@@ -9,7 +10,7 @@ DEMO_ARGS ?= $(shell cat examples/demo.args)
 GPT_DIR ?= runs/gpt
 GPT_ARGS ?= $(shell cat examples/gpt.args)
 
-.PHONY: all setup build demo demo-gpt test test-fast test-sanitize bench clean
+.PHONY: all setup build demo demo-gpt test test-fast test-sanitize test-tsan bench clean
 
 all: build
 
@@ -29,10 +30,12 @@ demo-gpt: build
 	$(BUILD)/sovtrain launch -np $(NP) -- sovtrain train $(GPT_ARGS) --run-dir $(GPT_DIR)
 	$(BUILD)/sovtrain sample --ckpt $(GPT_DIR)/checkpoints --prompt "The " --tokens 300
 
-# The whole suite: the normal build's tests, then the same tests under AddressSanitizer + UBSan.
+# The whole suite: the normal build's tests, then the same tests under AddressSanitizer + UBSan, then the
+# checkpoint's threaded tests under ThreadSanitizer.
 test: build
 	cd $(BUILD) && ctest --output-on-failure
 	@$(MAKE) --no-print-directory test-sanitize
+	@$(MAKE) --no-print-directory test-tsan
 
 test-fast: build
 	cd $(BUILD) && ctest --output-on-failure -L unit
@@ -41,6 +44,14 @@ test-sanitize: setup
 	@cmake -S . -B $(SAN_BUILD) -DCMAKE_BUILD_TYPE=Debug -DSOVTRAIN_SANITIZE=ON -DSOVTRAIN_CUDA=OFF >/dev/null
 	@cmake --build $(SAN_BUILD) -j $(JOBS)
 	cd $(SAN_BUILD) && ctest --output-on-failure -LE 'gpu|slow|multihost'
+
+# The threads of one process, under ThreadSanitizer: the checkpoint writer's pipeline and snapshot, the reader's
+# decoders. (The collectives' ranks are processes, which it does not follow.) A report fails the test (exit 66).
+TSAN_TESTS = test_ckpt_snapshot test_ckpt_roundtrip
+test-tsan: setup
+	@cmake -S . -B $(TSAN_BUILD) -DCMAKE_BUILD_TYPE=Debug -DSOVTRAIN_TSAN=ON -DSOVTRAIN_CUDA=OFF >/dev/null
+	@cmake --build $(TSAN_BUILD) -j $(JOBS) --target $(TSAN_TESTS)
+	cd $(TSAN_BUILD) && ctest --output-on-failure -R '^($(subst $() $(),|,$(TSAN_TESTS)))$$'
 
 # Benchmarks, each with its peer measured in the same run: allreduce (vs MPI_Allreduce), training (vs PyTorch
 # DDP), checkpoints (vs torch.save/torch.load, the entropy bound, zstd -1, the disk).
@@ -51,4 +62,4 @@ bench: build
 	python3 bench/ckpt.py --build $(BUILD)
 
 clean:
-	rm -rf $(BUILD) $(SAN_BUILD)
+	rm -rf $(BUILD) $(SAN_BUILD) $(TSAN_BUILD)

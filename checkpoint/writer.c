@@ -1,12 +1,12 @@
 /* writer.c: asynchronous, parallel, atomic checkpoint saving. See ckpt.h for the protocol. */
 #include "ckpt.h"
 #include "codec.h"
+#include "commit.h"
 #include "copy.h"
 #include "fsio.h"
 #include "snapshot.h"
 #include "stream.h"
 
-#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
@@ -15,7 +15,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
-#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
@@ -303,168 +302,10 @@ static sov_status write_share(sov_ckpt_writer *w, const char *partial, json_t **
     return SOV_OK;
 }
 
-static sov_status write_marker(sov_ckpt_writer *w, const char *partial, json_t *marker) {
-    char name[64];
-    snprintf(name, sizeof name, "rank-%d.json", w->rank);
-    char *text = json_dumps(marker, JSON_COMPACT);
-    if (!text)
-        return sov_fail(SOV_ERR_NOMEM, "rank %d: cannot serialise %s", w->rank, name);
-    sov_status st = sov_write_file_atomic(partial, name, text, strlen(text));
-    free(text);
-    return st;
-}
-
-/* Tells rank 0 that this rank's part of the save failed, so it does not wait for it (best effort). */
-static void write_failure(sov_ckpt_writer *w, const char *partial, const char *message) {
-    char name[64], text[1200];
-    snprintf(name, sizeof name, "rank-%d.failed", w->rank);
-    int n = snprintf(text, sizeof text, "%016llx\n%s\n", (unsigned long long)w->save_id, message);
-    sov_write_file_atomic(partial, name, text, (size_t)n < sizeof text ? (size_t)n : sizeof text - 1);
-}
-
-/* The failure rank r reported for this save, if any, into msg. */
-static int reported_failure(const sov_ckpt_writer *w, const char *partial, int r, char *msg, size_t cap) {
-    char path[4300], *text = NULL, id[17];
-    size_t n;
-    snprintf(path, sizeof path, "%s/rank-%d.failed", partial, r);
-    if (sov_read_file(path, 4096, &text, &n) != SOV_OK)
-        return 0;
-    snprintf(id, sizeof id, "%016llx", (unsigned long long)w->save_id);
-    int ours = n > 17 && strncmp(text, id, 16) == 0;
-    if (ours)
-        snprintf(msg, cap, "%.*s", (int)strcspn(text + 17, "\n"), text + 17);
-    free(text);
-    return ours;
-}
-
-/* ---- rank 0: commit ---- */
-
-/* Waits until every other rank's marker for this save is there; returns them, and rank 0's own (`mine`, which it
- * need not write: only rank 0 reads markers), in rank order (a JSON array). */
-static sov_status gather_markers(sov_ckpt_writer *w, const char *partial, json_t *mine, json_t **files) {
-    char id[17];
-    snprintf(id, sizeof id, "%016llx", (unsigned long long)w->save_id);
-    *files = json_array();
-    json_object_del(mine, "save_id");
-    json_object_del(mine, "rank");
-    json_array_append(*files, mine);
-    double start = sov_now();
-    for (int r = 1; r < w->world; r++) {
-        char path[4300];
-        snprintf(path, sizeof path, "%s/rank-%d.json", partial, r);
-        for (;;) {
-            json_t *m = json_load_file(path, 0, NULL);
-            const char *mid = m ? json_string_value(json_object_get(m, "save_id")) : NULL;
-            if (mid && strcmp(mid, id) == 0) {
-                json_object_del(m, "save_id");
-                json_object_del(m, "rank");
-                json_array_append_new(*files, m);
-                break;
-            }
-            json_decref(m); /* absent, or a crashed earlier attempt's: keep waiting */
-            char why[1024];
-            if (reported_failure(w, partial, r, why, sizeof why)) {
-                json_decref(*files);
-                return sov_fail(SOV_ERR_IO, "rank 0: rank %d could not write its part of step %ld (%s); the "
-                                "previous checkpoint stays latest", r, w->step, why);
-            }
-            if (sov_now() - start > w->opt.commit_timeout_s) {
-                json_decref(*files);
-                return sov_fail(SOV_ERR_IO, "rank 0: rank %d never reported its part of step %ld durable within %.0f s "
-                                "(%s missing); the checkpoint is left incomplete and the previous one stays latest",
-                                r, w->step, w->opt.commit_timeout_s, path);
-            }
-            nanosleep(&(struct timespec){.tv_nsec = 2 * 1000 * 1000}, NULL);
-        }
-    }
-    return SOV_OK;
-}
-
-static sov_status write_manifest(sov_ckpt_writer *w, const char *partial, json_t *files) {
-    json_t *m = json_deep_copy(w->manifest_base);
-    json_object_set_new(m, "files", files);
-    json_object_set_new(m, "manifest_xxh3", json_string("0000000000000000"));
-    char *text = json_dumps(m, JSON_INDENT(1) | JSON_PRESERVE_ORDER);
-    json_decref(m);
-    if (!text)
-        return sov_fail(SOV_ERR_NOMEM, "rank 0: cannot serialise the manifest");
-    size_t n = strlen(text);
-    sov_status st = sov_manifest_seal(text, n);
-    if (st == SOV_OK)
-        st = sov_write_file_atomic(partial, "manifest.json", text, n);
-    free(text);
-    return st;
-}
-
-/* Keeps the checkpoint just committed and the keep-1 newest before it; removes older ones and every leftover
- * partial directory (the other ranks are past this save: the trainer synchronises before each save). Checkpoints
- * of higher steps belong to a timeline a resume abandoned (they were skipped as damaged, or the job was restarted
- * from an older one) and are left alone: nothing is deleted that a resume did not choose to replace. */
-static void prune(sov_ckpt_writer *w) {
-    long steps[4096];
-    int n = sov_ckpt_list_steps(w->dir, steps, 4096), kept = 0;
-    char path[4400];
-    for (int i = 0; i < n; i++) {
-        if (steps[i] > w->step)
-            continue;
-        if (++kept <= w->opt.keep)
-            continue;
-        snprintf(path, sizeof path, "%s/step-%ld", w->dir, steps[i]);
-        sov_remove_dir(path);
-    }
-    DIR *d = opendir(w->dir);
-    struct dirent *e;
-    while (d && (e = readdir(d))) {
-        size_t len = strlen(e->d_name);
-        if (strncmp(e->d_name, "step-", 5) == 0 && len > 8 && strcmp(e->d_name + len - 8, ".partial") == 0) {
-            snprintf(path, sizeof path, "%s/%s", w->dir, e->d_name);
-            sov_remove_dir(path);
-        }
-    }
-    if (d)
-        closedir(d);
-}
-
-/* Removes what is not this save's: markers, and files a crashed earlier attempt (maybe of a larger job) left. */
-static void remove_strays(sov_ckpt_writer *w, const char *partial) {
-    DIR *d = opendir(partial);
-    struct dirent *e;
-    while (d && (e = readdir(d))) {
-        int rank = -1, len = 0;
-        if (sscanf(e->d_name, "rank-%d.bin%n", &rank, &len) == 1 && e->d_name[len] == '\0' && rank >= 0 &&
-            rank < w->world)
-            continue;
-        if (e->d_name[0] == '.')
-            continue;
-        char path[4600];
-        snprintf(path, sizeof path, "%s/%s", partial, e->d_name);
-        unlink(path);
-    }
-    if (d)
-        closedir(d);
-}
-
-static sov_status commit(sov_ckpt_writer *w, const char *partial, const char *final, json_t *marker) {
-    json_t *files;
-    SOV_CHECK(gather_markers(w, partial, marker, &files));
-    remove_strays(w, partial);
-    SOV_CHECK(write_manifest(w, partial, files)); /* atomically: its last step is the directory's fsync */
-    struct stat sb;
-    char old[4300] = "";
-    if (stat(final, &sb) == 0) { /* the same step saved before (a resumed job): move it aside until replaced */
-        snprintf(old, sizeof old, "%s.replaced", final);
-        sov_remove_dir(old);
-        if (rename(final, old) != 0)
-            return sov_fail(SOV_ERR_IO, "rank 0: moving %s aside: %s", final, strerror(errno));
-    }
-    if (rename(partial, final) != 0)
-        return sov_fail(SOV_ERR_IO, "rank 0: renaming %s to %s: %s", partial, final, strerror(errno));
-    if (old[0])
-        sov_remove_dir(old);
-    SOV_CHECK(sov_fsync_path(w->dir));
-    char latest[64];
-    int n = snprintf(latest, sizeof latest, "step-%ld\n", w->step);
-    return sov_write_file_atomic(w->dir, "latest", latest, (size_t)n);
+/* The commit protocol's view of the save in flight (commit.h). */
+static sov_commit commit_of(const sov_ckpt_writer *w, const char *partial, const char *final) {
+    return (sov_commit){.dir = w->dir, .partial = partial, .final = final, .step = w->step, .rank = w->rank,
+                        .world = w->world, .save_id = w->save_id, .timeout_s = w->opt.commit_timeout_s};
 }
 
 /* Test hook: with SOVTRAIN_TEST_CKPT_HOLD=FILE, a writer whose data file is durable writes its pid to
@@ -489,6 +330,7 @@ static void *writer_main(void *arg) {
     sov_ckpt_writer *w = arg;
     char partial[4200], final[4200];
     step_paths(w, partial, final, sizeof partial);
+    sov_commit c = commit_of(w, partial, final);
     json_t *marker = NULL;
     sov_status st = sov_mkdir_p(partial);
     if (st == SOV_OK)
@@ -496,15 +338,15 @@ static void *writer_main(void *arg) {
     if (st == SOV_OK)
         test_hold(w->rank);
     if (st == SOV_OK)
-        st = w->rank == 0 ? SOV_OK : write_marker(w, partial, marker);
+        st = w->rank == 0 ? SOV_OK : sov_commit_report(&c, marker);
     if (st != SOV_OK && w->rank != 0)
-        write_failure(w, partial, sov_last_error());
+        sov_commit_report_failure(&c, sov_last_error());
     if (st == SOV_OK && w->rank == 0)
-        st = commit(w, partial, final, marker);
+        st = sov_commit_publish(&c, w->manifest_base, marker);
     json_decref(marker);
     w->save_seconds = sov_now() - w->started;
     if (st == SOV_OK && w->rank == 0)
-        prune(w); /* only now that the new checkpoint is durable and latest */
+        sov_commit_prune(&c, w->opt.keep); /* only now that the new checkpoint is durable and latest */
     w->status = st;
     if (st != SOV_OK)
         snprintf(w->error, sizeof w->error, "%s", sov_last_error());
@@ -713,8 +555,9 @@ sov_status sov_ckpt_save(sov_ckpt_writer *w, const sov_ckpt_state *s, uint64_t s
         } else if (w->rank != 0) { /* no writer to tell rank 0, which would wait for this rank's part */
             char partial[4200], final[4200];
             step_paths(w, partial, final, sizeof partial);
+            sov_commit c = commit_of(w, partial, final);
             if (sov_mkdir_p(partial) == SOV_OK)
-                write_failure(w, partial, why);
+                sov_commit_report_failure(&c, why);
         }
         w->status = SOV_OK;
         return sov_fail(st, "rank %d: snapshot for the checkpoint of step %ld: %s", w->rank, s->step, why);

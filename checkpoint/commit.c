@@ -1,0 +1,174 @@
+/* commit.c: see commit.h. */
+#include "commit.h"
+#include "ckpt.h"
+#include "fsio.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+sov_status sov_commit_report(const sov_commit *c, json_t *marker) {
+    char name[64];
+    snprintf(name, sizeof name, "rank-%d.json", c->rank);
+    char *text = json_dumps(marker, JSON_COMPACT);
+    if (!text)
+        return sov_fail(SOV_ERR_NOMEM, "rank %d: cannot serialise %s", c->rank, name);
+    sov_status st = sov_write_file_atomic(c->partial, name, text, strlen(text));
+    free(text);
+    return st;
+}
+
+void sov_commit_report_failure(const sov_commit *c, const char *message) {
+    char name[64], text[1200];
+    snprintf(name, sizeof name, "rank-%d.failed", c->rank);
+    int n = snprintf(text, sizeof text, "%016llx\n%s\n", (unsigned long long)c->save_id, message);
+    sov_write_file_atomic(c->partial, name, text, (size_t)n < sizeof text ? (size_t)n : sizeof text - 1);
+}
+
+/* The failure rank r reported for this save, if any, into msg. */
+static int reported_failure(const sov_commit *c, int r, char *msg, size_t cap) {
+    char path[4300], *text = NULL, id[17];
+    size_t n;
+    snprintf(path, sizeof path, "%s/rank-%d.failed", c->partial, r);
+    if (sov_read_file(path, 4096, &text, &n) != SOV_OK)
+        return 0;
+    snprintf(id, sizeof id, "%016llx", (unsigned long long)c->save_id);
+    int ours = n > 17 && strncmp(text, id, 16) == 0;
+    if (ours)
+        snprintf(msg, cap, "%.*s", (int)strcspn(text + 17, "\n"), text + 17);
+    free(text);
+    return ours;
+}
+
+/* Waits until every other rank's marker for this save is there; returns them, and rank 0's own (`mine`, which it
+ * need not write: only rank 0 reads markers), in rank order (a JSON array). */
+static sov_status gather_markers(const sov_commit *c, json_t *mine, json_t **files) {
+    char id[17];
+    snprintf(id, sizeof id, "%016llx", (unsigned long long)c->save_id);
+    *files = json_array();
+    json_object_del(mine, "save_id");
+    json_object_del(mine, "rank");
+    json_array_append(*files, mine);
+    double start = sov_now();
+    for (int r = 1; r < c->world; r++) {
+        char path[4300];
+        snprintf(path, sizeof path, "%s/rank-%d.json", c->partial, r);
+        for (;;) {
+            json_t *m = json_load_file(path, 0, NULL);
+            const char *mid = m ? json_string_value(json_object_get(m, "save_id")) : NULL;
+            if (mid && strcmp(mid, id) == 0) {
+                json_object_del(m, "save_id");
+                json_object_del(m, "rank");
+                json_array_append_new(*files, m);
+                break;
+            }
+            json_decref(m); /* absent, or a crashed earlier attempt's: keep waiting */
+            char why[1024];
+            if (reported_failure(c, r, why, sizeof why)) {
+                json_decref(*files);
+                return sov_fail(SOV_ERR_IO, "rank 0: rank %d could not write its part of step %ld (%s); the "
+                                "previous checkpoint stays latest", r, c->step, why);
+            }
+            if (sov_now() - start > c->timeout_s) {
+                json_decref(*files);
+                return sov_fail(SOV_ERR_IO, "rank 0: rank %d never reported its part of step %ld durable within %.0f s "
+                                "(%s missing); the checkpoint is left incomplete and the previous one stays latest",
+                                r, c->step, c->timeout_s, path);
+            }
+            nanosleep(&(struct timespec){.tv_nsec = 2 * 1000 * 1000}, NULL);
+        }
+    }
+    return SOV_OK;
+}
+
+static sov_status write_manifest(const sov_commit *c, const json_t *manifest_base, json_t *files) {
+    json_t *m = json_deep_copy(manifest_base);
+    json_object_set_new(m, "files", files);
+    json_object_set_new(m, "manifest_xxh3", json_string("0000000000000000"));
+    char *text = json_dumps(m, JSON_INDENT(1) | JSON_PRESERVE_ORDER);
+    json_decref(m);
+    if (!text)
+        return sov_fail(SOV_ERR_NOMEM, "rank 0: cannot serialise the manifest");
+    size_t n = strlen(text);
+    sov_status st = sov_manifest_seal(text, n);
+    if (st == SOV_OK)
+        st = sov_write_file_atomic(c->partial, "manifest.json", text, n);
+    free(text);
+    return st;
+}
+
+/* Keeps the checkpoint just committed and the keep-1 newest before it; removes older ones and every leftover
+ * partial directory (the other ranks are past this save: the trainer synchronises before each save). Checkpoints
+ * of higher steps belong to a timeline a resume abandoned (they were skipped as damaged, or the job was restarted
+ * from an older one) and are left alone: nothing is deleted that a resume did not choose to replace. */
+void sov_commit_prune(const sov_commit *c, int keep) {
+    long steps[4096];
+    int n = sov_ckpt_list_steps(c->dir, steps, 4096), kept = 0;
+    char path[4400];
+    for (int i = 0; i < n; i++) {
+        if (steps[i] > c->step)
+            continue;
+        if (++kept <= keep)
+            continue;
+        snprintf(path, sizeof path, "%s/step-%ld", c->dir, steps[i]);
+        sov_remove_dir(path);
+    }
+    DIR *d = opendir(c->dir);
+    struct dirent *e;
+    while (d && (e = readdir(d))) {
+        size_t len = strlen(e->d_name);
+        if (strncmp(e->d_name, "step-", 5) == 0 && len > 8 && strcmp(e->d_name + len - 8, ".partial") == 0) {
+            snprintf(path, sizeof path, "%s/%s", c->dir, e->d_name);
+            sov_remove_dir(path);
+        }
+    }
+    if (d)
+        closedir(d);
+}
+
+/* Removes what is not this save's: markers, and files a crashed earlier attempt (maybe of a larger job) left. */
+static void remove_strays(const sov_commit *c) {
+    DIR *d = opendir(c->partial);
+    struct dirent *e;
+    while (d && (e = readdir(d))) {
+        int rank = -1, len = 0;
+        if (sscanf(e->d_name, "rank-%d.bin%n", &rank, &len) == 1 && e->d_name[len] == '\0' && rank >= 0 &&
+            rank < c->world)
+            continue;
+        if (e->d_name[0] == '.')
+            continue;
+        char path[4600];
+        snprintf(path, sizeof path, "%s/%s", c->partial, e->d_name);
+        unlink(path);
+    }
+    if (d)
+        closedir(d);
+}
+
+sov_status sov_commit_publish(const sov_commit *c, const json_t *manifest_base, json_t *mine) {
+    json_t *files;
+    SOV_CHECK(gather_markers(c, mine, &files));
+    remove_strays(c);
+    SOV_CHECK(write_manifest(c, manifest_base, files)); /* atomically: its last step is the directory's fsync */
+    struct stat sb;
+    char old[4300] = "";
+    if (stat(c->final, &sb) == 0) { /* the same step saved before (a resumed job): move it aside until replaced */
+        snprintf(old, sizeof old, "%s.replaced", c->final);
+        sov_remove_dir(old);
+        if (rename(c->final, old) != 0)
+            return sov_fail(SOV_ERR_IO, "rank 0: moving %s aside: %s", c->final, strerror(errno));
+    }
+    if (rename(c->partial, c->final) != 0)
+        return sov_fail(SOV_ERR_IO, "rank 0: renaming %s to %s: %s", c->partial, c->final, strerror(errno));
+    if (old[0])
+        sov_remove_dir(old);
+    SOV_CHECK(sov_fsync_path(c->dir));
+    char latest[64];
+    int n = snprintf(latest, sizeof latest, "step-%ld\n", c->step);
+    return sov_write_file_atomic(c->dir, "latest", latest, (size_t)n);
+}

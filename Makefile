@@ -46,11 +46,13 @@ test-sanitize: setup
 	cd $(SAN_BUILD) && ctest --output-on-failure -LE 'gpu|slow|multihost'
 
 # The threads of one process, under ThreadSanitizer: the checkpoint writer's pipeline and snapshot, the reader's
-# decoders. (The collectives' ranks are processes, which it does not follow.) A report fails the test (exit 66).
-TSAN_TESTS = test_ckpt_snapshot test_ckpt_roundtrip
+# decoders, and each collectives backend's progress thread beside the thread that issues (one real job per backend;
+# the ranks are processes, which TSan does not follow). A report fails the test (exit 66).
+TSAN_TARGETS = test_ckpt_snapshot test_ckpt_roundtrip comm_check sovtrain
+TSAN_TESTS = test_ckpt_snapshot test_ckpt_roundtrip comm_shm_2 comm_hier_4 comm_mpi_2 comm_tcp_2
 test-tsan: setup
 	@cmake -S . -B $(TSAN_BUILD) -DCMAKE_BUILD_TYPE=Debug -DSOVTRAIN_TSAN=ON -DSOVTRAIN_CUDA=OFF >/dev/null
-	@cmake --build $(TSAN_BUILD) -j $(JOBS) --target $(TSAN_TESTS)
+	@cmake --build $(TSAN_BUILD) -j $(JOBS) --target $(TSAN_TARGETS)
 	cd $(TSAN_BUILD) && ctest --output-on-failure -R '^($(subst $() $(),|,$(TSAN_TESTS)))$$'
 
 # Benchmarks, each with its peer measured in the same run: allreduce (vs MPI_Allreduce), training (vs PyTorch

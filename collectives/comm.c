@@ -115,17 +115,25 @@ sov_comm_backend sov_comm_backend_of(const sov_comm *c) { return c->backend; }
 int sov_comm_rank(const sov_comm *c) { return c->rank; }
 int sov_comm_size(const sov_comm *c) { return c->size; }
 
+/* Both wait for the collectives in flight first: the progress thread looks buffers up in the backend's table of
+ * registered ones (shm, hier), which these change. (ThreadSanitizer caught comm_check allocating a buffer while
+ * an earlier iallreduce ran on the hier backend.) */
 void *sov_comm_alloc(sov_comm *c, size_t bytes) {
-    return c->ops->alloc ? c->ops->alloc(c, bytes) : sov_aligned_alloc(bytes);
+    if (!c->ops->alloc)
+        return sov_aligned_alloc(bytes);
+    sov_async_drain(c);
+    return c->ops->alloc(c, bytes);
 }
 
 void sov_comm_free(sov_comm *c, void *ptr) {
     if (!ptr)
         return;
-    if (c->ops->free)
-        c->ops->free(c, ptr);
-    else
+    if (!c->ops->free) {
         free(ptr);
+        return;
+    }
+    sov_async_drain(c);
+    c->ops->free(c, ptr);
 }
 
 void sov_comm_set_stream(sov_comm *c, void *cuda_stream) { c->stream = cuda_stream; }

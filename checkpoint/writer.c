@@ -21,6 +21,7 @@
 
 #define MAX_THREADS 16
 _Static_assert(SOV_STREAM_ALIGN == SOV_CKPT_CHUNK_ALIGN, "the data file's records are its chunks");
+_Static_assert(SOV_CKPT_MAX_BUFFERS <= SOV_SNAPSHOT_MAX_PIECES, "a share has at most one piece per buffer");
 /* Output slots of the encoder pipeline: two per encoder, plus four so that encoders keep going while the writer
  * waits on the disk. Each is written to the file as it is (stream.h). */
 #define SLOTS(threads) (2 * (threads) + 4)

@@ -63,7 +63,8 @@ int sov_comm_size(const sov_comm *comm);
 
 /* Memory the backend uses without extra copies (shared memory for shm, device memory for nccl); 64-byte aligned
  * and zeroed. Returns NULL (with sov_last_error set) when it cannot be had. Where the backend has such memory,
- * both calls first wait for the collectives in flight on comm. */
+ * both calls first wait for the collectives in flight on comm; call them from the thread that issues comm's
+ * collectives. */
 void *sov_comm_alloc(sov_comm *comm, size_t bytes);
 void sov_comm_free(sov_comm *comm, void *ptr);
 

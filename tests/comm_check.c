@@ -248,11 +248,12 @@ static void test_broadcast(const cfg *c, int root) {
 
 /* Several asynchronous allreduces in flight at once, waited for in reverse order. The buffers are allocated before
  * the first is issued and freed after the last wait, since sov_comm_alloc and sov_comm_free wait for the
- * collectives in flight; one more buffer is allocated and freed while they are, which must be safe (the TSan build
- * checks that the progress thread and this one do not race on the backend's buffer table). */
+ * collectives in flight. Then one large allreduce is issued and a buffer allocated and freed while it runs, which
+ * must be safe (the TSan build checks that the progress thread and this one do not race on the backend's buffer
+ * table). */
 static void test_async(void) {
     enum { K = 7 };
-    size_t counts[K] = {1 << 20, 1, 100, 5000, 70001, 3, 40000}; /* the first still runs when the last is issued */
+    size_t counts[K] = {1, 100, 5000, 70001, 3, 40000, 1 << 20}; /* the last still runs as the alloc is called */
     void *bufs[K], *refs[K];
     sov_request *reqs[K];
     for (int k = 0; k < K; k++) {
@@ -263,15 +264,19 @@ static void test_async(void) {
             reference(refs[k], i, i + (size_t)k, SOV_F32, SOV_SUM, 1);
         }
     }
-    for (int k = 0; k < K; k++)
+    for (int k = 0; k < K - 1; k++)
         check_status("iallreduce", sov_comm_iallreduce(comm, bufs[k], bufs[k], counts[k], SOV_F32, SOV_SUM, &reqs[k]));
-    release(buffer(4096, 1), 1);
     int done = 0;
     check_status("test", sov_comm_test(reqs[0], &done));
-    for (int k = K - 1; k >= 0; k--) {
+    for (int k = K - 2; k >= 0; k--) {
         check_status("wait", sov_comm_wait(reqs[k]));
         compare("async allreduce", bufs[k], refs[k], counts[k], SOV_F32, 1);
     }
+    check_status("iallreduce", sov_comm_iallreduce(comm, bufs[K - 1], bufs[K - 1], counts[K - 1], SOV_F32, SOV_SUM,
+                                                   &reqs[K - 1]));
+    release(buffer(4096, 1), 1);
+    check_status("wait", sov_comm_wait(reqs[K - 1]));
+    compare("async allreduce beside an alloc", bufs[K - 1], refs[K - 1], counts[K - 1], SOV_F32, 1);
     for (int k = 0; k < K; k++) {
         release(bufs[k], gpu || k % 2);
         release(refs[k], 0);

@@ -19,11 +19,10 @@ void sov_snapshot_begin(sov_snapshot *s, uint8_t *staging, size_t share, int sou
     s->staging = staging;
     s->share = share;
     s->npieces = 0;
-    s->sources_readable = sources_readable;
     s->prefix = s->claimed = 0;
     s->copied_from = s->copy_floor = share;
     s->readers = 0;
-    s->open = 1;
+    s->open = sources_readable; /* the caller is in save from here; only host memory may be read */
     s->done = s->failed = 0;
     pthread_mutex_unlock(&s->lock);
 }
@@ -54,7 +53,7 @@ static const struct sov_snapshot_piece *piece_at(const sov_snapshot *s, size_t a
 const uint8_t *sov_snapshot_claim(sov_snapshot *s, size_t a, size_t b) {
     const uint8_t *src = NULL;
     pthread_mutex_lock(&s->lock);
-    if (s->sources_readable && s->open && a == s->claimed && b <= s->copy_floor &&
+    if (s->open && a == s->claimed && b <= s->copy_floor &&
         (s->copied_from - b) / CLAIM_MARGIN >= b - a) {
         const struct sov_snapshot_piece *p = piece_at(s, a);
         src = (const uint8_t *)p->src + (a - p->at);
@@ -98,8 +97,6 @@ static void publish_prefix(sov_snapshot *s, size_t prefix, int failed) {
     s->prefix = prefix;
     s->failed = failed;
     s->done = !failed && prefix == s->share;
-    if (s->done || failed)
-        s->open = 0;
     pthread_cond_broadcast(&s->changed);
     pthread_mutex_unlock(&s->lock);
 }
@@ -125,7 +122,7 @@ sov_status sov_snapshot_copy_forward(sov_snapshot *s, sov_snapshot_copy_fn copy,
             }
         }
     }
-    if (s->npieces == 0 || s->share == 0)
+    if (s->npieces == 0)
         publish_prefix(s, 0, 0);
     return after_first ? after_first(arg) : SOV_OK;
 }

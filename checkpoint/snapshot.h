@@ -26,16 +26,15 @@ typedef struct sov_snapshot {
     size_t share; /* bytes of staging in this save */
     int npieces;
     struct sov_snapshot_piece {
-        const void *src; /* the state's bytes (host memory, or the GPU's when sources_readable is 0) */
+        const void *src; /* the state's bytes (host memory, or a GPU's: see open) */
         size_t at, bytes; /* where they go in staging */
     } pieces[SOV_SNAPSHOT_MAX_PIECES];
-    int sources_readable; /* host memory: encoders may read the pieces while the caller is inside save */
     size_t prefix;       /* staging[0, prefix) is final */
     size_t copied_from;  /* staging[copied_from, share) is final */
     size_t copy_floor;   /* the copy in progress is of [copy_floor, copied_from): encoders keep below it */
     size_t claimed;      /* staging[0, claimed) is read by encoders from the pieces, and never copied */
     int readers;         /* encoders reading a piece now */
-    int open;            /* the caller is inside save: the pieces do not change */
+    int open;            /* encoders may read the pieces: host memory, and the caller is inside save */
     int done, failed;
 } sov_snapshot;
 

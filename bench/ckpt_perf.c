@@ -318,8 +318,9 @@ typedef struct figures {
     double save_gbs, stall_ms, restore_gbs, ratio, disk_gbs, save_cores;
 } figures;
 
-/* Tries of (the disk's bound, a save, the peer's save): the best of each is kept. The first save also warms the
- * writer's staging, as in training. Returns the last save's checkpoint in path. */
+/* Tries of (the disk's bound, a save, the peer's save): the best of each is kept. The writer's staging is reserved
+ * first, as the trainer does at startup, so that every try is a save as training makes it. Returns the last save's
+ * checkpoint in path. */
 static void saves(const bench_case *c, const char *dir, int threads, peer *pr, figures *f, char *path, size_t cap) {
     sov_ckpt_writer *w;
     sov_ckpt_options o = {.keep = 1, .threads = threads, .chunk_bytes = SOV_CKPT_DEFAULT_CHUNK_BYTES,
@@ -332,6 +333,8 @@ static void saves(const bench_case *c, const char *dir, int threads, peer *pr, f
     sov_ckpt_dtype dtype = c->elem == 2 ? SOV_CKPT_BF16 : SOV_CKPT_F32;
     for (int b = 0; b < c->nbuf; b++)
         s.buffers[b] = (sov_ckpt_buffer){c->names[b], c->data[b], c->bytes[b] / (size_t)c->elem, dtype};
+    if (sov_ckpt_writer_reserve(w, &s) != SOV_OK)
+        die("reserve");
     double best = 1e9, stall = 1e9;
     f->disk_gbs = 0;
     for (int rep = 0, tries = tries_for(total_bytes(c)); rep < tries; rep++) {

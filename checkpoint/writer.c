@@ -476,8 +476,8 @@ sov_status sov_ckpt_writer_reserve(sov_ckpt_writer *w, const sov_ckpt_state *s) 
     return reserve_staging(w, plan_share(w, s));
 }
 
-/* The snapshot's unit of progress. Large on purpose: glibc's memcpy switches to non-temporal stores above a
- * threshold (16-32 MiB on these machines), and copying in 4 MiB pieces ran 1.6x slower than one copy. */
+/* The snapshot's unit of progress. Each span is one sov_copy_to_staging, which streams (copy.h); large spans keep
+ * the locking between them rare. */
 #define SNAPSHOT_BLOCK ((size_t)64 << 20)
 
 static sov_status start_writer(void *arg) {

@@ -276,13 +276,14 @@ static void snapshot_sides_meet_without_overlap(void **state) {
     free(staging);
 }
 
-/* Sizes across both thresholds and the 128-byte body, destinations at every kind of misalignment: each copy equals
- * its source and leaves the bytes around it alone. */
+/* Sizes across the streaming threshold (1 MiB) and around the streamed body's 16 KiB groups, destinations at every
+ * kind of misalignment: each copy equals its source and leaves the bytes around it alone. */
 static void staging_copy_is_exact(void **state) {
     (void)state;
-    const size_t sizes[] = {0, 1, 127, (1 << 20) - 1, 1 << 20, (1 << 20) + 77, (3 << 20) + 5, (16 << 20) - 1, 16 << 20};
+    const size_t sizes[] = {0, 1, 127, (1 << 20) - 1, 1 << 20, (1 << 20) + 77, (1 << 20) + 16383,
+                            (1 << 20) + 16384 + 64, (3 << 20) + 5, (16 << 20) - 1, 16 << 20, (20 << 20) + 4099};
     const size_t dst_at[] = {0, 1, 2, 48, 63, 64, 100}, src_at[] = {0, 3};
-    size_t cap = (16 << 20) + 256;
+    size_t cap = (20 << 20) + 4352;
     uint8_t *src = malloc(cap), *dst = aligned_alloc(64, cap); /* so that offset 0 is a 64-byte aligned start */
     assert_non_null(src);
     assert_non_null(dst);

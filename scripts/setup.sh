@@ -3,8 +3,9 @@
 # Does nothing (and needs no network) when everything is already present.
 # PyTorch (Debian's python3-torch) is a test dependency too: the launcher's env:// check and the GPT's
 # cross-check against an independent implementation run on it; the benchmarks use it as their peer. Debian's
-# python3-zstandard and python3-xxhash serve the independent checkpoint reader (tests/ckpt_doc_reader.py). --bench is
-# kept for compatibility and installs nothing more.
+# python3-zstandard and python3-xxhash serve the independent checkpoint reader (tests/ckpt_doc_reader.py). clang and
+# its libFuzzer runtime build the checkpoint's fuzz targets (tests/fuzz). --bench is kept for compatibility and
+# installs nothing more.
 set -euo pipefail
 
 packages=(
@@ -12,6 +13,7 @@ packages=(
   openmpi-bin libopenmpi-dev
   libopenblas-dev libzstd-dev libxxhash-dev libjansson-dev libibverbs-dev
   libcmocka-dev zlib1g-dev
+  clang libclang-rt-14-dev
   dataset-fashion-mnist fortunes
   python3
   slurmctld slurmd slurm-client munge

@@ -14,6 +14,16 @@ static volatile sig_atomic_t stop_signal;
 
 static void on_signal(int sig) { stop_signal = sig; }
 
+/* The stop's cause as the log names it: the ranks stop together when any of them got a signal. */
+static const char *stop_reason(void) {
+    switch (stop_signal) {
+    case SIGTERM: return "SIGTERM";
+    case SIGINT: return "SIGINT";
+    case SIGUSR1: return "SIGUSR1";
+    default: return "another rank's signal";
+    }
+}
+
 void sov_trainer_install_signals(void) {
     struct sigaction sa = {.sa_handler = on_signal};
     sigemptyset(&sa.sa_mask);
@@ -134,13 +144,14 @@ sov_status sov_trainer_ckpt_step(trainer *t, long done, int *stop) {
     SOV_CHECK(sov_comm_allreduce(t->comm, flags, flags, 2, SOV_F64, SOV_MAX));
     *stop = flags[0] > 0;
     int due = (t->args.ckpt_every > 0 && done % t->args.ckpt_every == 0) || flags[1] > 0 || *stop;
-    if (!t->ckpt || !due || t->last_saved_step == done)
+    if (!t->ckpt || !due)
         return SOV_OK;
-    SOV_CHECK(save(t, done));
+    if (t->last_saved_step != done) /* a signal at a step just saved stops on that save */
+        SOV_CHECK(save(t, done));
     if (*stop) { /* preemption: the state must be on disk before we go */
         SOV_CHECK(wait_saved(t));
         sov_log("stopping at step %ld on %s: the checkpoint above holds the job's state; resume with --resume "
-                "latest", done, stop_signal == SIGINT ? "SIGINT" : stop_signal == SIGUSR1 ? "SIGUSR1" : "a signal");
+                "latest", done, stop_reason());
     }
     return SOV_OK;
 }

@@ -25,6 +25,7 @@ import argparse
 import importlib.util
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -46,6 +47,21 @@ def run(cmd, timeout):
         out, err = proc.communicate()
         sys.exit(f"bench/train: {' '.join(cmd)} still running after {timeout} s; killed:\n{out}{err}")
     return proc.returncode, out, err
+
+
+def same_blas_kernels(sovtrain):
+    """Where OpenBLAS does not know this CPU, `sovtrain train` restarts itself with OPENBLAS_CORETYPE naming faster
+    kernels (runtime/blas_kernels.h); PyTorch's products go through the same OpenBLAS, so the peers get the same
+    variable, set here for every process the bench starts. A value already set is kept, for both."""
+    if "OPENBLAS_CORETYPE" in os.environ:
+        print(f"# OpenBLAS kernels: {os.environ['OPENBLAS_CORETYPE']} (OPENBLAS_CORETYPE), sovtrain and PyTorch alike")
+        return
+    rc, out, _ = run([sovtrain, "version"], 60)
+    switch = re.search(r"switch to (\w+)", out) if rc == 0 else None
+    if switch:
+        os.environ["OPENBLAS_CORETYPE"] = switch.group(1)
+        print(f"# OpenBLAS kernels: {switch.group(1)}, sovtrain and PyTorch alike (OpenBLAS does not know this CPU; "
+              "see runtime/blas_kernels.h)")
 
 
 def sovtrain_done(sovtrain, ranks, train_args, run_dir, args):
@@ -274,6 +290,7 @@ def main():
                    "(default /usr/share/games/fortunes)")
     args = p.parse_args()
     sovtrain = os.path.abspath(args.sovtrain)
+    same_blas_kernels(sovtrain)
     ranks = [int(r) for r in args.ranks.split(",")]
     if args.device == "cuda":
         if args.model == "gpt":

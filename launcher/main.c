@@ -1,4 +1,5 @@
 /* main.c: the `sovtrain` command, one client of libsovtrain. */
+#include "blas_kernels.h"
 #include "ckpt.h"
 #include "launch.h"
 #include "runtime.h"
@@ -33,6 +34,12 @@ static int version(void) {
     char why[256];
     int gpus = sov_gpu_count(why, sizeof why);
     printf("sovtrain %s\n%s\n%s\n", SOVTRAIN_VERSION, mpi, openblas_get_config());
+    const char *better = sov_blas_replacement();
+    if (better)
+        printf("BLAS kernels: %s; train and sample switch to %s (OpenBLAS does not know this CPU)\n",
+               sov_blas_kernels(), better);
+    else
+        printf("BLAS kernels: %s\n", sov_blas_kernels());
     if (gpus)
         printf("GPUs: %d (%s)\n", gpus, why);
     else
@@ -46,6 +53,8 @@ int main(int argc, char **argv) {
         return 2;
     }
     const char *cmd = argv[1];
+    if (strcmp(cmd, "train") == 0 || strcmp(cmd, "sample") == 0)
+        sov_blas_choose_kernels(argv); /* may restart this process with faster kernels (blas_kernels.h) */
     if (strcmp(cmd, "train") == 0)
         return sov_train_main(argc - 1, argv + 1);
     if (strcmp(cmd, "doctor") == 0)

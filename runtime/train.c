@@ -4,6 +4,7 @@
  * global order at any world size), computes gradients of its mean loss, and the gradients are averaged across
  * ranks before every rank applies the same optimizer update, so replicas stay bitwise identical; the job checks
  * that at the end. */
+#include "blas_kernels.h"
 #include "trainer.h"
 
 #include <cblas.h>
@@ -144,12 +145,15 @@ static sov_status emit_start(trainer *t) {
             sov_comm_backend_name(sov_comm_backend_of(t->comm)), a->batch, t->local_batch, t->total_steps,
             (double)t->total_steps / (double)t->steps_per_epoch,
             a->optim.kind == SOV_OPTIM_ADAMW ? "adamw" : "sgd", (double)a->optim.lr);
+    if (*sov_blas_kernels_note())
+        sov_log("%s", sov_blas_kernels_note());
     json_t *ev = json_pack("{s:s, s:s, s:s, s:I, s:i, s:i, s:i, s:I, s:I, s:s, s:f, s:s, s:I}", "event", "start",
                            "version", SOVTRAIN_VERSION, "model", a->model, "num_params", (json_int_t)t->model->num_params,
                            "world_size", t->world.size, "global_batch", a->batch, "local_batch", t->local_batch,
                            "steps", (json_int_t)t->total_steps, "steps_per_epoch", (json_int_t)t->steps_per_epoch,
                            "optimizer", a->optim.kind == SOV_OPTIM_ADAMW ? "adamw" : "sgd", "lr", (double)a->optim.lr,
                            "comm", sov_comm_backend_name(sov_comm_backend_of(t->comm)), "seed", (json_int_t)a->seed);
+    json_object_set_new(ev, "blas_kernels", json_string(sov_blas_kernels()));
     if (t->lm) {
         json_object_set_new(ev, "layers", json_integer(a->layers));
         json_object_set_new(ev, "heads", json_integer(a->heads));

@@ -145,8 +145,9 @@ static sov_status emit_start(trainer *t) {
             sov_comm_backend_name(sov_comm_backend_of(t->comm)), a->batch, t->local_batch, t->total_steps,
             (double)t->total_steps / (double)t->steps_per_epoch,
             a->optim.kind == SOV_OPTIM_ADAMW ? "adamw" : "sgd", (double)a->optim.lr);
-    if (*sov_blas_kernels_note())
-        sov_log("%s", sov_blas_kernels_note());
+    const char *blas_note = sov_blas_kernels_note();
+    if (*blas_note)
+        sov_log("%s", blas_note);
     json_t *ev = json_pack("{s:s, s:s, s:s, s:I, s:i, s:i, s:i, s:I, s:I, s:s, s:f, s:s, s:I}", "event", "start",
                            "version", SOVTRAIN_VERSION, "model", a->model, "num_params", (json_int_t)t->model->num_params,
                            "world_size", t->world.size, "global_batch", a->batch, "local_batch", t->local_batch,

@@ -50,7 +50,7 @@ test-sanitize: setup
 # the ranks are processes, which TSan does not follow), and training jobs that overlap allreduces with backward and
 # save checkpoints while they train (and fail one on a full disk). A report fails the test (exit 66). (The whole
 # suite passes under TSan too, in ~15 minutes: too long for every run.)
-TSAN_TARGETS = test_ckpt_snapshot test_ckpt_roundtrip comm_check sovtrain
+TSAN_TARGETS = test_ckpt_snapshot test_ckpt_roundtrip comm_check sovtrain_cli
 TSAN_TESTS = test_ckpt_snapshot test_ckpt_roundtrip comm_shm_2 comm_hier_4 comm_mpi_2 comm_tcp_2 train_equivalence \
              ckpt ckpt_full_disk
 test-tsan: setup

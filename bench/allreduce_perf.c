@@ -13,8 +13,9 @@
  * launch` sets them. --only NAME,... keeps the named backends.
  * Prints a table and JSON lines {"bench":"allreduce","backend","ranks","bytes","time_us","algbw_gbs",
  * "busbw_gbs","wrong"}. */
-#include "comm.h"
-#include "runtime.h"
+#include <sovtrain/comm.h>
+#include "device.h"
+#include <sovtrain/runtime.h>
 
 #include <mpi.h>
 #include <stdio.h>

@@ -13,9 +13,9 @@
  * that alternate with the others' (the disk's bound, our save, torch.save; our restore, torch.load), so that all of
  * them sample the disk over the same minutes (its speed drifts by a third); the best try of each is kept.
  * Prints a table and JSON lines {"bench":"ckpt","case",...}. */
-#include "ckpt.h"
+#include <sovtrain/ckpt.h>
 #include "codec.h"
-#include "comm.h"
+#include <sovtrain/comm.h>
 #include "fsio.h"
 #include "rng.h"
 

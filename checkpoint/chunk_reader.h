@@ -9,7 +9,7 @@
 #ifndef SOV_CKPT_CHUNK_READER_H
 #define SOV_CKPT_CHUNK_READER_H
 
-#include "sov.h"
+#include "sov_internal.h"
 
 #include <stddef.h>
 #include <stdint.h>

@@ -1,5 +1,5 @@
 /* ckpt_cli.c: `sovtrain ckpt ls|verify|inspect|export`, the operators' tools. */
-#include "ckpt.h"
+#include <sovtrain/ckpt.h>
 #include "fsio.h"
 
 #include <stdio.h>

@@ -10,7 +10,7 @@
 #ifndef SOV_CKPT_CODEC_H
 #define SOV_CKPT_CODEC_H
 
-#include "sov.h"
+#include "sov_internal.h"
 
 #define SOV_CHUNK_MAGIC 0x4b484353u /* "SCHK" */
 #define SOV_CHUNK_MAX_PLANES 8

@@ -1,6 +1,6 @@
 /* commit.c: see commit.h. */
 #include "commit.h"
-#include "ckpt.h"
+#include <sovtrain/ckpt.h>
 #include "fsio.h"
 
 #include <dirent.h>

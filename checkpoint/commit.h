@@ -6,7 +6,7 @@
 #ifndef SOV_CKPT_COMMIT_H
 #define SOV_CKPT_COMMIT_H
 
-#include "sov.h"
+#include "sov_internal.h"
 
 #include <jansson.h>
 #include <stdint.h>

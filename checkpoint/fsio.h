@@ -2,7 +2,7 @@
 #ifndef SOV_CKPT_FSIO_H
 #define SOV_CKPT_FSIO_H
 
-#include "sov.h"
+#include "sov_internal.h"
 
 #include <stddef.h>
 #include <sys/types.h>

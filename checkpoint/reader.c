@@ -2,7 +2,7 @@
  * offset from a manifest or chunk header is checked before it is used, and nothing is allocated by an unchecked
  * size. */
 #include "chunk_reader.h"
-#include "ckpt.h"
+#include <sovtrain/ckpt.h>
 #include "codec.h"
 #include "fsio.h"
 
@@ -81,7 +81,7 @@ static sov_status validate(sov_ckpt *c) {
         json_integer_value(version) > SOV_CKPT_FORMAT_VERSION)
         return sov_fail(SOV_ERR_UNSUPPORTED, "%s: checkpoint format version %lld; this sovtrain (%s) reads versions "
                         "%d to %d", c->path, json_is_integer(version) ? (long long)json_integer_value(version) : -1LL,
-                        SOVTRAIN_VERSION, SOV_CKPT_FORMAT_VERSION_OLDEST, SOV_CKPT_FORMAT_VERSION);
+                        sov_version(), SOV_CKPT_FORMAT_VERSION_OLDEST, SOV_CKPT_FORMAT_VERSION);
     json_t *step = json_object_get(m, "step"), *chunk = json_object_get(m, "chunk_bytes");
     if (!json_is_integer(step) || json_integer_value(step) < 0)
         return bad(c, "\"step\" is missing or negative");

@@ -2,7 +2,7 @@
  * seeded from one (the way in).
  * safetensors: 8-byte little-endian header length, a JSON header mapping each tensor name to its dtype, shape and
  * [begin, end) byte offsets in the data that follows, padded with spaces to a multiple of 8, then the data. */
-#include "ckpt.h"
+#include <sovtrain/ckpt.h>
 #include "codec.h"
 #include "fsio.h"
 

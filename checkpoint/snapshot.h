@@ -11,7 +11,7 @@
 #ifndef SOV_CKPT_SNAPSHOT_H
 #define SOV_CKPT_SNAPSHOT_H
 
-#include "sov.h"
+#include "sov_internal.h"
 
 #include <pthread.h>
 #include <stddef.h>

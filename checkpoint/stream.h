@@ -10,7 +10,7 @@
 #ifndef SOV_CKPT_STREAM_H
 #define SOV_CKPT_STREAM_H
 
-#include "sov.h"
+#include "sov_internal.h"
 
 #include <stddef.h>
 #include <stdint.h>

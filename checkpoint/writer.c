@@ -1,5 +1,5 @@
 /* writer.c: asynchronous, parallel, atomic checkpoint saving. See ckpt.h for the protocol. */
-#include "ckpt.h"
+#include <sovtrain/ckpt.h>
 #include "codec.h"
 #include "commit.h"
 #include "copy.h"
@@ -422,7 +422,7 @@ static json_t *manifest_base(const sov_ckpt_writer *w, const sov_ckpt_state *s) 
                                                  (json_int_t)ten->count, "shape", shape));
     }
     return json_pack("{s:s, s:i, s:s, s:I, s:i, s:I, s:I, s:o, s:o, s:O}", "format", "sovtrain-checkpoint",
-                     "format_version", SOV_CKPT_FORMAT_VERSION, "sovtrain_version", SOVTRAIN_VERSION, "step",
+                     "format_version", SOV_CKPT_FORMAT_VERSION, "sovtrain_version", sov_version(), "step",
                      (json_int_t)s->step, "world_size", w->world, "created", (json_int_t)time(NULL), "chunk_bytes",
                      (json_int_t)w->opt.chunk_bytes, "buffers", bufs, "tensors", tensors, "meta",
                      s->meta ? s->meta : json_null());

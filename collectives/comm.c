@@ -4,19 +4,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-size_t sov_dtype_size(sov_dtype dt) {
-    switch (dt) {
-    case SOV_F32: return 4;
-    case SOV_BF16: case SOV_F16: return 2;
-    case SOV_F64: return 8;
-    case SOV_U8: return 1;
-    }
-    return 0;
-}
-
-const char *sov_dtype_name(sov_dtype dt) {
-    static const char *names[] = {"f32", "bf16", "f16", "f64", "u8"};
-    return (unsigned)dt < sizeof names / sizeof *names ? names[dt] : "?";
+/* The element types collectives move and reduce. */
+static int comm_dtype_supported(sov_dtype dt) {
+    return dt == SOV_F32 || dt == SOV_BF16 || dt == SOV_F16 || dt == SOV_F64 || dt == SOV_U8;
 }
 
 const char *sov_op_name(sov_op_kind kind) {
@@ -149,6 +139,9 @@ static sov_status check(const sov_comm *c, const sov_op *op) {
         return SOV_OK;
     if (sov_dtype_size(op->dtype) == 0)
         return sov_fail(SOV_ERR_INVALID, "rank %d: %s: unknown dtype %d", c->rank, name, (int)op->dtype);
+    if (!comm_dtype_supported(op->dtype))
+        return sov_fail(SOV_ERR_UNSUPPORTED, "rank %d: %s: collectives take f32, bf16, f16, f64 or u8, not %s", c->rank,
+                        name, sov_dtype_name(op->dtype));
     if (op->count > (size_t)1 << 40)
         return sov_fail(SOV_ERR_INVALID, "rank %d: %s: count %zu is implausibly large", c->rank, name, op->count);
     if (op->count && (!op->recv || (op->kind != OP_BROADCAST && !op->send)))

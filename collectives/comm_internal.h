@@ -2,7 +2,8 @@
 #ifndef SOV_COMM_INTERNAL_H
 #define SOV_COMM_INTERNAL_H
 
-#include "comm.h"
+#include "sov_internal.h"
+#include <sovtrain/comm.h>
 
 #include <pthread.h>
 #include <stdatomic.h>

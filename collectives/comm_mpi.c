@@ -89,6 +89,7 @@ static void type_and_op(sov_dtype dt, sov_redop rop, MPI_Datatype *type, MPI_Op 
     case SOV_U8: *type = MPI_UNSIGNED_CHAR; *op = u8_sum_op; return;
     case SOV_BF16: *type = MPI_UINT16_T; *op = half_ops[0][max]; return;
     case SOV_F16: *type = MPI_UINT16_T; *op = half_ops[1][max]; return;
+    default: return; /* comm.c refuses the other types */
     }
 }
 

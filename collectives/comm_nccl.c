@@ -56,6 +56,7 @@ static ncclDataType_t nccl_type(sov_dtype dt) {
     case SOV_F16: return ncclFloat16;
     case SOV_F64: return ncclFloat64;
     case SOV_U8: return ncclUint8;
+    default: break; /* comm.c refuses the other types */
     }
     return ncclFloat32;
 }

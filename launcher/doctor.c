@@ -2,8 +2,9 @@
  * they suggest, locked-memory limit, /dev/shm, GPUs, MPI and NCCL versions, and the checkpoint directory (free
  * space, a write + fsync test). Exit 0 unless something required (--require-rdma, --require-gpu) is missing or
  * the checkpoint directory cannot be written. */
-#include "launch.h"
-#include "runtime.h"
+#include "sov_internal.h"
+#include <sovtrain/launch.h>
+#include <sovtrain/runtime.h>
 
 #include <errno.h>
 #include <fcntl.h>
@@ -131,7 +132,7 @@ static void report_versions(void) {
     mpi[strcspn(mpi, ",\n")] = '\0';
     char why[256];
     int gpus = sov_gpu_count(why, sizeof why);
-    printf("sovtrain %s; %s\n", SOVTRAIN_VERSION, mpi);
+    printf("sovtrain %s; %s\n", sov_version(), mpi);
     if (gpus)
         printf("GPUs: %d (%s)\n", gpus, why);
     else

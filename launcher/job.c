@@ -1,6 +1,6 @@
 /* job.c: see job.h. */
 #include "job.h"
-#include "sov.h"
+#include "sov_internal.h"
 
 #include <errno.h>
 #include <poll.h>

@@ -3,7 +3,8 @@
  * mpirun runs with --tag-output, which prefixes each line of rank N with "[jobid,N]<stdout>:" (or <stderr>);
  * we rewrite that prefix to "[rank N] " and tell the ranks (SOVTRAIN_TAGGED_OUTPUT=1) not to tag again. */
 #include "job.h"
-#include "launch.h"
+#include "launch_internal.h"
+#include <sovtrain/launch.h>
 
 #include <ctype.h>
 #include <errno.h>

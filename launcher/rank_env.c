@@ -1,6 +1,6 @@
 /* rank_env.c: `sovtrain _rank CMD ARGS...`, the first thing every rank runs under `sovtrain launch`: it gives
  * the rank torchrun's variables, derived from Open MPI's, and its GPU, then becomes CMD (exec). */
-#include "launch.h"
+#include <sovtrain/launch.h>
 
 #include <dirent.h>
 #include <errno.h>

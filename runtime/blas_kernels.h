@@ -9,15 +9,16 @@
 #ifndef SOV_BLAS_KERNELS_H
 #define SOV_BLAS_KERNELS_H
 
+#include "device.h"
+#include <sovtrain/runtime.h>
+
 /* The kernels sovtrain would switch OpenBLAS to in this process ("SkylakeX", "Haswell"), or NULL: OpenBLAS chose
  * well, or OPENBLAS_CORETYPE is set. */
 const char *sov_blas_replacement(void);
 
-/* Call first in the main of a command that trains or samples, with main's argv (only there: a launcher that set
- * the variable would pass it on to ranks on other hosts, whose CPUs may lack these instructions; each rank decides
- * for its own CPU). Returns only when nothing needs changing, or when the re-execution failed (after a warning on
- * stderr): the command then runs on the slower kernels. */
-void sov_blas_choose_kernels(char **argv);
+/* sov_blas_choose_kernels (runtime.h) re-executes the command with better kernels. It is called only in the main
+ * of a command that trains or samples: a launcher that set the variable would pass it on to ranks on other hosts,
+ * whose CPUs may lack these instructions; each rank decides for its own CPU. */
 
 /* The kernels OpenBLAS uses ("SkylakeX", ...), and a sentence for the job's log when sovtrain chose them ("" when
  * OpenBLAS or the user did). */

@@ -8,8 +8,9 @@
 #ifndef SOV_BUCKETS_H
 #define SOV_BUCKETS_H
 
-#include "comm.h"
-#include "runtime.h"
+#include <sovtrain/comm.h>
+#include "device.h"
+#include <sovtrain/runtime.h>
 
 #define SOV_BUCKETS_MAX 4096
 

@@ -7,7 +7,7 @@
 #ifndef SOV_DATA_H
 #define SOV_DATA_H
 
-#include "sov.h"
+#include "sov_internal.h"
 
 typedef struct sov_dataset {
     int count;       /* samples */

@@ -7,7 +7,7 @@
 #ifndef SOV_DEVICE_H
 #define SOV_DEVICE_H
 
-#include "sov.h"
+#include "sov_internal.h"
 
 typedef enum sov_device_kind { SOV_DEVICE_AUTO, SOV_DEVICE_CPU, SOV_DEVICE_CUDA } sov_device_kind;
 

@@ -9,7 +9,8 @@
  * back, so backward, which finishes ln_f first, then blocks L-1 down to 0, then the embeddings (wte also gets the
  * logits' gradient, so it is final only at the very end), hands the gradient hook contiguous ranges walking from
  * the end of the buffer down to offset 0. Matrices use PyTorch's nn.Linear layout [out, in]. */
-#include "runtime.h"
+#include "device.h"
+#include <sovtrain/runtime.h>
 
 #include "rng.h"
 

@@ -1,6 +1,7 @@
 /* gpu.c: whether a GPU is usable here. The CUDA build asks the CUDA runtime (gpu_probe.cu); every CUDA error,
  * including cudaErrorInsufficientDriver on a machine with the toolkit but no driver, means "no GPU". */
-#include "runtime.h"
+#include "device.h"
+#include <sovtrain/runtime.h>
 
 #include <stdio.h>
 

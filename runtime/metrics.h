@@ -2,7 +2,7 @@
 #ifndef SOV_METRICS_H
 #define SOV_METRICS_H
 
-#include "sov.h"
+#include "sov_internal.h"
 
 #include <jansson.h>
 #include <stdio.h>

@@ -4,7 +4,8 @@
 #ifndef SOV_MLP_H
 #define SOV_MLP_H
 
-#include "runtime.h"
+#include "device.h"
+#include <sovtrain/runtime.h>
 
 #define MLP_MAX_LAYERS 16
 

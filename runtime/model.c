@@ -1,5 +1,6 @@
 /* model.c: the registry of built-in models and the flat buffers every model's tensors live in. */
-#include "runtime.h"
+#include "device.h"
+#include <sovtrain/runtime.h>
 
 #include <stdlib.h>
 #include <string.h>

@@ -2,7 +2,8 @@
 #ifndef SOV_OPTIM_H
 #define SOV_OPTIM_H
 
-#include "runtime.h"
+#include "device.h"
+#include <sovtrain/runtime.h>
 
 typedef enum sov_optim_kind { SOV_OPTIM_SGD, SOV_OPTIM_ADAMW } sov_optim_kind;
 

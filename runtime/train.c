@@ -141,7 +141,7 @@ static sov_status emit_start(trainer *t) {
                  a->bf16 ? ", bf16 products" : "");
     sov_log("sovtrain %s: %s model on %s, %zu parameters, %d rank%s (%s comm), global batch %d (%d per rank), %ld "
             "steps (%.2f epochs), %s lr %.2e",
-            SOVTRAIN_VERSION, a->model, where, t->model->num_params, t->world.size, t->world.size > 1 ? "s" : "",
+            sov_version(), a->model, where, t->model->num_params, t->world.size, t->world.size > 1 ? "s" : "",
             sov_comm_backend_name(sov_comm_backend_of(t->comm)), a->batch, t->local_batch, t->total_steps,
             (double)t->total_steps / (double)t->steps_per_epoch,
             a->optim.kind == SOV_OPTIM_ADAMW ? "adamw" : "sgd", (double)a->optim.lr);
@@ -149,7 +149,7 @@ static sov_status emit_start(trainer *t) {
     if (*blas_note)
         sov_log("%s", blas_note);
     json_t *ev = json_pack("{s:s, s:s, s:s, s:I, s:i, s:i, s:i, s:I, s:I, s:s, s:f, s:s, s:I}", "event", "start",
-                           "version", SOVTRAIN_VERSION, "model", a->model, "num_params", (json_int_t)t->model->num_params,
+                           "version", sov_version(), "model", a->model, "num_params", (json_int_t)t->model->num_params,
                            "world_size", t->world.size, "global_batch", a->batch, "local_batch", t->local_batch,
                            "steps", (json_int_t)t->total_steps, "steps_per_epoch", (json_int_t)t->steps_per_epoch,
                            "optimizer", a->optim.kind == SOV_OPTIM_ADAMW ? "adamw" : "sgd", "lr", (double)a->optim.lr,

@@ -2,7 +2,7 @@
 #ifndef SOV_TRAIN_ARGS_H
 #define SOV_TRAIN_ARGS_H
 
-#include "comm.h"
+#include <sovtrain/comm.h>
 #include "device.h"
 #include "optim.h"
 

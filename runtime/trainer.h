@@ -4,11 +4,12 @@
 #define SOV_TRAINER_H
 
 #include "buckets.h"
-#include "ckpt.h"
+#include <sovtrain/ckpt.h>
 #include "data.h"
 #include "metrics.h"
 #include "optim.h"
-#include "runtime.h"
+#include "device.h"
+#include <sovtrain/runtime.h>
 #include "train_args.h"
 
 typedef struct trainer {

@@ -1,7 +1,7 @@
 /* ckpt_corrupt STEP_DIR: every single-byte corruption of every file of a checkpoint is detected.
  * For each byte of each file (manifest.json, rank-*.bin): change it (xor 0x5a), open and verify the checkpoint,
  * which must fail, then restore the byte. Prints the count and exits 1 on any undetected corruption. */
-#include "ckpt.h"
+#include <sovtrain/ckpt.h>
 
 #include <dirent.h>
 #include <fcntl.h>

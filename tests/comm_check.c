@@ -9,8 +9,9 @@
  * which NCCL reads on the GPU and this test reads on the host, and from malloc (staged through the GPU by the
  * backend) (exit 77, a skip, where no GPU serves every rank).
  * Prints one line per failure and a summary; exits 1 on any failure. */
-#include "comm.h"
-#include "runtime.h"
+#include <sovtrain/comm.h>
+#include "device.h"
+#include <sovtrain/runtime.h>
 
 #include <math.h>
 #include <mpi.h>
@@ -53,6 +54,7 @@ static void store(void *buf, size_t i, sov_dtype dt, double v) {
     case SOV_BF16: ((uint16_t *)buf)[i] = sov_f32_to_bf16((float)v); break;
     case SOV_F16: ((uint16_t *)buf)[i] = sov_f32_to_f16((float)v); break;
     case SOV_U8: ((uint8_t *)buf)[i] = (uint8_t)(int)v; break;
+    default: break; /* collectives take only the types above */
     }
 }
 
@@ -63,6 +65,7 @@ static double load(const void *buf, size_t i, sov_dtype dt) {
     case SOV_BF16: return sov_bf16_to_f32(((const uint16_t *)buf)[i]);
     case SOV_F16: return sov_f16_to_f32(((const uint16_t *)buf)[i]);
     case SOV_U8: return ((const uint8_t *)buf)[i];
+    default: break;
     }
     return 0;
 }

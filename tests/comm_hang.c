@@ -3,7 +3,7 @@
  * Every rank runs allreduces; rank STUCK_RANK, after 3 of them, blocks forever in pause(). A rank whose
  * collective fails prints the error and ends the job (sov_comm_abort); the watchdog ends it otherwise.
  * The killed ranks leave shared-memory segments behind, which the launcher must remove. */
-#include "comm.h"
+#include <sovtrain/comm.h>
 
 #include <mpi.h>
 #include <stdio.h>

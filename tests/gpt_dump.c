@@ -7,7 +7,8 @@
  *   DIR/targets.i32          n * context targets
  *   DIR/loss.txt             the mean loss */
 #include "rng.h"
-#include "runtime.h"
+#include "device.h"
+#include <sovtrain/runtime.h>
 
 #include <stdio.h>
 #include <stdlib.h>

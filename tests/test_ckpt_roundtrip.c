@@ -10,7 +10,7 @@
 #include <stddef.h>
 #include <cmocka.h>
 
-#include "ckpt.h"
+#include <sovtrain/ckpt.h>
 #include "fsio.h"
 #include "rng.h"
 

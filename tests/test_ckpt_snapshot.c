@@ -11,7 +11,7 @@
 #include <stddef.h>
 #include <cmocka.h>
 
-#include "ckpt.h"
+#include <sovtrain/ckpt.h>
 #include "copy.h"
 #include "fsio.h"
 #include "snapshot.h"

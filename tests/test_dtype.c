@@ -5,7 +5,7 @@
 #include <stddef.h>
 #include <cmocka.h>
 
-#include "comm.h"
+#include <sovtrain/comm.h>
 
 #include <math.h>
 #include <string.h>

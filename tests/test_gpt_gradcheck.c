@@ -7,7 +7,8 @@
 #include <cmocka.h>
 
 #include "rng.h"
-#include "runtime.h"
+#include "device.h"
+#include <sovtrain/runtime.h>
 
 #include <math.h>
 #include <stdio.h>

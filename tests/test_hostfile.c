@@ -4,7 +4,8 @@
 #include <stddef.h>
 #include <cmocka.h>
 
-#include "launch.h"
+#include "launch_internal.h"
+#include <sovtrain/launch.h>
 
 #include <stdio.h>
 #include <stdlib.h>

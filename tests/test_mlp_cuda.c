@@ -18,7 +18,8 @@
 
 #include "optim.h"
 #include "rng.h"
-#include "runtime.h"
+#include "device.h"
+#include <sovtrain/runtime.h>
 
 #include <math.h>
 #include <stdio.h>

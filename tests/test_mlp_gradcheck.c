@@ -6,7 +6,8 @@
 #include <cmocka.h>
 
 #include "rng.h"
-#include "runtime.h"
+#include "device.h"
+#include <sovtrain/runtime.h>
 
 #include <math.h>
 #include <stdlib.h>

@@ -6,8 +6,9 @@
  * into destination. With the ordering the destination holds the round's byte; without it NCCL's own stream would
  * copy the source before the fill, which the test also shows happening (the control), so it can tell the two
  * apart. */
-#include "comm.h"
-#include "runtime.h"
+#include <sovtrain/comm.h>
+#include "device.h"
+#include <sovtrain/runtime.h>
 
 #include <cuda_runtime.h>
 #include <stdio.h>

@@ -13,7 +13,7 @@
  * manifest nearly always fails its "manifest_xxh3" seal, an input whose seal does not match is run a second time
  * resealed, so that the fuzzer reaches the structure checks behind the seal. No input may crash, leak or hit UB.
  * Build and run: tests/fuzz/run.sh. */
-#include "ckpt.h"
+#include <sovtrain/ckpt.h>
 #include "codec.h"
 #include "fsio.h"
 

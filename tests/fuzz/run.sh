@@ -17,9 +17,9 @@ if ! "$cc" -fsanitize=fuzzer,address,undefined "$work/probe.c" -o "$work/probe" 
     echo "fuzz: skipped: $cc cannot link -fsanitize=fuzzer,address,undefined (no libFuzzer runtime)"
     exit 77
 fi
-flags="-I$root/runtime -I$root/checkpoint -I$root/collectives -D_GNU_SOURCE -std=c11 -g -O1"
+flags="-I$root/base -I$root/base/include -I$root/checkpoint -I$root/checkpoint/include -I$root/runtime/include -D_GNU_SOURCE -std=c11 -g -O1"
 flags="$flags -fsanitize=fuzzer,address,undefined"
-lib="$root/runtime/status.c $root/checkpoint/codec.c $root/checkpoint/checksum.c $root/checkpoint/fsio.c $root/checkpoint/chunk_reader.c $root/checkpoint/reader.c"
+lib="$root/base/status.c $root/base/log.c $root/base/util.c $root/base/dtype.c $root/checkpoint/codec.c $root/checkpoint/checksum.c $root/checkpoint/fsio.c $root/checkpoint/chunk_reader.c $root/checkpoint/reader.c"
 lib="$lib $root/checkpoint/safetensors.c"
 status=0
 for t in chunk manifest; do

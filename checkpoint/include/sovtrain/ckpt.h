@@ -16,9 +16,13 @@
 #ifndef SOV_CKPT_H
 #define SOV_CKPT_H
 
-#include "runtime.h"
+#include <sovtrain/runtime.h>
 
 #include <jansson.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
 
 /* written (docs/checkpoint-format.md): 2 added plane coding 2; 3 puts every chunk of a data file at a multiple
  * of 4096 bytes, zero-padded */
@@ -37,8 +41,8 @@ typedef struct sov_ckpt_buffer {
     sov_ckpt_dtype dtype; /* f32 unless set */
 } sov_ckpt_buffer;
 
-size_t sov_ckpt_dtype_bytes(sov_ckpt_dtype dtype);
-const char *sov_ckpt_dtype_name(sov_ckpt_dtype dtype); /* "f32", "bf16": as the manifest spells them */
+SOV_API size_t sov_ckpt_dtype_bytes(sov_ckpt_dtype dtype);
+SOV_API const char *sov_ckpt_dtype_name(sov_ckpt_dtype dtype); /* "f32", "bf16": as the manifest spells them */
 
 typedef struct sov_ckpt_state {
     long step;
@@ -75,65 +79,69 @@ typedef struct sov_ckpt_options {
 /* ---- writing ---- */
 typedef struct sov_ckpt_writer sov_ckpt_writer;
 
-sov_status sov_ckpt_writer_open(sov_ckpt_writer **out, const char *dir, int rank, int world_size,
+SOV_API sov_status sov_ckpt_writer_open(sov_ckpt_writer **out, const char *dir, int rank, int world_size,
                                 const sov_ckpt_options *options);
 /* Allocates the snapshot's staging memory for saves of `state`'s shape now, so that the first save does not pay
  * for it (pinned memory of a GPU job takes ~0.7 ms per MB to allocate). Optional; not while a save is running. */
-sov_status sov_ckpt_writer_reserve(sov_ckpt_writer *w, const sov_ckpt_state *state);
+SOV_API sov_status sov_ckpt_writer_reserve(sov_ckpt_writer *w, const sov_ckpt_state *state);
 /* Waits for the previous save (its wait in *waited_s), snapshots this rank's share (its time in *stall_s) and
  * starts writing. When the previous save failed, returns its error and starts nothing (call sov_ckpt_wait first
  * to handle that failure separately). `save_id` must be the same on every rank for one save and differ between
  * saves (it keeps a crashed attempt's leftovers out of a new checkpoint). */
-sov_status sov_ckpt_save(sov_ckpt_writer *w, const sov_ckpt_state *state, uint64_t save_id, double *stall_s,
+SOV_API sov_status sov_ckpt_save(sov_ckpt_writer *w, const sov_ckpt_state *state, uint64_t save_id, double *stall_s,
                          double *waited_s);
 /* Waits for the save in flight (on rank 0 until it is committed). Returns its status; on success and when
  * `path` is given, where it went. */
-sov_status sov_ckpt_wait(sov_ckpt_writer *w, char *path, size_t cap);
+SOV_API sov_status sov_ckpt_wait(sov_ckpt_writer *w, char *path, size_t cap);
 /* After sov_ckpt_wait returned SOV_OK: the seconds the save took from the sov_ckpt_save call (its wait for the
  * save before excluded) until this rank's part was durable and, on rank 0, the checkpoint committed and DIR/latest
  * naming it. Removing checkpoints beyond `keep` comes after that and is not counted. Meaningless after a failed
  * save. */
-double sov_ckpt_save_seconds(const sov_ckpt_writer *w);
-void sov_ckpt_writer_close(sov_ckpt_writer *w); /* waits, then frees */
+SOV_API double sov_ckpt_save_seconds(const sov_ckpt_writer *w);
+SOV_API void sov_ckpt_writer_close(sov_ckpt_writer *w); /* waits, then frees */
 
 /* ---- reading ---- */
 typedef struct sov_ckpt sov_ckpt;
 
 /* Opens the checkpoint directory `path` (DIR/step-N): reads and verifies the manifest. */
-sov_status sov_ckpt_open(const char *path, sov_ckpt **out);
-void sov_ckpt_close(sov_ckpt *c);
-long sov_ckpt_step(const sov_ckpt *c);
-const json_t *sov_ckpt_manifest(const sov_ckpt *c);
-const char *sov_ckpt_path(const sov_ckpt *c);
+SOV_API sov_status sov_ckpt_open(const char *path, sov_ckpt **out);
+SOV_API void sov_ckpt_close(sov_ckpt *c);
+SOV_API long sov_ckpt_step(const sov_ckpt *c);
+SOV_API const json_t *sov_ckpt_manifest(const sov_ckpt *c);
+SOV_API const char *sov_ckpt_path(const sov_ckpt *c);
 /* Elements of buffer `name`, or 0 when the checkpoint has none. */
-size_t sov_ckpt_buffer_count(const sov_ckpt *c, const char *name);
+SOV_API size_t sov_ckpt_buffer_count(const sov_ckpt *c, const char *name);
 /* Bytes per element of a listed buffer: 2 for bf16, 4 for f32. */
-size_t sov_ckpt_buffer_elem_bytes(const sov_ckpt *c, const char *name);
+SOV_API size_t sov_ckpt_buffer_elem_bytes(const sov_ckpt *c, const char *name);
 /* Decodes buffer `name`, which must hold count elements of dtype, into dst, verifying every chunk. */
-sov_status sov_ckpt_read_buffer(sov_ckpt *c, const char *name, sov_ckpt_dtype dtype, void *dst, size_t count);
+SOV_API sov_status sov_ckpt_read_buffer(sov_ckpt *c, const char *name, sov_ckpt_dtype dtype, void *dst, size_t count);
 /* The same for several buffers in one pass: their chunks are read in file order by one set of threads, so a
  * restore of a model and its optimizer state pays for one start-up and keeps every thread busy. */
-sov_status sov_ckpt_read_buffers(sov_ckpt *c, const sov_ckpt_buffer *buffers, int num_buffers);
+SOV_API sov_status sov_ckpt_read_buffers(sov_ckpt *c, const sov_ckpt_buffer *buffers, int num_buffers);
 /* Reads and checks every chunk of every file. Stops at the first damage, naming file and chunk. */
-sov_status sov_ckpt_verify(sov_ckpt *c);
+SOV_API sov_status sov_ckpt_verify(sov_ckpt *c);
 
 /* Reports why a candidate was skipped while searching (may be NULL). */
 typedef void (*sov_ckpt_note_fn)(void *ctx, const char *message);
 /* The newest checkpoint under `dir` that opens and verifies: DIR/latest first, then every DIR/step-N from the
  * newest down. SOV_ERR_IO with "no checkpoint" when there is none at all. */
-sov_status sov_ckpt_find(const char *dir, char *path, size_t cap, sov_ckpt_note_fn note, void *ctx);
+SOV_API sov_status sov_ckpt_find(const char *dir, char *path, size_t cap, sov_ckpt_note_fn note, void *ctx);
 
 /* Steps of the complete checkpoints under dir (step-N directories, newest first). Returns the count (<= cap). */
-int sov_ckpt_list_steps(const char *dir, long *steps, int cap);
+SOV_API int sov_ckpt_list_steps(const char *dir, long *steps, int cap);
 
 /* Writes the tensors of buffer "params" to a safetensors file (F32, little-endian): the open exit path. */
-sov_status sov_ckpt_export_safetensors(sov_ckpt *c, const char *out_path);
+SOV_API sov_status sov_ckpt_export_safetensors(sov_ckpt *c, const char *out_path);
 
 /* Fills the model's tensors (names, shapes) in params from a safetensors file of F32 tensors with exactly those
  * names and shapes: a model seeded from an exported checkpoint or another framework. */
-sov_status sov_safetensors_load(const char *path, const sov_tensor *tensors, int num_tensors, float *params);
+SOV_API sov_status sov_safetensors_load(const char *path, const sov_tensor *tensors, int num_tensors, float *params);
 
 /* `sovtrain ckpt ARGS...` (argv[0] is "ckpt"). Returns the process exit code. */
-int sov_ckpt_main(int argc, char **argv);
+SOV_API int sov_ckpt_main(int argc, char **argv);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

@@ -1,11 +1,9 @@
-/* main.c: the `sovtrain` command, one client of libsovtrain. */
-#include "blas_kernels.h"
-#include "ckpt.h"
-#include "launch.h"
-#include "runtime.h"
+/* main.c: the `sovtrain` command's dispatcher. It is one client of libsovtrain: each subcommand is a function of
+ * the library's public API (runtime.h, ckpt.h, launch.h). */
+#include <sovtrain/ckpt.h>
+#include <sovtrain/launch.h>
+#include <sovtrain/runtime.h>
 
-#include <cblas.h>
-#include <mpi.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -24,29 +22,6 @@ static void usage(FILE *out) {
             "example: sovtrain launch -np 2 -- sovtrain train --epochs 5 --run-dir runs/demo\n");
 }
 
-static int version(void) {
-    char mpi[MPI_MAX_LIBRARY_VERSION_STRING];
-    int len = 0;
-    MPI_Get_library_version(mpi, &len);
-    char *nl = strchr(mpi, ',');
-    if (nl)
-        *nl = '\0';
-    char why[256];
-    int gpus = sov_gpu_count(why, sizeof why);
-    printf("sovtrain %s\n%s\n%s\n", SOVTRAIN_VERSION, mpi, openblas_get_config());
-    const char *better = sov_blas_replacement();
-    if (better)
-        printf("BLAS kernels: %s; train and sample switch to %s (OpenBLAS does not know this CPU)\n",
-               sov_blas_kernels(), better);
-    else
-        printf("BLAS kernels: %s\n", sov_blas_kernels());
-    if (gpus)
-        printf("GPUs: %d (%s)\n", gpus, why);
-    else
-        printf("GPUs: none (%s)\n", why);
-    return 0;
-}
-
 int main(int argc, char **argv) {
     if (argc < 2) {
         usage(stderr);
@@ -54,7 +29,7 @@ int main(int argc, char **argv) {
     }
     const char *cmd = argv[1];
     if (strcmp(cmd, "train") == 0 || strcmp(cmd, "sample") == 0)
-        sov_blas_choose_kernels(argv); /* may restart this process with faster kernels (blas_kernels.h) */
+        sov_blas_choose_kernels(argv); /* may restart this process with faster kernels (runtime.h) */
     if (strcmp(cmd, "train") == 0)
         return sov_train_main(argc - 1, argv + 1);
     if (strcmp(cmd, "doctor") == 0)
@@ -68,7 +43,7 @@ int main(int argc, char **argv) {
     if (strcmp(cmd, "launch") == 0)
         return sov_launch_main(argc - 1, argv + 1);
     if (strcmp(cmd, "version") == 0 || strcmp(cmd, "--version") == 0)
-        return version();
+        return sov_version_main(argc - 1, argv + 1);
     if (strcmp(cmd, "help") == 0 || strcmp(cmd, "-h") == 0 || strcmp(cmd, "--help") == 0) {
         usage(stdout);
         return 0;

@@ -7,8 +7,14 @@
 #ifndef SOV_RUNTIME_H
 #define SOV_RUNTIME_H
 
-#include "device.h"
-#include "sov.h"
+#include <sovtrain/sov.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* A GPU of this process (runtime-internal; created by the trainer). */
+typedef struct sov_device sov_device;
 
 typedef struct sov_tensor {
     char name[64];    /* e.g. "layers.0.weight" (PyTorch naming, used by safetensors export) */
@@ -89,23 +95,35 @@ struct sov_model {
 };
 
 /* Built-in models by name ("mlp"); NULL when unknown. */
-const sov_model_ops *sov_model_find(const char *name);
+SOV_API const sov_model_ops *sov_model_find(const char *name);
 /* The CUDA implementation of a built-in model ("mlp"); NULL when it has none (or the build has no CUDA). */
-const sov_model_ops *sov_model_find_cuda(const char *name);
+SOV_API const sov_model_ops *sov_model_find_cuda(const char *name);
 /* Creates a model and its flat parameter and gradient buffers (64-byte aligned, zeroed) from `allocator`
  * (NULL: host memory). With cfg->device set, the model's CUDA implementation is used, and `allocator` must give
  * that GPU's memory. */
-sov_status sov_model_create(const char *name, const sov_model_config *cfg, const sov_allocator *allocator,
+SOV_API sov_status sov_model_create(const char *name, const sov_model_config *cfg, const sov_allocator *allocator,
                             sov_model **out);
-void sov_model_destroy(sov_model *m);
+SOV_API void sov_model_destroy(sov_model *m);
 
 /* Number of CUDA GPUs this process can use. 0 when there are none, with the reason in `why` (no driver, no
  * device, or a build without CUDA). */
-int sov_gpu_count(char *why, size_t cap);
+SOV_API int sov_gpu_count(char *why, size_t cap);
 
 /* `sovtrain train ARGS...`: one rank of a data-parallel job. Returns the process exit code. */
-int sov_train_main(int argc, char **argv);
+SOV_API int sov_train_main(int argc, char **argv);
 /* `sovtrain sample ARGS...`: text from a language model's checkpoint. Returns the process exit code. */
-int sov_sample_main(int argc, char **argv);
+SOV_API int sov_sample_main(int argc, char **argv);
+/* `sovtrain version`: the versions of sovtrain and the libraries it was built with, on stdout. */
+SOV_API int sov_version_main(int argc, char **argv);
+
+/* Call first in the main of a program that trains or samples on the CPU, with main's own argv. Debian's OpenBLAS
+ * falls back to slow generic kernels on CPUs newer than its release; this re-executes the process
+ * (/proc/self/exe, argv) with OPENBLAS_CORETYPE naming kernels the CPU runs, when OpenBLAS fell back and the
+ * variable is unset. Returns when nothing needs changing or the re-execution failed (after a warning). */
+SOV_API void sov_blas_choose_kernels(char **argv);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

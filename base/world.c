@@ -1,5 +1,5 @@
 /* world.c: who this process is in the job, read from the launcher's environment. */
-#include "sov.h"
+#include "sov_internal.h"
 
 #include <errno.h>
 #include <stdlib.h>

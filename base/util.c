@@ -1,47 +1,14 @@
-/* status.c: error recording, checked allocation, rank-tagged logging. */
-#include "sov.h"
+/* util.c: checked allocation, clocks, CPU counts, and small parsers and file helpers every module uses. */
+#include "sov_internal.h"
 
 #include <errno.h>
 #include <sched.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
-
-static _Thread_local char last_error[1024];
-static _Thread_local char last_where[128];
-
-const char *sov_strerror(sov_status status) {
-    switch (status) {
-    case SOV_OK: return "success";
-    case SOV_ERR_INVALID: return "invalid argument";
-    case SOV_ERR_IO: return "I/O error";
-    case SOV_ERR_FORMAT: return "malformed input";
-    case SOV_ERR_NOMEM: return "out of memory";
-    case SOV_ERR_COMM: return "communication error";
-    case SOV_ERR_UNSUPPORTED: return "unsupported";
-    case SOV_ERR_INTERNAL: return "internal error";
-    }
-    return "unknown status";
-}
-
-sov_status sov_fail_at(sov_status status, const char *file, int line, const char *fmt, ...) {
-    const char *base = strrchr(file, '/');
-    snprintf(last_where, sizeof last_where, "%s:%d", base ? base + 1 : file, line);
-    char message[sizeof last_error]; /* the arguments may include sov_last_error() itself, to add context */
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(message, sizeof message, fmt, ap);
-    va_end(ap);
-    memcpy(last_error, message, sizeof last_error);
-    return status;
-}
-
-const char *sov_last_error(void) { return last_error; }
-const char *sov_last_error_where(void) { return last_where; }
 
 void *sov_malloc_at(size_t bytes, const char *file, int line) {
     void *p = malloc(bytes ? bytes : 1);
@@ -66,42 +33,6 @@ void *sov_aligned_alloc_at(size_t bytes, const char *file, int line) {
     }
     memset(p, 0, rounded ? rounded : 64);
     return p;
-}
-
-static char log_prefix[32];
-static int log_rank;
-
-void sov_log_set_rank(int rank, int world_size) {
-    log_rank = rank;
-    const char *tagged = getenv("SOVTRAIN_TAGGED_OUTPUT");
-    if (world_size > 1 && !(tagged && strcmp(tagged, "1") == 0))
-        snprintf(log_prefix, sizeof log_prefix, "[rank %d] ", rank);
-    else
-        log_prefix[0] = '\0';
-}
-
-static void log_line(const char *kind, const char *fmt, va_list ap) {
-    char buf[2048];
-    vsnprintf(buf, sizeof buf, fmt, ap);
-    /* One fprintf per line so that lines from concurrent ranks do not interleave mid-line. */
-    fprintf(stderr, "%s%s%s\n", log_prefix, kind, buf);
-    fflush(stderr);
-}
-
-void sov_log(const char *fmt, ...) {
-    if (log_rank != 0)
-        return;
-    va_list ap;
-    va_start(ap, fmt);
-    log_line("", fmt, ap);
-    va_end(ap);
-}
-
-void sov_log_error(const char *fmt, ...) {
-    va_list ap;
-    va_start(ap, fmt);
-    log_line("error: ", fmt, ap);
-    va_end(ap);
 }
 
 double sov_now(void) {

@@ -59,7 +59,7 @@ static double entropy_bound(const bench_case *c) {
     for (int b = 0; b < c->nbuf; b++) {
         size_t count = c->bytes[b] / (size_t)c->elem;
         uint8_t *planes = malloc(c->bytes[b]);
-        sov_planes_split(c->data[b], count, c->elem, planes);
+        sov_planes_split(c->data[b], count, c->elem, SOV_TRANSFORM_FLOAT, planes);
         for (int k = 0; k < c->elem; k++)
             bits += sov_entropy_bits(planes + (size_t)k * count, count) * (double)count;
         free(planes);

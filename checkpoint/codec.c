@@ -184,26 +184,81 @@ SOV_SIMD_CLONES static void join2(const uint8_t *restrict p0, const uint8_t *res
     }
 }
 
-/* The transform of count elements into planes, each written from element `at` of its plane on. */
-static void split_at(const void *raw, size_t count, int elem_size, uint8_t *const plane[], size_t at) {
-    if (elem_size == 4)
-        split4(raw, count, plane[0] + at, plane[1] + at, plane[2] + at, plane[3] + at);
-    else
-        split2(raw, count, plane[0] + at, plane[1] + at);
+/* f64: the sign moves to bit 0 and the top byte holds the exponent's high 8 bits. */
+static void split8(const uint64_t *restrict x, size_t count, uint8_t *const plane[]) {
+    for (size_t i = 0; i < count; i++) {
+        uint64_t v = x[i] << 1 | x[i] >> 63;
+        for (int k = 0; k < 8; k++)
+            plane[k][i] = (uint8_t)(v >> (8 * k));
+    }
 }
 
-void sov_planes_split(const void *raw, size_t count, int elem_size, uint8_t *planes) {
+static void join8(const uint8_t *const plane[], size_t count, uint64_t *restrict x) {
+    for (size_t i = 0; i < count; i++) {
+        uint64_t v = 0;
+        for (int k = 0; k < 8; k++)
+            v |= (uint64_t)plane[k][i] << (8 * k);
+        x[i] = v >> 1 | v << 63;
+    }
+}
+
+/* Integers (transform 2): byte k of each element, unchanged. Small counts and indices leave their high planes
+ * constant (0x00, or 0xff for small negatives), which the coder then stores in a few bytes. */
+static void split_plain(const uint8_t *restrict x, size_t count, int elem_size, uint8_t *const plane[]) {
+    for (int k = 0; k < elem_size; k++) {
+        uint8_t *restrict dst = plane[k];
+        for (size_t i = 0; i < count; i++)
+            dst[i] = x[i * (size_t)elem_size + (size_t)k];
+    }
+}
+
+static void join_plain(const uint8_t *const plane[], size_t count, int elem_size, uint8_t *restrict x) {
+    for (int k = 0; k < elem_size; k++) {
+        const uint8_t *restrict src = plane[k];
+        for (size_t i = 0; i < count; i++)
+            x[i * (size_t)elem_size + (size_t)k] = src[i];
+    }
+}
+
+/* The transform of count elements into planes, each written from element `at` of its plane on. */
+static void split_at(const void *raw, size_t count, int elem_size, int transform, uint8_t *const plane[], size_t at) {
+    uint8_t *p[SOV_CHUNK_MAX_PLANES];
+    for (int k = 0; k < elem_size; k++)
+        p[k] = plane[k] + at;
+    if (transform == SOV_TRANSFORM_INT)
+        split_plain(raw, count, elem_size, p);
+    else if (elem_size == 4)
+        split4(raw, count, p[0], p[1], p[2], p[3]);
+    else if (elem_size == 2)
+        split2(raw, count, p[0], p[1]);
+    else
+        split8(raw, count, p);
+}
+
+void sov_planes_split(const void *raw, size_t count, int elem_size, int transform, uint8_t *planes) {
     uint8_t *plane[SOV_CHUNK_MAX_PLANES];
     for (int k = 0; k < elem_size; k++)
         plane[k] = planes + (size_t)k * count;
-    split_at(raw, count, elem_size, plane, 0);
+    split_at(raw, count, elem_size, transform, plane, 0);
 }
 
-static void planes_join(const uint8_t *const plane[], size_t count, int elem_size, void *raw) {
-    if (elem_size == 4)
+static void planes_join(const uint8_t *const plane[], size_t count, int elem_size, int transform, void *raw) {
+    if (transform == SOV_TRANSFORM_INT)
+        join_plain(plane, count, elem_size, raw);
+    else if (elem_size == 4)
         join4(plane[0], plane[1], plane[2], plane[3], count, raw);
-    else
+    else if (elem_size == 2)
         join2(plane[0], plane[1], count, raw);
+    else
+        join8(plane, count, raw);
+}
+
+int sov_transform_for(sov_dtype dtype) {
+    switch (dtype) {
+    case SOV_F32: case SOV_BF16: case SOV_F16: case SOV_F64: return SOV_TRANSFORM_FLOAT;
+    case SOV_I64: case SOV_I32: case SOV_I16: return SOV_TRANSFORM_INT;
+    default: return SOV_TRANSFORM_NONE; /* one-byte elements: coded as they are */
+    }
 }
 
 /* ---- nibble pairs (coding 2) ----
@@ -337,12 +392,13 @@ sov_status sov_chunk_parse_header(const void *bytes, sov_chunk_header *h, const 
         if (k < h->planes)
             sum += h->plane_bytes[k];
     }
-    int shape_ok = (h->elem_size == 1 || h->elem_size == 2 || h->elem_size == 4) && h->transform <= 1 &&
-                   (h->transform == 0 || h->elem_size > 1) && /* the planes transform needs 2- or 4-byte elements */
+    int shape_ok = (h->elem_size == 1 || h->elem_size == 2 || h->elem_size == 4 || h->elem_size == 8) &&
+                   h->transform <= SOV_TRANSFORM_INT &&
+                   (h->transform == 0 || h->elem_size > 1) && /* planes need elements of 2 bytes or more */
                    h->planes == (h->transform ? h->elem_size : 1) && h->raw_bytes <= SOV_CHUNK_MAX_RAW &&
                    h->raw_bytes % h->elem_size == 0 && sum == h->stored_bytes;
     for (int k = 0; k < h->planes && shape_ok; k++)
-        shape_ok = h->coding[k] <= 2 && (h->coding[k] != 2 || h->transform == 1) && /* pairs: planes of a transform */
+        shape_ok = h->coding[k] <= 2 && (h->coding[k] != 2 || h->transform == SOV_TRANSFORM_FLOAT) && /* pairs: floats' */
                    (h->coding[k] != 0 || h->plane_bytes[k] == h->raw_bytes / h->planes);
     /* one way to write each header: reserved bytes and unused plane entries are zero */
     for (int k = h->planes; k < SOV_CHUNK_MAX_PLANES && shape_ok; k++)
@@ -361,17 +417,17 @@ sov_status sov_chunk_parse_header(const void *bytes, sov_chunk_header *h, const 
 
 /* A sample of every plane: SAMPLE_BLOCKS runs of SAMPLE_BLOCK elements spread evenly over the chunk, transformed
  * (the whole chunk when it is small). Plane k's sample is at c->samples + k * SAMPLE_BYTES. */
-static size_t gather_samples(sov_codec *c, const uint8_t *raw, size_t count, int elem_size) {
+static size_t gather_samples(sov_codec *c, const uint8_t *raw, size_t count, int elem_size, int transform) {
     uint8_t *s[SOV_CHUNK_MAX_PLANES];
     for (int k = 0; k < elem_size; k++)
         s[k] = c->samples + (size_t)k * SAMPLE_BYTES;
     if (count <= SAMPLE_BYTES) {
-        split_at(raw, count, elem_size, s, 0);
+        split_at(raw, count, elem_size, transform, s, 0);
         return count;
     }
     size_t stride = count / SAMPLE_BLOCKS;
     for (size_t i = 0; i < SAMPLE_BLOCKS; i++)
-        split_at(raw + i * stride * (size_t)elem_size, SAMPLE_BLOCK, elem_size, s, i * SAMPLE_BLOCK);
+        split_at(raw + i * stride * (size_t)elem_size, SAMPLE_BLOCK, elem_size, transform, s, i * SAMPLE_BLOCK);
     return SAMPLE_BYTES;
 }
 
@@ -497,8 +553,8 @@ static size_t store_plane(sov_codec *c, int coder, uint8_t *plane, size_t n, uin
  * the others go to scratch, except a paired last plane, which is paired pass by pass while the pass is in L1 and
  * never written whole. The raw bytes' hash is taken in the same pass, and so is the stored bytes' hash of a first
  * plane stored raw: the payload begins with it (c->stored_hash goes on from there). Returns the raw bytes' hash. */
-static uint64_t split_to_places(sov_codec *c, const uint8_t *raw, size_t count, int elem_size, const int *coder,
-                                uint8_t *payload, uint8_t *plane[]) {
+static uint64_t split_to_places(sov_codec *c, const uint8_t *raw, size_t count, int elem_size, int transform,
+                                const int *coder, uint8_t *payload, uint8_t *plane[]) {
     int leading_raw = 1, paired = coder[elem_size - 1] == CODER_PAIRS ? elem_size - 1 : -1;
     for (int k = 0; k < elem_size; k++) {
         leading_raw = leading_raw && coder[k] == CODER_RAW;
@@ -516,7 +572,7 @@ static uint64_t split_to_places(sov_codec *c, const uint8_t *raw, size_t count, 
         for (int k = 0; k < elem_size; k++)
             dst[k] = k == paired ? c->pass : plane[k] + at;
         sov_xxh3_stream_update(c->raw_hash, x, n * (size_t)elem_size);
-        split_at(x, n, elem_size, dst, 0);
+        split_at(x, n, elem_size, transform, dst, 0);
         if (plane[0] == payload)
             sov_xxh3_stream_update(c->stored_hash, dst[0], n);
         if (paired >= 0)
@@ -536,13 +592,15 @@ static int pairs_ready(sov_codec *c) {
     return c->pairs && c->pass;
 }
 
-sov_status sov_chunk_encode(sov_codec *c, const void *raw, size_t raw_bytes, int elem_size, void *out,
+sov_status sov_chunk_encode(sov_codec *c, const void *raw, size_t raw_bytes, int elem_size, int transform, void *out,
                             size_t *out_bytes) {
-    if (raw_bytes > c->max_raw || (elem_size != 1 && elem_size != 2 && elem_size != 4) || raw_bytes % (size_t)elem_size)
-        return sov_fail(SOV_ERR_INVALID, "checkpoint codec: bad chunk (%zu bytes of %d-byte elements, limit %zu)",
-                        raw_bytes, elem_size, c->max_raw);
+    int sizes_ok = elem_size == 1 || elem_size == 2 || elem_size == 4 || elem_size == 8;
+    if (raw_bytes > c->max_raw || !sizes_ok || raw_bytes % (size_t)elem_size || transform < 0 ||
+        transform > SOV_TRANSFORM_INT || (transform != SOV_TRANSFORM_NONE && elem_size == 1))
+        return sov_fail(SOV_ERR_INVALID, "checkpoint codec: bad chunk (%zu bytes of %d-byte elements, transform %d, "
+                        "limit %zu)", raw_bytes, elem_size, transform, c->max_raw);
     sov_chunk_header h = {.magic = SOV_CHUNK_MAGIC, .elem_size = (uint8_t)elem_size, .raw_bytes = raw_bytes};
-    h.transform = elem_size > 1;
+    h.transform = (uint8_t)transform;
     h.planes = h.transform ? (uint8_t)elem_size : 1;
     uint8_t *payload = (uint8_t *)out + SOV_CHUNK_HEADER_BYTES;
     size_t plane_n = raw_bytes / h.planes, pos = 0;
@@ -550,18 +608,19 @@ sov_status sov_chunk_encode(sov_codec *c, const void *raw, size_t raw_bytes, int
     uint8_t base = 0;
     uint8_t *plane[SOV_CHUNK_MAX_PLANES] = {(uint8_t *)raw};
     if (h.transform) {
-        size_t len = gather_samples(c, raw, plane_n, elem_size);
-        for (int k = 0; k < h.planes; k++) { /* pairs only for the last plane, the exponent's: see split_to_places */
+        size_t len = gather_samples(c, raw, plane_n, elem_size, transform);
+        for (int k = 0; k < h.planes; k++) { /* pairs only for a float's last plane, the exponent's: split_to_places */
             coder[k] = choose_coder(c, c->samples + (size_t)k * SAMPLE_BYTES, len, &base);
-            if (coder[k] == CODER_PAIRS && (k < h.planes - 1 || !pairs_ready(c)))
+            int pairs_fit = k == h.planes - 1 && transform == SOV_TRANSFORM_FLOAT;
+            if (coder[k] == CODER_PAIRS && (!pairs_fit || !pairs_ready(c)))
                 coder[k] = CODER_LITERAL;
             else if (coder[k] == CODER_PAIRS)
                 c->pair_base = base;
         }
-        h.xxh3_raw = split_to_places(c, raw, plane_n, elem_size, coder, payload, plane);
+        h.xxh3_raw = split_to_places(c, raw, plane_n, elem_size, transform, coder, payload, plane);
     } else {
         h.xxh3_raw = sov_xxh3(raw, raw_bytes);
-        /* bytes without a transform (no checkpoint buffer holds them): judged on the chunk's first bytes */
+        /* one-byte elements (u8, i8, bool): judged on the chunk's first bytes */
         coder[0] = choose_coder(c, raw, raw_bytes < SAMPLE_BYTES ? raw_bytes : SAMPLE_BYTES, &base);
         if (coder[0] == CODER_PAIRS) /* pairs are for the planes of a transform */
             coder[0] = CODER_LITERAL;
@@ -614,7 +673,8 @@ static sov_status load_pairs(sov_codec *c, const uint8_t *p, size_t bytes, uint8
 }
 
 /* The inverse transform, pass by pass, each pass's output hashed while it is in L1. Returns the raw bytes' hash. */
-static uint64_t join_hashed(sov_codec *c, const uint8_t *const plane[], size_t count, int elem_size, uint8_t *raw) {
+static uint64_t join_hashed(sov_codec *c, const uint8_t *const plane[], size_t count, int elem_size, int transform,
+                            uint8_t *raw) {
     sov_xxh3_stream_reset(c->raw_hash);
     for (size_t at = 0; at < count; at += PASS_ELEMS) {
         size_t n = count - at < PASS_ELEMS ? count - at : PASS_ELEMS;
@@ -622,7 +682,7 @@ static uint64_t join_hashed(sov_codec *c, const uint8_t *const plane[], size_t c
         for (int k = 0; k < elem_size; k++)
             from[k] = plane[k] + at;
         uint8_t *out = raw + at * (size_t)elem_size;
-        planes_join(from, n, elem_size, out);
+        planes_join(from, n, elem_size, transform, out);
         sov_xxh3_stream_update(c->raw_hash, out, n * (size_t)elem_size);
     }
     return sov_xxh3_stream_digest(c->raw_hash);
@@ -667,7 +727,7 @@ sov_status sov_chunk_decode(sov_codec *c, const void *chunk, size_t bytes, void 
         }
         pos += h.plane_bytes[k];
     }
-    uint64_t raw_hash = h.transform ? join_hashed(c, plane, h.raw_bytes / h.elem_size, h.elem_size, raw)
+    uint64_t raw_hash = h.transform ? join_hashed(c, plane, h.raw_bytes / h.elem_size, h.elem_size, h.transform, raw)
                                     : sov_xxh3(raw, h.raw_bytes);
     if (raw_hash != h.xxh3_raw)
         return sov_fail(SOV_ERR_FORMAT, "%s: raw-bytes checksum mismatch after decoding", where);

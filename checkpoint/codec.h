@@ -1,8 +1,8 @@
 /* codec.h (internal): one checkpoint chunk, encoded and decoded.
  *
- * A chunk is up to a few MiB of one buffer's raw bytes. Elements of 2 or 4 bytes are transformed first: the sign
- * bit moves down beside the mantissa (rotate left by one), so the exponent fills the top byte, and the bytes are
- * split into planes (byte k of every element together). Each plane is stored raw when its sampled order-0 entropy
+ * A chunk is up to a few MiB of one buffer's raw bytes. Elements of 2, 4 or 8 bytes are split into planes first
+ * (byte k of every element together): floats after moving the sign bit down beside the mantissa (rotate left by
+ * one), so the exponent fills the top byte; integers as they are. One-byte elements are coded as they are. Each plane is stored raw when its sampled order-0 entropy
  * promises no gain, else zstd-compressed: literals-only Huffman, which suits the exponent plane, or level 1, whose
  * matches suit runs of zeros, when adjacent bytes of the sample repeat more than chance and level 1 does better on
  * it; a plane that does not shrink is stored raw. The header carries xxh3 checksums of the raw bytes, the stored payload and itself, so any
@@ -19,9 +19,9 @@
 
 typedef struct sov_chunk_header {
     uint32_t magic;
-    uint8_t elem_size;  /* 1, 2 or 4 */
+    uint8_t elem_size;  /* 1, 2, 4 or 8 */
     uint8_t planes;     /* 1 (no transform) or elem_size */
-    uint8_t transform;  /* 0 none, 1 sign move + byte planes */
+    uint8_t transform;  /* SOV_TRANSFORM_* */
     uint8_t reserved;
     uint64_t raw_bytes;
     uint64_t stored_bytes; /* payload after the header */
@@ -32,6 +32,15 @@ typedef struct sov_chunk_header {
     uint64_t xxh3_header; /* of the serialised header's first 104 bytes */
 } sov_chunk_header;
 
+/* How a chunk's elements become planes (the header's transform). */
+enum {
+    SOV_TRANSFORM_NONE = 0,  /* one plane: the bytes as they are */
+    SOV_TRANSFORM_FLOAT = 1, /* sign moved beside the mantissa, then byte planes */
+    SOV_TRANSFORM_INT = 2    /* byte planes of the elements as they are */
+};
+/* The transform that suits a dtype's elements. */
+int sov_transform_for(sov_dtype dtype);
+
 typedef struct sov_codec sov_codec; /* per-thread scratch and zstd contexts */
 
 sov_status sov_codec_create(sov_codec **out, size_t max_chunk_bytes);
@@ -40,9 +49,9 @@ void sov_codec_destroy(sov_codec *c);
 /* Upper bound of an encoded chunk of raw_bytes. */
 size_t sov_chunk_bound(size_t raw_bytes);
 
-/* Encodes raw (raw_bytes, elements of elem_size) into out (capacity >= sov_chunk_bound); *out_bytes is the
- * header plus payload. */
-sov_status sov_chunk_encode(sov_codec *c, const void *raw, size_t raw_bytes, int elem_size, void *out,
+/* Encodes raw (raw_bytes, elements of elem_size: 1, 2, 4 or 8) with `transform` (NONE for one-byte elements)
+ * into out (capacity >= sov_chunk_bound); *out_bytes is the header plus payload. */
+sov_status sov_chunk_encode(sov_codec *c, const void *raw, size_t raw_bytes, int elem_size, int transform, void *out,
                             size_t *out_bytes);
 
 /* Reads and checks a serialised header (SOV_CHUNK_HEADER_BYTES bytes): magic, self-checksum, bounds. `where`
@@ -57,7 +66,7 @@ sov_status sov_chunk_decode(sov_codec *c, const void *chunk, size_t bytes, void 
 double sov_entropy_bits(const uint8_t *p, size_t n);
 
 /* The transform alone (for the bench's entropy bound): planes[k * count + i] = byte k of element i after the
- * sign move. */
-void sov_planes_split(const void *raw, size_t count, int elem_size, uint8_t *planes);
+ * transform (FLOAT or INT). */
+void sov_planes_split(const void *raw, size_t count, int elem_size, int transform, uint8_t *planes);
 
 #endif

@@ -101,6 +101,9 @@ static uint8_t *slot_buffer(const pipeline *p, size_t job) {
     return p->w->out_memory + job % (size_t)p->nslots * p->w->slot_bytes;
 }
 
+/* Checkpoint buffers hold floats (f32, bf16). */
+static int transform_of(const chunk_job *cj) { return cj->elem_bytes > 1 ? SOV_TRANSFORM_FLOAT : SOV_TRANSFORM_NONE; }
+
 typedef struct encoder_arg {
     pipeline *p;
     int thread;
@@ -162,10 +165,11 @@ static void *encoder_main(void *arg) {
         uint8_t *out = slot_buffer(p, job);
         sov_status st = SOV_OK;
         if (origin) { /* the state itself, while the caller is inside save: it will not copy these bytes */
-            st = sov_chunk_encode(codec, origin, cj->bytes, cj->elem_bytes, out, &bytes);
+            st = sov_chunk_encode(codec, origin, cj->bytes, cj->elem_bytes, transform_of(cj), out, &bytes);
             sov_snapshot_release(&p->w->snap);
         } else if ((st = sov_snapshot_final(&p->w->snap, cj->at, cj->at + cj->bytes)) == SOV_OK) {
-            st = sov_chunk_encode(codec, p->w->staging + cj->at, cj->bytes, cj->elem_bytes, out, &bytes);
+            st = sov_chunk_encode(codec, p->w->staging + cj->at, cj->bytes, cj->elem_bytes, transform_of(cj), out,
+                                  &bytes);
         } else {
             st = snapshot_failure(p->w);
         }

@@ -159,11 +159,11 @@ def decode_chunk(blob, c, size, codings):
     coding, pb, x_hdr = rest[0:8], rest[8:16], rest[16]
     need(magic == MAGIC, f"magic {magic:#x}")
     need(xxh3(blob[:104]) == x_hdr, "xxh3_header mismatch")
-    need(es in (1, 2, 4) and tr <= 1 and planes == (es if tr else 1),
+    need(es in (1, 2, 4, 8) and tr <= 2 and (es > 1 or tr == 0) and planes == (es if tr else 1),
          f"header shape: elem_size {es}, transform {tr}, planes {planes}")
     need(raw_b <= 1 << 30 and raw_b % es == 0, f"header shape: raw_bytes {raw_b}")
     need(sum(pb[:planes]) == st_b, "header shape: plane_bytes do not sum to stored_bytes")
-    need(all(x <= 2 for x in coding) and (tr or 2 not in coding), f"header shape: codings {list(coding)}")
+    need(all(x <= 2 for x in coding) and (tr == 1 or 2 not in coding), f"header shape: codings {list(coding)}")
     need(_r == 0 and not any(blob[80:104]) and not any(coding[planes:]) and not any(pb[planes:]),
          "header shape: a reserved byte or an unused plane entry is not zero")
     n = raw_b // planes
@@ -186,11 +186,13 @@ def decode_chunk(blob, c, size, codings):
     if tr == 0:
         raw = ps[0].tobytes()
     else:
-        t = np.uint32 if es == 4 else np.uint16
+        t = {2: np.uint16, 4: np.uint32, 8: np.uint64}[es]
         v = np.zeros(n, t)
         for k in range(planes):
             v |= ps[k].astype(t) << t(8 * k)
-        raw = ((v >> t(1)) | (v << t(8 * es - 1))).astype("<" + v.dtype.str[1:]).tobytes()
+        if tr == 1:  # the sign back from bit 0
+            v = (v >> t(1)) | (v << t(8 * es - 1))
+        raw = v.astype("<" + v.dtype.str[1:]).tobytes()
     need(xxh3(raw) == x_raw, "xxh3_raw mismatch")
     need(raw_b == c["elems"] * size, f"raw_bytes {raw_b} != elems*{size} = {c['elems'] * size}")
     return raw

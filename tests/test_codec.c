@@ -1,4 +1,4 @@
-/* Checkpoint chunks: bitwise round trips for every element size and awkward values; compression where the bytes
+/* Checkpoint chunks: bitwise round trips for every element size and type and awkward values; compression where the bytes
  * allow it, and planes that would gain too little stored raw; exponent planes paired (coding 2), with escapes
  * anywhere; every single-byte corruption of an encoded chunk detected, and pair headers that disagree with their
  * data refused. */
@@ -32,14 +32,19 @@ static int teardown(void **state) {
     return 0;
 }
 
-static size_t round_trip(const void *raw, size_t bytes, int elem) {
+static size_t round_trip_as(const void *raw, size_t bytes, int elem, int transform) {
     size_t n = 0, got = 0;
-    assert_int_equal(sov_chunk_encode(codec, raw, bytes, elem, out, &n), SOV_OK);
+    assert_int_equal(sov_chunk_encode(codec, raw, bytes, elem, transform, out, &n), SOV_OK);
     assert_true(n <= sov_chunk_bound(bytes));
     assert_int_equal(sov_chunk_decode(codec, out, n, back, sizeof back, &got, "test"), SOV_OK);
     assert_int_equal(got, bytes);
     assert_memory_equal(raw, back, bytes);
     return n;
+}
+
+/* Floats' planes for 2-, 4- and 8-byte elements, one plane for bytes: what the writer does for float buffers. */
+static size_t round_trip(const void *raw, size_t bytes, int elem) {
+    return round_trip_as(raw, bytes, elem, elem > 1 ? SOV_TRANSFORM_FLOAT : SOV_TRANSFORM_NONE);
 }
 
 /* Gaussian weights (sigma 0.02), as a trained model's. */
@@ -94,7 +99,7 @@ static void every_single_byte_corruption_is_detected(void **state) {
     gaussian(x, 1024, 4);
     x[7] = 0.0f;
     size_t n = 0, got;
-    assert_int_equal(sov_chunk_encode(codec, x, sizeof x, 4, out, &n), SOV_OK);
+    assert_int_equal(sov_chunk_encode(codec, x, sizeof x, 4, SOV_TRANSFORM_FLOAT, out, &n), SOV_OK);
     for (size_t i = 0; i < n; i++)
         for (int flip = 0; flip < 3; flip++) {
             uint8_t saved = out[i], mask = flip == 0 ? 0x01 : flip == 1 ? 0x80 : 0xff;
@@ -128,7 +133,7 @@ static void large_chunks_and_plane_placements(void **state) {
         if ((i / 256) % 2)
             x[i] = 0.0f;
     size_t n = 0, got = 0;
-    assert_int_equal(sov_chunk_encode(big, x, BIG, 4, enc, &n), SOV_OK);
+    assert_int_equal(sov_chunk_encode(big, x, BIG, 4, SOV_TRANSFORM_FLOAT, enc, &n), SOV_OK);
     assert_int_equal(sov_chunk_decode(big, enc, n, y, BIG, &got, "test"), SOV_OK);
     assert_memory_equal(x, y, BIG);
     assert_true((double)BIG / (double)n > 2.0); /* half zeros: at least twice smaller */
@@ -139,7 +144,7 @@ static void large_chunks_and_plane_placements(void **state) {
         u &= 0x7fffff80u;
         memcpy(&x[i], &u, 4);
     }
-    assert_int_equal(sov_chunk_encode(big, x, BIG, 4, enc, &n), SOV_OK);
+    assert_int_equal(sov_chunk_encode(big, x, BIG, 4, SOV_TRANSFORM_FLOAT, enc, &n), SOV_OK);
     sov_chunk_header h;
     assert_int_equal(sov_chunk_parse_header(enc, &h, "test"), SOV_OK);
     assert_int_not_equal(h.coding[0], 0); /* compressed, so the raw planes after it went through scratch */
@@ -359,13 +364,68 @@ static void non_canonical_pairs_are_refused(void **state) {
     assert_non_null(strstr(sov_last_error(), "codes do not match"));
 }
 
+/* Every element type a checkpoint holds: f64 floats' planes, integers' plain planes, one-byte types whole. Each
+ * round-trips bitwise, each compresses where its bytes allow (small integers: the high planes are constant), and
+ * every single-byte change of an integer chunk is detected. */
+static void every_dtype_round_trips(void **state) {
+    (void)state;
+    assert_int_equal(sov_transform_for(SOV_F64), SOV_TRANSFORM_FLOAT);
+    assert_int_equal(sov_transform_for(SOV_I32), SOV_TRANSFORM_INT);
+    assert_int_equal(sov_transform_for(SOV_BOOL), SOV_TRANSFORM_NONE);
+    static double d[MAX / 8];
+    static float g[MAX / 8];
+    gaussian(g, MAX / 8, 21);
+    for (size_t i = 0; i < MAX / 8; i++)
+        d[i] = (double)g[i] * (1.0 + 1e-9 * (double)i); /* full 52-bit mantissas */
+    assert_true(round_trip_as(d, sizeof d, 8, SOV_TRANSFORM_FLOAT) < sizeof d * 95 / 100);
+    sov_rng rng;
+    sov_rng_seed(&rng, 22, 0);
+    static int64_t tokens[MAX / 8]; /* token ids under 50257, a step counter */
+    for (size_t i = 0; i < MAX / 8; i++)
+        tokens[i] = (int64_t)(sov_rng_next(&rng) % 50257);
+    size_t n = round_trip_as(tokens, sizeof tokens, 8, SOV_TRANSFORM_INT);
+    assert_true(n < sizeof tokens * 40 / 100); /* 6 of 8 planes are zeros: ~2.1 of 8 bytes left */
+    static int32_t small[MAX / 4]; /* small values of both signs: high planes 0x00 or 0xff */
+    for (size_t i = 0; i < MAX / 4; i++)
+        small[i] = (int32_t)(sov_rng_next(&rng) % 200) - 100;
+    assert_true(round_trip_as(small, sizeof small, 4, SOV_TRANSFORM_INT) < sizeof small / 2);
+    static int16_t shorts[MAX / 2];
+    for (size_t i = 0; i < MAX / 2; i++)
+        shorts[i] = (int16_t)sov_rng_next(&rng);
+    round_trip_as(shorts, sizeof shorts, 2, SOV_TRANSFORM_INT);
+    round_trip_as(shorts, 6, 2, SOV_TRANSFORM_INT); /* 3 elements */
+    static uint8_t flags[MAX]; /* bools: one bit of information per byte */
+    for (size_t i = 0; i < MAX; i++)
+        flags[i] = (uint8_t)(sov_rng_next(&rng) & 1);
+    assert_true(round_trip_as(flags, sizeof flags, 1, SOV_TRANSFORM_NONE) < sizeof flags / 4);
+    size_t got;
+    assert_int_equal(sov_chunk_encode(codec, small, 4096, 4, SOV_TRANSFORM_INT, out, &n), SOV_OK);
+    for (size_t i = 0; i < n; i++) {
+        out[i] ^= 0x10;
+        if (sov_chunk_decode(codec, out, n, back, sizeof back, &got, "test") == SOV_OK)
+            fail_msg("byte %zu of an integer chunk of %zu xor 0x10 went undetected", i, n);
+        out[i] ^= 0x10;
+    }
+    /* what no element type allows: planes of one-byte elements, an unknown transform, 3-byte elements */
+    assert_int_equal(sov_chunk_encode(codec, flags, 64, 1, SOV_TRANSFORM_INT, out, &n), SOV_ERR_INVALID);
+    assert_int_equal(sov_chunk_encode(codec, small, 64, 4, 3, out, &n), SOV_ERR_INVALID);
+    assert_int_equal(sov_chunk_encode(codec, small, 63, 3, SOV_TRANSFORM_NONE, out, &n), SOV_ERR_INVALID);
+    assert_int_equal(sov_chunk_encode(codec, small, 4096, 4, SOV_TRANSFORM_INT, out, &n), SOV_OK);
+    static uint8_t bad[SOV_CHUNK_HEADER_BYTES + MAX];
+    memcpy(bad, out, n);
+    bad[6] = 3; /* transform 3, resealed */
+    reseal(bad, n);
+    assert_int_not_equal(sov_chunk_decode(codec, bad, n, back, sizeof back, &got, "test"), SOV_OK);
+    assert_non_null(strstr(sov_last_error(), "inconsistent chunk header"));
+}
+
 /* A header with a reserved byte or an unused plane entry set, resealed: refused, so each chunk has one header. */
 static void non_canonical_headers_are_refused(void **state) {
     (void)state;
     static float x[4096];
     gaussian(x, 4096, 12);
     size_t n, got;
-    assert_int_equal(sov_chunk_encode(codec, x, sizeof x, 4, out, &n), SOV_OK);
+    assert_int_equal(sov_chunk_encode(codec, x, sizeof x, 4, SOV_TRANSFORM_FLOAT, out, &n), SOV_OK);
     static uint8_t bad[SOV_CHUNK_HEADER_BYTES + sizeof x];
     const size_t offsets[] = {7, 40 + 4, 40 + 7, 48 + 4 * 4, 48 + 4 * 7 + 3, 80, 91, 103}; /* 4 planes in use */
     for (size_t e = 0; e < sizeof offsets / sizeof offsets[0]; e++) {
@@ -417,6 +477,7 @@ int main(void) {
         cmocka_unit_test(non_canonical_headers_are_refused),
         cmocka_unit_test(corruption_of_a_paired_chunk_is_detected),
         cmocka_unit_test(entropy_of_known_bytes),
+        cmocka_unit_test(every_dtype_round_trips),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -59,8 +59,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     }
 
     if (size >= 8) { /* round trip through the encoder */
-        static const int sizes[3] = {1, 2, 4};
-        int elem = sizes[data[0] % 3];
+        static const int sizes[7] = {1, 2, 4, 8, 2, 4, 8}; /* floats' planes, then integers' */
+        int elem = sizes[data[0] % 7];
+        int transform = elem == 1 ? SOV_TRANSFORM_NONE : data[0] % 7 < 4 ? SOV_TRANSFORM_FLOAT : SOV_TRANSFORM_INT;
         size_t n = size - 1 > MAX_RAW ? MAX_RAW : size - 1;
         memcpy(src, data + 1, n);
         size_t tiled = (size_t)elem * TILED_PLANE;
@@ -71,7 +72,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         }
         n -= n % (size_t)elem;
         size_t enc_bytes = 0;
-        if (sov_chunk_encode(codec, src, n, elem, encoded, &enc_bytes) != SOV_OK) {
+        if (sov_chunk_encode(codec, src, n, elem, transform, encoded, &enc_bytes) != SOV_OK) {
             fprintf(stderr, "fuzz_chunk: encode of %zu bytes (elements of %d) failed: %s\n", n, elem, sov_last_error());
             abort();
         }

@@ -63,8 +63,9 @@ static void build_fixture(void) {
         b[i] = (uint16_t)((x = x * 1103515245u + 12345u) >> 16);
     static uint8_t r0[FIX_GAP + SOV_CHUNK_HEADER_BYTES + sizeof b], v1[2 * SOV_CHUNK_HEADER_BYTES + sizeof a + sizeof b];
     sov_codec *c;
-    if (sov_codec_create(&c, 4096) != SOV_OK || sov_chunk_encode(c, a, sizeof a, 4, v1, &fix_a_bytes) != SOV_OK ||
-        sov_chunk_encode(c, b, sizeof b, 2, v1 + fix_a_bytes, &fix_b_bytes) != SOV_OK) {
+    if (sov_codec_create(&c, 4096) != SOV_OK ||
+        sov_chunk_encode(c, a, sizeof a, 4, SOV_TRANSFORM_FLOAT, v1, &fix_a_bytes) != SOV_OK ||
+        sov_chunk_encode(c, b, sizeof b, 2, SOV_TRANSFORM_FLOAT, v1 + fix_a_bytes, &fix_b_bytes) != SOV_OK) {
         fprintf(stderr, "fuzz_manifest: %s\n", sov_last_error());
         abort();
     }

@@ -22,28 +22,31 @@ static void usage(FILE *out) {
             "example: sovtrain launch -np 2 -- sovtrain train --epochs 5 --run-dir runs/demo\n");
 }
 
+/* Each subcommand: its name, the library function that runs it, and whether it computes with OpenBLAS. */
+static const struct command {
+    const char *name;
+    int (*run)(int argc, char **argv);
+    int computes;
+} commands[] = {
+    {"launch", sov_launch_main, 0}, {"train", sov_train_main, 1},    {"ckpt", sov_ckpt_main, 0},
+    {"sample", sov_sample_main, 1}, {"doctor", sov_doctor_main, 0},  {"version", sov_version_main, 0},
+    {"--version", sov_version_main, 0},
+    {"_rank", sov_rank_main, 0}, /* what `sovtrain launch` runs on each rank before the user's command */
+};
+
 int main(int argc, char **argv) {
     if (argc < 2) {
         usage(stderr);
         return 2;
     }
     const char *cmd = argv[1];
-    if (strcmp(cmd, "train") == 0 || strcmp(cmd, "sample") == 0)
-        sov_blas_choose_kernels(argv); /* may restart this process with faster kernels (runtime.h) */
-    if (strcmp(cmd, "train") == 0)
-        return sov_train_main(argc - 1, argv + 1);
-    if (strcmp(cmd, "doctor") == 0)
-        return sov_doctor_main(argc - 1, argv + 1);
-    if (strcmp(cmd, "_rank") == 0)
-        return sov_rank_main(argc - 1, argv + 1);
-    if (strcmp(cmd, "ckpt") == 0)
-        return sov_ckpt_main(argc - 1, argv + 1);
-    if (strcmp(cmd, "sample") == 0)
-        return sov_sample_main(argc - 1, argv + 1);
-    if (strcmp(cmd, "launch") == 0)
-        return sov_launch_main(argc - 1, argv + 1);
-    if (strcmp(cmd, "version") == 0 || strcmp(cmd, "--version") == 0)
-        return sov_version_main(argc - 1, argv + 1);
+    for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++) {
+        if (strcmp(cmd, commands[i].name) != 0)
+            continue;
+        if (commands[i].computes)
+            sov_blas_choose_kernels(argv); /* may restart this process with faster kernels (runtime.h) */
+        return commands[i].run(argc - 1, argv + 1);
+    }
     if (strcmp(cmd, "help") == 0 || strcmp(cmd, "-h") == 0 || strcmp(cmd, "--help") == 0) {
         usage(stdout);
         return 0;

@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# library_api.sh BUILD_DIR: libsovtrain as users see it, from an installation into a temporary prefix.
+# library_api.sh BUILD_DIR [CFLAGS]: libsovtrain as users see it, from an installation into a temporary prefix.
+# CFLAGS are added to the users' programs: a sanitizer build's library needs programs built with its sanitizer.
 #  1. every public header compiles alone, as C11 and as C++17, with nothing but the installed include directory;
 #  2. libsovtrain.so exports exactly the functions the public headers declare SOV_API, and has a SONAME;
 #  3. a program built with `pkg-config --cflags --libs sovtrain` alone links and runs, and so does one built with
 #     CMake's find_package(sovtrain); the installed `sovtrain` command finds its library.
 set -u
 build=$(realpath "$1")
+user_flags=${2:-}
 tmp=$(mktemp -d /tmp/sovtrain-libapi-XXXXXX)
 trap 'rm -rf "$tmp"' EXIT
 failures=0
@@ -65,7 +67,7 @@ int main(void) {
 C
 export PKG_CONFIG_PATH=$libdir/pkgconfig
 # shellcheck disable=SC2046 # pkg-config's output is a list of flags
-if gcc -std=c11 -Wall -Werror "$tmp/user.c" -o "$tmp/user" $(pkg-config --cflags --libs sovtrain) 2>"$tmp/err"; then
+if gcc -std=c11 -Wall -Werror $user_flags "$tmp/user.c" -o "$tmp/user" $(pkg-config --cflags --libs sovtrain) 2>"$tmp/err"; then
     out=$(LD_LIBRARY_PATH=$libdir "$tmp/user" 2>&1)
     grep -q "^sovtrain .*: rank 0 of 1; bf16 is 2 bytes" <<<"$out" && echo "pkg-config: $out" ||
         fail "the pkg-config-built program printed: $out"
@@ -81,7 +83,7 @@ find_package(sovtrain REQUIRED)
 add_executable(user user.c)
 target_link_libraries(user PRIVATE sovtrain::sovtrain)
 CM
-if cmake -S "$tmp/cm" -B "$tmp/cm/b" -DCMAKE_PREFIX_PATH="$prefix" >"$tmp/err" 2>&1 &&
+if cmake -S "$tmp/cm" -B "$tmp/cm/b" -DCMAKE_PREFIX_PATH="$prefix" -DCMAKE_C_FLAGS="$user_flags" >"$tmp/err" 2>&1 &&
     cmake --build "$tmp/cm/b" >>"$tmp/err" 2>&1; then
     out=$("$tmp/cm/b/user" 2>&1)
     grep -q "rank 0 of 1" <<<"$out" && echo "find_package: $out" || fail "the find_package-built program printed: $out"

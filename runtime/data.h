@@ -56,6 +56,9 @@ typedef struct sov_text {
     size_t train_len; /* [0, train_len) trains, [train_len, len) validates */
 } sov_text;
 
+/* Tokens are bytes: a language model trained on text has this vocabulary. */
+#define SOV_TEXT_VOCAB 256
+
 /* Default corpus: Debian's fortunes package. */
 #define SOV_FORTUNES_DIR "/usr/share/games/fortunes"
 

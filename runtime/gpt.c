@@ -327,25 +327,46 @@ static size_t carve(gpt *g, float *arena) {
     return total;
 }
 
+/* The GPT's own settings, by index into sov_model_config.values, and the largest value each accepts. */
+enum { GPT_LAYERS, GPT_HEADS, GPT_WIDTH, GPT_CONTEXT, GPT_NUM_SETTINGS };
+
+static const sov_model_setting gpt_settings[GPT_NUM_SETTINGS] = {
+    [GPT_LAYERS] = {"layers", "N", "4", "transformer blocks"},
+    [GPT_HEADS] = {"heads", "N", "4", "attention heads"},
+    [GPT_WIDTH] = {"width", "N", "128", "embedding width, a multiple of --heads"},
+    [GPT_CONTEXT] = {"context", "N", "128", "tokens per sequence"},
+};
+
+static const long gpt_setting_max[GPT_NUM_SETTINGS] = {
+    [GPT_LAYERS] = 256, [GPT_HEADS] = 256, [GPT_WIDTH] = 16384, [GPT_CONTEXT] = 8192,
+};
+
+/* The settings as numbers: each in 1..its maximum, and the heads splitting the width evenly. */
+static sov_status parse_settings(const sov_model_config *cfg, long *v) {
+    for (int i = 0; i < GPT_NUM_SETTINGS; i++) {
+        char flag[64];
+        snprintf(flag, sizeof flag, "--%s", gpt_settings[i].name);
+        SOV_CHECK(sov_parse_long(flag, cfg->values[i], 1, gpt_setting_max[i], &v[i]));
+    }
+    if (v[GPT_WIDTH] % v[GPT_HEADS] != 0)
+        return sov_fail(SOV_ERR_INVALID, "--width %ld is not a multiple of --heads %ld", v[GPT_WIDTH], v[GPT_HEADS]);
+    return SOV_OK;
+}
+
 static sov_status gpt_create(const sov_model_config *cfg, sov_model *m) {
+    long v[GPT_NUM_SETTINGS];
+    SOV_CHECK(parse_settings(cfg, v));
+    int context = (int)v[GPT_CONTEXT], width = (int)v[GPT_WIDTH];
     if (cfg->classes < 2 || cfg->classes > 1 << 20)
         return sov_fail(SOV_ERR_INVALID, "gpt: vocabulary (classes) %d outside 2..%d", cfg->classes, 1 << 20);
-    if (cfg->context < 1 || cfg->context > 8192)
-        return sov_fail(SOV_ERR_INVALID, "gpt: context %d outside 1..8192", cfg->context);
-    if (cfg->width < 1 || cfg->width > 65536)
-        return sov_fail(SOV_ERR_INVALID, "gpt: width %d outside 1..65536", cfg->width);
-    if (cfg->heads < 1 || cfg->heads > cfg->width || cfg->width % cfg->heads != 0)
-        return sov_fail(SOV_ERR_INVALID, "gpt: heads %d must divide width %d", cfg->heads, cfg->width);
-    if (cfg->layers < 1 || cfg->layers > 1024)
-        return sov_fail(SOV_ERR_INVALID, "gpt: layers %d outside 1..1024", cfg->layers);
-    if (cfg->max_batch < 1 || (long long)cfg->max_batch * cfg->context * 4 * cfg->width > INT_MAX)
+    if (cfg->max_batch < 1 || (long long)cfg->max_batch * context * 4 * width > INT_MAX)
         return sov_fail(SOV_ERR_INVALID, "gpt: batch %d outside 1..%lld for context %d and width %d", cfg->max_batch,
-                        (long long)INT_MAX / ((long long)cfg->context * 4 * cfg->width), cfg->context, cfg->width);
+                        (long long)INT_MAX / ((long long)context * 4 * width), context, width);
     gpt *g = sov_calloc(1, sizeof *g);
     if (!g)
         return SOV_ERR_NOMEM;
     m->impl = g;
-    *g = (gpt){.V = cfg->classes, .T = cfg->context, .C = cfg->width, .NH = cfg->heads, .L = cfg->layers,
+    *g = (gpt){.V = cfg->classes, .T = context, .C = width, .NH = (int)v[GPT_HEADS], .L = (int)v[GPT_LAYERS],
                .B = cfg->max_batch};
     SOV_CHECK(describe_tensors(m, g));
     if (!(g->arena = sov_aligned_alloc(carve(g, NULL) * sizeof(float))))
@@ -580,6 +601,9 @@ static sov_status gpt_next_logits(sov_model *m, const int32_t *tokens, int len, 
 
 const sov_model_ops sov_gpt_ops = {
     .name = "gpt",
+    .kind = SOV_MODEL_LANGUAGE,
+    .settings = gpt_settings,
+    .num_settings = GPT_NUM_SETTINGS,
     .create = gpt_create,
     .init = gpt_init,
     .train_step = gpt_train_step,

@@ -20,11 +20,15 @@ typedef struct mlp {
     float *delta[2];                 /* ping-pong gradients w.r.t. layer outputs */
 } mlp;
 
+const sov_model_setting sov_mlp_settings[SOV_MLP_NUM_SETTINGS] = {
+    [SOV_MLP_HIDDEN] = {"hidden", "W1,W2,...", "1024,1024", "hidden layer widths"},
+};
+
 sov_status sov_mlp_dims(const sov_model_config *cfg, int *dims, int *layers) {
     if (cfg->input_dim < 1 || cfg->classes < 2 || cfg->max_batch < 1)
         return sov_fail(SOV_ERR_INVALID, "mlp: bad shape (input %d, classes %d, batch %d)", cfg->input_dim,
                         cfg->classes, cfg->max_batch);
-    const char *spec = cfg->hidden ? cfg->hidden : "";
+    const char *spec = cfg->values[SOV_MLP_HIDDEN];
     dims[0] = cfg->input_dim;
     *layers = 0;
     for (const char *p = spec; *p;) {
@@ -208,6 +212,9 @@ static sov_status mlp_eval(sov_model *m, const sov_batch *b, double *loss_sum, l
 
 const sov_model_ops sov_mlp_ops = {
     .name = "mlp",
+    .kind = SOV_MODEL_CLASSIFIER,
+    .settings = sov_mlp_settings,
+    .num_settings = SOV_MLP_NUM_SETTINGS,
     .create = mlp_create,
     .init = sov_mlp_init_params,
     .train_step = mlp_train_step,

@@ -9,6 +9,10 @@
 
 #define MLP_MAX_LAYERS 16
 
+/* The MLP's own settings, the same for both implementations, by index into sov_model_config.values. */
+enum { SOV_MLP_HIDDEN, SOV_MLP_NUM_SETTINGS };
+extern const sov_model_setting sov_mlp_settings[SOV_MLP_NUM_SETTINGS];
+
 /* Layer widths from the config: dims[0] input, dims[1..layers-1] hidden (--hidden), dims[layers] classes. */
 sov_status sov_mlp_dims(const sov_model_config *cfg, int *dims, int *layers);
 /* Fills m->tensors, num_tensors, num_params: W_l [out, in] then b_l [out] for each layer, back to back. */

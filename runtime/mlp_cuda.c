@@ -250,6 +250,9 @@ static sov_status mlp_cuda_eval(sov_model *m, const sov_batch *b, double *loss_s
 
 const sov_model_ops sov_mlp_cuda_ops = {
     .name = "mlp",
+    .kind = SOV_MODEL_CLASSIFIER,
+    .settings = sov_mlp_settings,
+    .num_settings = SOV_MLP_NUM_SETTINGS,
     .create = mlp_cuda_create,
     .init = mlp_cuda_init,
     .train_step = mlp_cuda_train_step,

@@ -24,7 +24,7 @@ typedef struct sample_args {
 static void usage(FILE *out) {
     fprintf(out,
             "usage: sovtrain sample --ckpt PATH [options]\n"
-            "Generates text from a language model (--model gpt) checkpoint, byte by byte.\n"
+            "Generates text from a language model's checkpoint, byte by byte.\n"
             "  --ckpt PATH          a checkpoint (DIR/step-N) or a checkpoint directory (its newest checkpoint that\n"
             "                       verifies)\n"
             "  --prompt TEXT        text to continue (default: a newline)\n"
@@ -95,31 +95,75 @@ static int config_int(const json_t *cfg, const char *key) {
                : 0;
 }
 
+/* The built-in language models' names, ", "-separated. */
+static void language_models(char *out, size_t cap) {
+    size_t len = 0;
+    out[0] = '\0';
+    for (int i = 0; sov_model_builtin(i) && len < cap; i++)
+        if (sov_model_builtin(i)->kind == SOV_MODEL_LANGUAGE)
+            len += (size_t)snprintf(out + len, cap - len, "%s%s", len ? ", " : "", sov_model_builtin(i)->name);
+}
+
+/* The model meta.config names, when it generates text: a language model, with next_logits. */
+static sov_status find_language_model(const char *path, const char *name, const sov_model_ops **out) {
+    const sov_model_ops *ops = name ? sov_model_find(name) : NULL;
+    if (ops && ops->kind == SOV_MODEL_LANGUAGE && ops->next_logits) {
+        *out = ops;
+        return SOV_OK;
+    }
+    char names[256];
+    language_models(names, sizeof names);
+    return sov_fail(SOV_ERR_INVALID, "%s holds a%s %s model, which does not generate text; sample from a checkpoint of "
+                    "a language model (`sovtrain train --model NAME`, NAME one of: %s)", path,
+                    name && strchr("aeiou", name[0]) ? "n" : "", name ? name : "unnamed", names);
+}
+
+/* The model's settings as meta.config records them, by name, as text: strings, or integers in checkpoints
+ * written before settings were recorded as given (the GPT's). values[i] points into cfg or into text[i]. */
+static sov_status read_settings(const char *path, const json_t *cfg, const sov_model_ops *ops, const char **values,
+                                char (*text)[32]) {
+    for (int i = 0; i < ops->num_settings; i++) {
+        const char *name = ops->settings[i].name;
+        json_t *v = json_object_get(cfg, name);
+        if (json_is_integer(v)) {
+            snprintf(text[i], sizeof text[i], "%" JSON_INTEGER_FORMAT, json_integer_value(v));
+            values[i] = text[i];
+        } else if (!(values[i] = json_string_value(v))) {
+            return sov_fail(SOV_ERR_FORMAT, "%s: the manifest's meta.config lacks the %s model's setting \"%s\" "
+                            "(a string)", path, ops->name, name);
+        }
+    }
+    return SOV_OK;
+}
+
+/* The language model meta.config describes, built from its recorded settings. */
+static sov_status rebuild_model(const char *path, const json_t *cfg, sov_model **out, int *vocab) {
+    const sov_model_ops *ops = NULL;
+    SOV_CHECK(find_language_model(path, json_string_value(json_object_get(cfg, "model")), &ops));
+    *vocab = config_int(cfg, "vocab");
+    if (!*vocab)
+        return sov_fail(SOV_ERR_FORMAT, "%s: the manifest's meta.config lacks the vocabulary size (vocab)", path);
+    const char **values = sov_calloc((size_t)ops->num_settings + 1, sizeof *values);
+    char(*text)[32] = sov_calloc((size_t)ops->num_settings + 1, sizeof *text);
+    sov_status st = values && text ? read_settings(path, cfg, ops, values, text) : SOV_ERR_NOMEM;
+    sov_model_config mc = {.classes = *vocab, .max_batch = 1, .values = values};
+    if (st == SOV_OK)
+        st = sov_model_create(ops->name, &mc, NULL, out);
+    free(values);
+    free(text);
+    return st;
+}
+
 /* The model the checkpoint holds, with its parameters. */
-static sov_status load_model(const char *path, sov_model **out, long *step, sov_model_config *shape) {
+static sov_status load_model(const char *path, sov_model **out, long *step, int *vocab) {
     sov_ckpt *c;
     SOV_CHECK(sov_ckpt_open(path, &c));
     const json_t *cfg = json_object_get(json_object_get(sov_ckpt_manifest(c), "meta"), "config");
-    const char *name = json_string_value(json_object_get(cfg, "model"));
-    sov_model_config mc = {.classes = config_int(cfg, "vocab"), .max_batch = 1, .layers = config_int(cfg, "layers"),
-                           .heads = config_int(cfg, "heads"), .width = config_int(cfg, "width"),
-                           .context = config_int(cfg, "context")};
-    const sov_model_ops *ops = name ? sov_model_find(name) : NULL;
-    sov_status st = SOV_OK;
-    if (!ops || !ops->next_logits)
-        st = sov_fail(SOV_ERR_INVALID, "%s holds a%s %s model, which does not generate text; sample from a checkpoint "
-                      "of `sovtrain train --model gpt`", path, name && strchr("aeiou", name[0]) ? "n" : "",
-                      name ? name : "unnamed");
-    else if (!mc.classes || !mc.layers || !mc.heads || !mc.width || !mc.context)
-        st = sov_fail(SOV_ERR_FORMAT, "%s: the manifest's meta.config lacks the model's shape (vocab, layers, heads, "
-                      "width, context)", path);
     sov_model *m = NULL;
-    if (st == SOV_OK)
-        st = sov_model_create(name, &mc, NULL, &m);
+    sov_status st = rebuild_model(path, cfg, &m, vocab);
     if (st == SOV_OK)
         st = sov_ckpt_read_buffer(c, "params", SOV_CKPT_F32, m->params, m->num_params);
     *step = sov_ckpt_step(c);
-    *shape = mc;
     sov_ckpt_close(c);
     if (st != SOV_OK) {
         sov_model_destroy(m);
@@ -209,15 +253,15 @@ int sov_sample_main(int argc, char **argv) {
         a.prompt = "\n";
     char path[4200];
     sov_model *m = NULL;
-    sov_model_config shape;
+    int vocab = 0;
     long step = 0;
     sov_status st = resolve(a.ckpt, path, sizeof path);
     if (st == SOV_OK)
-        st = load_model(path, &m, &step, &shape);
+        st = load_model(path, &m, &step, &vocab);
     if (st == SOV_OK) {
         fprintf(stderr, "sovtrain sample: %s (step %ld), %zu parameters, temperature %g\n", path, step, m->num_params,
                 a.temperature);
-        st = generate(m, &a, shape.context, shape.classes);
+        st = generate(m, &a, m->predictions_per_sample, vocab);
     }
     sov_model_destroy(m);
     if (st != SOV_OK) {

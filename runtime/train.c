@@ -5,6 +5,7 @@
  * ranks before every rank applies the same optimizer update, so replicas stay bitwise identical; the job checks
  * that at the end. */
 #include "blas_kernels.h"
+#include "registry.h"
 #include "trainer.h"
 
 #include <cblas.h>
@@ -26,10 +27,8 @@ static int default_threads(const sov_world *w) {
 }
 
 static sov_status load_data(trainer *t) {
-    if (t->lm) {
-        SOV_CHECK(sov_text_load(t->args.data_dir, &t->text));
-        return sov_text_check_context(&t->text, t->args.context);
-    }
+    if (t->lm)
+        return sov_text_load(t->args.data_dir, &t->text);
     SOV_CHECK(sov_mnist_load(t->args.data_dir, "train", &t->train));
     SOV_CHECK(sov_mnist_load(t->args.data_dir, "t10k", &t->test));
     if (t->test.dim != t->train.dim)
@@ -40,17 +39,25 @@ static sov_status load_data(trainer *t) {
 
 /* Training samples in one epoch: images, or for text the number of disjoint windows the training split holds. */
 static long train_samples(const trainer *t) {
-    return t->lm ? (long)(t->text.train_len / (size_t)t->args.context) : t->train.count;
+    return t->lm ? (long)(t->text.train_len / (size_t)t->context) : t->train.count;
 }
 
+/* Each rank's share of the global batch, which the model is created for. */
+static sov_status split_batch(trainer *t) {
+    if (t->args.batch % t->world.size != 0)
+        return sov_fail(SOV_ERR_INVALID, "--batch %d (the global batch) must be a multiple of the %d ranks",
+                        t->args.batch, t->world.size);
+    t->local_batch = t->args.batch / t->world.size;
+    return SOV_OK;
+}
+
+/* Steps, epochs and evaluations, from the training samples there are (for text, windows of the model's context). */
 static sov_status plan_steps(trainer *t) {
     const sov_train_args *a = &t->args;
-    if (a->batch % t->world.size != 0)
-        return sov_fail(SOV_ERR_INVALID, "--batch %d (the global batch) must be a multiple of the %d ranks", a->batch,
-                        t->world.size);
+    if (t->lm)
+        SOV_CHECK(sov_text_check_context(&t->text, t->context));
     if (a->batch > train_samples(t))
         return sov_fail(SOV_ERR_INVALID, "--batch %d exceeds the %ld training samples", a->batch, train_samples(t));
-    t->local_batch = a->batch / t->world.size;
     t->steps_per_epoch = train_samples(t) / a->batch;
     t->total_steps = a->steps ? a->steps : a->epochs * t->steps_per_epoch;
     t->eval_every = a->eval_every ? a->eval_every : t->steps_per_epoch;
@@ -107,22 +114,27 @@ static sov_status init_from_file(trainer *t) {
     return SOV_OK;
 }
 
+/* The model, initialised (or from --init-from) and the same on every rank. */
 static sov_status build_model(trainer *t) {
     const sov_train_args *a = &t->args;
-    sov_model_config cfg = {.input_dim = t->train.dim, .classes = t->lm ? 256 : t->train.classes, .hidden = a->hidden,
-                            .max_batch = t->local_batch, .layers = a->layers, .heads = a->heads, .width = a->width,
-                            .context = a->context, .device = t->dev, .bf16 = a->bf16};
+    sov_model_config cfg = {.input_dim = t->train.dim, .classes = t->lm ? SOV_TEXT_VOCAB : t->train.classes,
+                            .max_batch = t->local_batch, .device = t->dev, .bf16 = a->bf16, .values = a->settings};
     sov_allocator memory = {.alloc = comm_alloc, .free = comm_free, .ctx = t->comm};
     if (t->dev)
         memory = (sov_allocator){.alloc = device_alloc, .free = device_free, .ctx = t->dev};
-    SOV_CHECK(sov_model_create(t->args.model, &cfg, &memory, &t->model));
+    SOV_CHECK(sov_model_create(a->model, &cfg, &memory, &t->model));
+    t->context = t->lm ? t->model->predictions_per_sample : 0;
     sov_buckets_init(&t->buckets, t->comm, t->model->grads, t->model->num_params,
-                     (size_t)(t->args.bucket_cap_mb * 1048576.0));
-    t->model->ops->init(t->model, t->args.seed);
-    if (t->args.init_from)
+                     (size_t)(a->bucket_cap_mb * 1048576.0));
+    t->model->ops->init(t->model, a->seed);
+    if (a->init_from)
         SOV_CHECK(init_from_file(t));
     /* Same seed gives the same weights everywhere; broadcasting rank 0's makes replicas identical regardless. */
-    SOV_CHECK(sov_comm_broadcast(t->comm, t->model->params, t->model->num_params, SOV_F32, 0));
+    return sov_comm_broadcast(t->comm, t->model->params, t->model->num_params, SOV_F32, 0);
+}
+
+/* The optimizer's state and this rank's batch buffers. */
+static sov_status prepare_training(trainer *t) {
     SOV_CHECK(sov_optim_init(&t->opt, &t->args.optim, t->model->num_params, t->dev));
     size_t per_sample = (size_t)t->model->predictions_per_sample;
     if (t->lm)
@@ -131,6 +143,13 @@ static sov_status build_model(trainer *t) {
         t->x = sov_aligned_alloc((size_t)t->local_batch * (size_t)t->train.dim * sizeof(float));
     t->y = sov_calloc((size_t)t->local_batch * per_sample, sizeof *t->y);
     return (t->lm ? t->tokens != NULL : t->x != NULL) && t->y ? SOV_OK : SOV_ERR_NOMEM;
+}
+
+json_t *sov_trainer_settings_json(const sov_train_args *a) {
+    json_t *settings = json_object();
+    for (int i = 0; i < a->ops->num_settings; i++)
+        json_object_set_new(settings, a->ops->settings[i].name, json_string(a->settings[i]));
+    return settings;
 }
 
 static sov_status emit_start(trainer *t) {
@@ -155,15 +174,10 @@ static sov_status emit_start(trainer *t) {
                            "optimizer", a->optim.kind == SOV_OPTIM_ADAMW ? "adamw" : "sgd", "lr", (double)a->optim.lr,
                            "comm", sov_comm_backend_name(sov_comm_backend_of(t->comm)), "seed", (json_int_t)a->seed);
     json_object_set_new(ev, "blas_kernels", json_string(sov_blas_kernels()));
+    json_object_set_new(ev, "settings", sov_trainer_settings_json(a));
     if (t->lm) {
-        json_object_set_new(ev, "layers", json_integer(a->layers));
-        json_object_set_new(ev, "heads", json_integer(a->heads));
-        json_object_set_new(ev, "width", json_integer(a->width));
-        json_object_set_new(ev, "context", json_integer(a->context));
         json_object_set_new(ev, "train_bytes", json_integer((json_int_t)t->text.train_len));
         json_object_set_new(ev, "val_bytes", json_integer((json_int_t)(t->text.len - t->text.train_len)));
-    } else {
-        json_object_set_new(ev, "hidden", json_string(a->hidden));
     }
     json_object_set_new(ev, "bucket_cap_mb", json_real(a->bucket_cap_mb));
     json_object_set_new(ev, "device", json_string(t->dev ? "cuda" : "cpu"));
@@ -180,7 +194,7 @@ static const char *held_out_acc_key(const trainer *t) { return t->lm ? "val_acc"
 /* Samples [first, first + m) of the held-out set (test images, or validation windows) as a batch. */
 static sov_batch held_out_batch(trainer *t, int first, int m, int32_t *idx) {
     if (t->lm) {
-        sov_text_val_batch(&t->text, first, m, t->args.context, t->tokens, t->y);
+        sov_text_val_batch(&t->text, first, m, t->context, t->tokens, t->y);
         return (sov_batch){.n = m, .tokens = t->tokens, .y = t->y};
     }
     for (int k = 0; k < m; k++)
@@ -192,7 +206,7 @@ static sov_batch held_out_batch(trainer *t, int first, int m, int32_t *idx) {
 /* Loss and accuracy over the whole held-out set (per prediction: per image, or per byte of validation text);
  * rank r evaluates its contiguous share. */
 static sov_status evaluate(trainer *t, long step) {
-    int n = t->lm ? sov_text_val_windows(&t->text, t->args.context) : t->test.count;
+    int n = t->lm ? sov_text_val_windows(&t->text, t->context) : t->test.count;
     int lo = (int)((long)n * t->world.rank / t->world.size), hi = (int)((long)n * (t->world.rank + 1) / t->world.size);
     double sums[3] = {0.0, 0.0, (double)(hi - lo) * t->model->predictions_per_sample}; /* loss, correct, predictions */
     int32_t *idx = sov_calloc((size_t)t->local_batch, sizeof *idx);
@@ -253,7 +267,7 @@ static sov_status report_progress(trainer *t, long step, double *loss_acc, long 
 static sov_batch train_batch(trainer *t, long step) {
     if (t->lm) {
         sov_text_train_batch(&t->text, t->args.seed, step, t->args.batch, t->world.rank, t->local_batch,
-                             t->args.context, t->tokens, t->y);
+                             t->context, t->tokens, t->y);
         return (sov_batch){.n = t->local_batch, .tokens = t->tokens, .y = t->y};
     }
     const int32_t *idx = sov_sampler_batch(&t->sampler, step, t->args.batch, t->world.rank, t->local_batch);
@@ -385,10 +399,12 @@ static sov_status run(trainer *t) {
     double start = sov_now();
     openblas_set_num_threads(t->args.threads ? t->args.threads : default_threads(&t->world));
     SOV_CHECK(load_data(t));
+    SOV_CHECK(split_batch(t));
+    SOV_CHECK(build_model(t));
     SOV_CHECK(plan_steps(t));
     if (!t->lm)
         SOV_CHECK(sov_sampler_init(&t->sampler, t->train.count, t->args.seed));
-    SOV_CHECK(build_model(t));
+    SOV_CHECK(prepare_training(t));
     if (t->world.rank == 0)
         SOV_CHECK(sov_metrics_open(&t->metrics, t->args.run_dir));
     SOV_CHECK(sov_trainer_ckpt_init(t));
@@ -435,9 +451,12 @@ static sov_status choose_device(trainer *t) {
                             : SOV_OK;
     if (!sov_device_cuda_built())
         return sov_device_open(&t->dev, t->world.local_rank); /* fails, saying this build has no CUDA */
-    if (!sov_model_find_cuda(t->args.model))
-        return sov_fail(SOV_ERR_INVALID, "--device cuda: the %s model has no CUDA implementation yet (only mlp has); "
-                        "use --device cpu", t->args.model);
+    if (!sov_model_find_cuda(t->args.model)) {
+        char names[256];
+        sov_model_names(1, names, sizeof names);
+        return sov_fail(SOV_ERR_INVALID, "--device cuda: the %s model has no CUDA implementation yet (models with "
+                        "one: %s); use --device cpu", t->args.model, names);
+    }
     sov_comm_backend b = t->args.comm;
     if (b != SOV_COMM_AUTO && b != SOV_COMM_NCCL && b != SOV_COMM_SELF)
         return sov_fail(SOV_ERR_INVALID, "--device cuda keeps gradients in GPU memory, which the %s backend cannot "
@@ -455,7 +474,7 @@ int sov_train_main(int argc, char **argv) {
         sov_train_usage(stdout);
         return 0;
     }
-    t.lm = sov_train_is_lm(&t.args);
+    t.lm = t.args.ops->kind == SOV_MODEL_LANGUAGE;
     if (sov_world_from_env(&t.world) != SOV_OK) {
         fprintf(stderr, "sovtrain train: %s\n", sov_last_error());
         return 2;

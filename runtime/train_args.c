@@ -2,6 +2,7 @@
  * error that names the flag, never a silent default. */
 #include "train_args.h"
 #include "data.h"
+#include "registry.h"
 
 #include <errno.h>
 #include <getopt.h>
@@ -10,27 +11,54 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* What the trainer feeds a model of this kind. */
+static const char *kind_summary(sov_model_kind kind) {
+    return kind == SOV_MODEL_LANGUAGE ? "a byte-level language model, on text" : "a classifier, on Fashion-MNIST";
+}
+
+/* One line per setting, "--NAME VALUE" padded to the help column (or alone on its line when too wide). */
+static void usage_setting(FILE *out, const sov_model_ops *ops, const sov_model_setting *s) {
+    char flag[128];
+    int n = snprintf(flag, sizeof flag, "--%s %s", s->name, s->value_name);
+    if (n < 0 || n > 21)
+        fprintf(out, "  %s\n%24s", flag, "");
+    else
+        fprintf(out, "  %-21s ", flag);
+    fprintf(out, "%s: %s (default %s)\n", ops->name, s->help, s->default_value);
+}
+
+/* The built-in models, then each one's settings, from the registry. */
+static void usage_models(FILE *out) {
+    for (int i = 0; sov_model_builtin(i); i++)
+        fprintf(out, "                          %-7s %s\n", sov_model_builtin(i)->name,
+                kind_summary(sov_model_builtin(i)->kind));
+    for (int i = 0; sov_model_builtin(i); i++)
+        for (int j = 0; j < sov_model_builtin(i)->num_settings; j++)
+            usage_setting(out, sov_model_builtin(i), &sov_model_builtin(i)->settings[j]);
+}
+
 void sov_train_usage(FILE *out) {
     fprintf(out,
             "usage: sovtrain train [options]\n"
             "One rank of a data-parallel training job (runs alone as a single rank, or under `sovtrain launch`).\n"
             "\n"
             "model and data:\n"
-            "  --model NAME          built-in model: mlp (Fashion-MNIST classifier) or gpt (byte-level language\n"
-            "                        model) (default mlp)\n"
-            "  --hidden W1,W2,...    MLP hidden layer widths (default 1024,1024)\n"
-            "  --layers N --heads N --width N --context N\n"
-            "                        GPT blocks, attention heads, embedding width (a multiple of heads) and\n"
-            "                        tokens per sequence (default 4, 4, 128, 128)\n"
-            "  --data PATH           mlp: directory of Fashion-MNIST IDX files (default\n"
-            "                        /usr/share/datasets/fashion-mnist); gpt: a text file, or a directory whose *.u8\n"
-            "                        files (else all files) are concatenated, 95 %% train / 5 %% validation (default\n"
-            "                        /usr/share/games/fortunes)\n"
+            "  --model NAME          built-in model (default mlp):\n");
+    usage_models(out);
+    char cuda_models[256];
+    sov_model_names(1, cuda_models, sizeof cuda_models);
+    if (!cuda_models[0])
+        snprintf(cuda_models, sizeof cuda_models, "none in this build");
+    fprintf(out,
+            "  --data PATH           a classifier: directory of Fashion-MNIST IDX files (default\n"
+            "                        /usr/share/datasets/fashion-mnist); a language model: a text file, or a directory\n"
+            "                        whose *.u8 files (else all files) are concatenated, 95 %% train / 5 %% validation\n"
+            "                        (default /usr/share/games/fortunes)\n"
             "  --seed N              seed for initialisation and data order (default 1)\n"
             "  --init-from FILE      start from the parameters in a safetensors file (e.g. `sovtrain ckpt export`)\n"
             "training:\n"
-            "  --batch N             GLOBAL batch size (samples; sequences for gpt), split evenly over the ranks\n"
-            "                        (default 128)\n"
+            "  --batch N             GLOBAL batch size (samples; sequences for a language model), split evenly over\n"
+            "                        the ranks (default 128)\n"
             "  --epochs N            passes over the training set (default 10)\n"
             "  --steps N             total optimizer steps (overrides --epochs)\n"
             "  --optimizer adamw|sgd (default adamw)\n"
@@ -45,7 +73,7 @@ void sov_train_usage(FILE *out) {
             "  --device cpu|cuda|auto\n"
             "                        where the model computes (default auto, or $SOVTRAIN_DEVICE): auto picks cuda\n"
             "                        when every rank on this host gets a GPU of its own and the model has a CUDA\n"
-            "                        implementation (mlp), else cpu; cuda fails with the reason when it cannot\n"
+            "                        implementation (%s), else cpu; cuda fails with the reason when it cannot\n"
             "  --precision f32|bf16  bf16: matrix products on bf16 copies of weights and activations, accumulated\n"
             "                        in f32, with f32 master weights, gradients and optimizer state (GPU only;\n"
             "                        default f32)\n"
@@ -76,7 +104,7 @@ void sov_train_usage(FILE *out) {
             "  --eval-every N        evaluate on the test set every N steps (default: every epoch) and at the end\n"
             "  --log-every N         progress line every N steps (default 50)\n"
             "  --dump-params FILE    rank 0 writes the final parameters as raw little-endian f32\n"
-            "  -h, --help            this text\n");
+            "  -h, --help            this text\n", cuda_models);
 }
 
 static sov_status parse_double(const char *flag, const char *s, double lo, double hi, double *out) {
@@ -98,26 +126,27 @@ static sov_status parse_float(const char *flag, const char *s, double lo, double
 
 static void set_defaults(sov_train_args *a) {
     *a = (sov_train_args){
-        .model = "mlp", .hidden = "1024,1024", .layers = 4, .heads = 4, .width = 128, .context = 128,
-        .run_dir = "runs/train", .epochs = 10, .comm_timeout = 300.0, .bucket_cap_mb = 25.0, .keep = 3, .ckpt_threads = 2,
-        .stop_on_ckpt_error = 1, .batch = 128, .seed = 1, .log_every = 50,
+        .model = "mlp", .run_dir = "runs/train", .epochs = 10, .comm_timeout = 300.0, .bucket_cap_mb = 25.0,
+        .keep = 3, .ckpt_threads = 2, .stop_on_ckpt_error = 1, .batch = 128, .seed = 1, .log_every = 50,
         .optim = {.kind = SOV_OPTIM_ADAMW, .lr = 1e-3f, .momentum = 0.9f, .beta1 = 0.9f, .beta2 = 0.999f,
                   .eps = 1e-8f, .weight_decay = 0.01f, .warmup_steps = 100, .min_lr_ratio = 0.01f},
     };
 }
 
 enum {
-    OPT_MODEL = 256, OPT_HIDDEN, OPT_DATA, OPT_SEED, OPT_BATCH, OPT_EPOCHS, OPT_STEPS, OPT_OPTIMIZER, OPT_LR,
+    OPT_MODEL = 256, OPT_DATA, OPT_SEED, OPT_BATCH, OPT_EPOCHS, OPT_STEPS, OPT_OPTIMIZER, OPT_LR,
     OPT_WARMUP, OPT_MINLR, OPT_WD, OPT_MOMENTUM, OPT_BETA1, OPT_BETA2, OPT_CLIP, OPT_COMM, OPT_THREADS,
     OPT_RUNDIR, OPT_EVAL, OPT_LOG, OPT_DUMP, OPT_COMM_TIMEOUT, OPT_BUCKET, OPT_CKPT_DIR, OPT_CKPT_EVERY, OPT_CKPT_EVERY_S, OPT_KEEP, OPT_CKPT_THREADS,
-    OPT_RESUME, OPT_ON_CKPT_ERROR, OPT_INIT_FROM, OPT_LAYERS, OPT_HEADS, OPT_WIDTH, OPT_CONTEXT, OPT_DEVICE, OPT_PRECISION, OPT_STOP_EXIT
+    OPT_RESUME, OPT_ON_CKPT_ERROR, OPT_INIT_FROM, OPT_DEVICE, OPT_PRECISION, OPT_STOP_EXIT,
+    OPT_SETTING /* + k: the k-th distinct name among the models' settings */
 };
 
-static const struct option long_opts[] = {
-    {"model", required_argument, 0, OPT_MODEL}, {"hidden", required_argument, 0, OPT_HIDDEN},
-    {"data", required_argument, 0, OPT_DATA}, {"seed", required_argument, 0, OPT_SEED},
-    {"batch", required_argument, 0, OPT_BATCH}, {"epochs", required_argument, 0, OPT_EPOCHS},
-    {"steps", required_argument, 0, OPT_STEPS}, {"optimizer", required_argument, 0, OPT_OPTIMIZER},
+/* The trainer's own flags; the models' settings follow them in the table that parsing builds. */
+static const struct option trainer_opts[] = {
+    {"model", required_argument, 0, OPT_MODEL}, {"data", required_argument, 0, OPT_DATA},
+    {"seed", required_argument, 0, OPT_SEED}, {"batch", required_argument, 0, OPT_BATCH},
+    {"epochs", required_argument, 0, OPT_EPOCHS}, {"steps", required_argument, 0, OPT_STEPS},
+    {"optimizer", required_argument, 0, OPT_OPTIMIZER},
     {"lr", required_argument, 0, OPT_LR}, {"warmup-steps", required_argument, 0, OPT_WARMUP},
     {"min-lr-ratio", required_argument, 0, OPT_MINLR}, {"weight-decay", required_argument, 0, OPT_WD},
     {"momentum", required_argument, 0, OPT_MOMENTUM}, {"beta1", required_argument, 0, OPT_BETA1},
@@ -130,21 +159,15 @@ static const struct option long_opts[] = {
     {"ckpt-every-s", required_argument, 0, OPT_CKPT_EVERY_S}, {"keep", required_argument, 0, OPT_KEEP},
     {"ckpt-threads", required_argument, 0, OPT_CKPT_THREADS}, {"resume", required_argument, 0, OPT_RESUME},
     {"on-ckpt-error", required_argument, 0, OPT_ON_CKPT_ERROR}, {"init-from", required_argument, 0, OPT_INIT_FROM},
-    {"layers", required_argument, 0, OPT_LAYERS}, {"heads", required_argument, 0, OPT_HEADS},
-    {"width", required_argument, 0, OPT_WIDTH}, {"context", required_argument, 0, OPT_CONTEXT},
     {"device", required_argument, 0, OPT_DEVICE}, {"precision", required_argument, 0, OPT_PRECISION},
-    {"stop-exit-code", required_argument, 0, OPT_STOP_EXIT}, {"help", no_argument, 0, 'h'}, {0, 0, 0, 0},
+    {"stop-exit-code", required_argument, 0, OPT_STOP_EXIT}, {"help", no_argument, 0, 'h'},
 };
+#define NUM_TRAINER_OPTS (int)(sizeof trainer_opts / sizeof *trainer_opts)
 
 static sov_status apply(int opt, const char *v, sov_train_args *a) {
     long n;
     switch (opt) {
     case OPT_MODEL: a->model = v; return SOV_OK;
-    case OPT_HIDDEN: a->hidden = v; return SOV_OK;
-    case OPT_LAYERS: SOV_CHECK(sov_parse_long("--layers", v, 1, 256, &n)); a->layers = (int)n; return SOV_OK;
-    case OPT_HEADS: SOV_CHECK(sov_parse_long("--heads", v, 1, 256, &n)); a->heads = (int)n; return SOV_OK;
-    case OPT_WIDTH: SOV_CHECK(sov_parse_long("--width", v, 1, 16384, &n)); a->width = (int)n; return SOV_OK;
-    case OPT_CONTEXT: SOV_CHECK(sov_parse_long("--context", v, 1, 65536, &n)); a->context = (int)n; return SOV_OK;
     case OPT_DATA: a->data_dir = v; return SOV_OK;
     case OPT_RUNDIR: a->run_dir = v; return SOV_OK;
     case OPT_DUMP: a->dump_params = v; return SOV_OK;
@@ -200,7 +223,135 @@ static sov_status apply(int opt, const char *v, sov_train_args *a) {
     return sov_fail(SOV_ERR_INTERNAL, "unhandled option %d", opt);
 }
 
-int sov_train_is_lm(const sov_train_args *a) { return strcmp(a->model, "gpt") == 0; }
+/* The flags of every built-in model's settings, after the trainer's own: one per distinct name (two models may
+ * share one), and the value the command line gave each. */
+typedef struct setting_flags {
+    struct option *table; /* trainer_opts, then flag k as OPT_SETTING + k, then the terminator */
+    const char **given;   /* given[k]: flag k's value on the command line, or NULL */
+    int count;
+} setting_flags;
+
+static const char *setting_flag_name(const setting_flags *f, int k) { return f->table[NUM_TRAINER_OPTS + k].name; }
+
+static int find_option(const struct option *table, int n, const char *name) {
+    for (int i = 0; i < n; i++)
+        if (strcmp(table[i].name, name) == 0)
+            return i;
+    return -1;
+}
+
+/* A checkpoint's meta.config holds the model's settings beside these keys of the job (train_ckpt.c). */
+static const char *const job_config_keys[] = {"num_params", "global_batch", "total_steps", "vocab"};
+
+static sov_status add_setting_flag(setting_flags *f, const sov_model_ops *ops, const char *name) {
+    int at = find_option(f->table, NUM_TRAINER_OPTS + f->count, name);
+    int taken = at >= 0 && at < NUM_TRAINER_OPTS;
+    for (size_t i = 0; i < sizeof job_config_keys / sizeof *job_config_keys; i++)
+        taken |= strcmp(job_config_keys[i], name) == 0;
+    if (taken)
+        return sov_fail(SOV_ERR_INTERNAL, "the %s model's setting \"%s\" is also a flag of sovtrain train or a key of "
+                        "a checkpoint's meta.config: rename the setting", ops->name, name);
+    if (at < 0) {
+        f->table[NUM_TRAINER_OPTS + f->count] = (struct option){name, required_argument, 0, OPT_SETTING + f->count};
+        f->count++;
+    }
+    return SOV_OK;
+}
+
+/* The option table for getopt_long: the trainer's flags and every built-in model's settings (free the arrays). */
+static sov_status build_setting_flags(setting_flags *f) {
+    size_t total = 0;
+    for (int i = 0; sov_model_builtin(i); i++)
+        total += (size_t)sov_model_builtin(i)->num_settings;
+    *f = (setting_flags){.table = sov_calloc(NUM_TRAINER_OPTS + total + 1, sizeof *f->table),
+                         .given = sov_calloc(total + 1, sizeof *f->given)};
+    if (!f->table || !f->given)
+        return SOV_ERR_NOMEM;
+    memcpy(f->table, trainer_opts, sizeof trainer_opts);
+    for (int i = 0; sov_model_builtin(i); i++) {
+        const sov_model_ops *ops = sov_model_builtin(i);
+        for (int j = 0; j < ops->num_settings; j++)
+            SOV_CHECK(add_setting_flag(f, ops, ops->settings[j].name));
+    }
+    return SOV_OK;
+}
+
+static int setting_index(const sov_model_ops *ops, const char *name) {
+    for (int j = 0; j < ops->num_settings; j++)
+        if (strcmp(ops->settings[j].name, name) == 0)
+            return j;
+    return -1;
+}
+
+/* A setting flag that the chosen model lacks: which models have it. */
+static sov_status foreign_setting(const char *name, const sov_train_args *a) {
+    char owners[256] = "";
+    size_t len = 0;
+    int count = 0;
+    for (int i = 0; sov_model_builtin(i) && len < sizeof owners; i++)
+        if (setting_index(sov_model_builtin(i), name) >= 0) {
+            len += (size_t)snprintf(owners + len, sizeof owners - len, "%s%s", count ? " or " : "",
+                                    sov_model_builtin(i)->name);
+            count++;
+        }
+    return sov_fail(SOV_ERR_INVALID, "--%s is a setting of the %s model%s, not of %s (--model %s): drop --%s, or "
+                    "choose --model %s", name, owners, count > 1 ? "s" : "", a->model, a->model, name, owners);
+}
+
+/* The chosen model's settings: as the command line gave them, else the defaults of its table. */
+static sov_status resolve_settings(const setting_flags *f, sov_train_args *a) {
+    const sov_model_ops *ops = a->ops;
+    if (ops->num_settings > SOV_TRAIN_MAX_SETTINGS)
+        return sov_fail(SOV_ERR_INTERNAL, "the %s model has %d settings; sovtrain train takes at most %d", ops->name,
+                        ops->num_settings, SOV_TRAIN_MAX_SETTINGS);
+    for (int j = 0; j < ops->num_settings; j++)
+        a->settings[j] = ops->settings[j].default_value;
+    for (int k = 0; k < f->count; k++) {
+        if (!f->given[k])
+            continue;
+        int j = setting_index(ops, setting_flag_name(f, k));
+        if (j < 0)
+            return foreign_setting(setting_flag_name(f, k), a);
+        a->settings[j] = f->given[k];
+    }
+    return SOV_OK;
+}
+
+static sov_status parse_flags(int argc, char **argv, setting_flags *f, sov_train_args *a) {
+    optind = 1;
+    opterr = 0;
+    int opt;
+    while ((opt = getopt_long(argc, argv, ":h", f->table, NULL)) != -1) {
+        if (opt == 'h') {
+            a->help = 1;
+            return SOV_OK;
+        }
+        if (opt == '?')
+            return sov_fail(SOV_ERR_INVALID, "unknown option \"%s\"", argv[optind - 1]);
+        if (opt == ':')
+            return sov_fail(SOV_ERR_INVALID, "option \"%s\" needs a value", argv[optind - 1]);
+        if (opt >= OPT_SETTING)
+            f->given[opt - OPT_SETTING] = optarg;
+        else
+            SOV_CHECK(apply(opt, optarg, a));
+    }
+    if (optind < argc)
+        return sov_fail(SOV_ERR_INVALID, "unexpected argument \"%s\"", argv[optind]);
+    return SOV_OK;
+}
+
+/* The model --model names, with its settings. */
+static sov_status choose_model(const setting_flags *f, sov_train_args *a) {
+    if (!(a->ops = sov_model_find(a->model))) {
+        char names[256];
+        sov_model_names(0, names, sizeof names);
+        return sov_fail(SOV_ERR_INVALID, "unknown model \"%s\" (built-in: %s)", a->model, names);
+    }
+    SOV_CHECK(resolve_settings(f, a));
+    if (!a->data_dir)
+        a->data_dir = a->ops->kind == SOV_MODEL_LANGUAGE ? SOV_FORTUNES_DIR : SOV_FASHION_MNIST_DIR;
+    return SOV_OK;
+}
 
 sov_status sov_train_args_parse(int argc, char **argv, sov_train_args *a) {
     set_defaults(a);
@@ -213,27 +364,13 @@ sov_status sov_train_args_parse(int argc, char **argv, sov_train_args *a) {
     env = getenv("SOVTRAIN_RESUME"); /* set by `sovtrain launch` when it restarts a failed job */
     if (env && *env)
         a->resume = env;
-    optind = 1;
-    opterr = 0;
-    int opt;
-    while ((opt = getopt_long(argc, argv, ":h", long_opts, NULL)) != -1) {
-        if (opt == 'h') {
-            a->help = 1;
-            return SOV_OK;
-        }
-        if (opt == '?')
-            return sov_fail(SOV_ERR_INVALID, "unknown option \"%s\"", argv[optind - 1]);
-        if (opt == ':')
-            return sov_fail(SOV_ERR_INVALID, "option \"%s\" needs a value", argv[optind - 1]);
-        SOV_CHECK(apply(opt, optarg, a));
-    }
-    if (optind < argc)
-        return sov_fail(SOV_ERR_INVALID, "unexpected argument \"%s\"", argv[optind]);
-    if (!sov_model_find(a->model))
-        return sov_fail(SOV_ERR_INVALID, "unknown model \"%s\" (built-in: mlp, gpt)", a->model);
-    if (a->width % a->heads != 0)
-        return sov_fail(SOV_ERR_INVALID, "--width %d is not a multiple of --heads %d", a->width, a->heads);
-    if (!a->data_dir)
-        a->data_dir = sov_train_is_lm(a) ? SOV_FORTUNES_DIR : SOV_FASHION_MNIST_DIR;
-    return SOV_OK;
+    setting_flags f;
+    sov_status st = build_setting_flags(&f);
+    if (st == SOV_OK)
+        st = parse_flags(argc, argv, &f, a);
+    if (st == SOV_OK && !a->help)
+        st = choose_model(&f, a);
+    free(f.table);
+    free(f.given);
+    return st;
 }

@@ -5,13 +5,17 @@
 #include <sovtrain/comm.h>
 #include "device.h"
 #include "optim.h"
+#include <sovtrain/runtime.h>
 
 #include <stdio.h>
 
+/* The most settings of its own a model trained by `sovtrain train` may have. */
+#define SOV_TRAIN_MAX_SETTINGS 16
+
 typedef struct sov_train_args {
     const char *model;
-    const char *hidden;
-    int layers, heads, width, context; /* GPT shape */
+    const sov_model_ops *ops; /* the registry's entry for `model` */
+    const char *settings[SOV_TRAIN_MAX_SETTINGS]; /* the model's own, in ops->settings order: as given, or default */
     const char *data_dir;    /* NULL: the model's default corpus */
     const char *run_dir;
     const char *dump_params; /* rank 0 writes the final flat parameters (raw little-endian f32) here */
@@ -40,10 +44,9 @@ typedef struct sov_train_args {
     int help;
 } sov_train_args;
 
-/* Parses argv (argv[0] is "train"). Errors name the flag and the accepted values. */
+/* Parses argv (argv[0] is "train"): the trainer's flags, and each built-in model's settings as --NAME VALUE (those
+ * of the model --model names only). Errors name the flag and the accepted values. */
 sov_status sov_train_args_parse(int argc, char **argv, sov_train_args *args);
 void sov_train_usage(FILE *out);
-/* 1 when the model is a language model (trains on text), 0 for a classifier (Fashion-MNIST). */
-int sov_train_is_lm(const sov_train_args *args);
 
 #endif

@@ -38,24 +38,30 @@ static int enabled(const trainer *t) {
 
 /* ---- the state a checkpoint holds ---- */
 
-static json_t *meta(const trainer *t) {
+/* meta.config: the model by name with its own settings, from which `sovtrain sample` rebuilds it, and the job's
+ * shape. */
+static json_t *config_meta(const trainer *t) {
     const sov_train_args *a = &t->args;
+    json_t *config = json_pack("{s:s}", "model", a->model);
+    json_object_update_new(config, sov_trainer_settings_json(a));
+    json_object_update_new(config, json_pack("{s:I, s:i, s:I, s:I}", "num_params", (json_int_t)t->model->num_params,
+                                         "global_batch", a->batch, "seed", (json_int_t)a->seed, "total_steps",
+                                         (json_int_t)t->total_steps));
+    if (t->lm)
+        json_object_set_new(config, "vocab", json_integer(SOV_TEXT_VOCAB));
+    return config;
+}
+
+static json_t *meta(const trainer *t) {
     const sov_optim_config *o = &t->opt.cfg;
-    json_t *m = json_pack("{s:{s:s, s:s, s:I, s:i, s:I, s:I}, s:{s:s, s:I, s:f, s:f, s:f, s:f, s:f, s:f, s:f, s:I, s:I, s:f},"
-                     " s:{s:I, s:I}}",
-                     "config", "model", a->model, "hidden", a->hidden, "num_params", (json_int_t)t->model->num_params,
-                     "global_batch", a->batch, "seed", (json_int_t)a->seed, "total_steps", (json_int_t)t->total_steps,
+    return json_pack("{s:o, s:{s:s, s:I, s:f, s:f, s:f, s:f, s:f, s:f, s:f, s:I, s:I, s:f}, s:{s:I, s:I}}",
+                     "config", config_meta(t),
                      "optimizer", "kind", o->kind == SOV_OPTIM_ADAMW ? "adamw" : "sgd", "t", (json_int_t)t->opt.t,
                      "lr", (double)o->lr, "momentum", (double)o->momentum, "beta1", (double)o->beta1, "beta2",
                      (double)o->beta2, "eps", (double)o->eps, "weight_decay", (double)o->weight_decay, "clip_norm",
                      (double)o->clip_norm, "warmup_steps", (json_int_t)o->warmup_steps, "total_steps",
                      (json_int_t)o->total_steps, "min_lr_ratio", (double)o->min_lr_ratio,
                      "data", "step", (json_int_t)0, "samples_seen", (json_int_t)0);
-    if (t->lm) /* what `sovtrain sample` needs to rebuild the model */
-        json_object_update(json_object_get(m, "config"),
-                           json_pack("{s:i, s:i, s:i, s:i, s:i}", "layers", a->layers, "heads", a->heads, "width",
-                                     a->width, "context", a->context, "vocab", 256));
-    return m;
 }
 
 static void fill_state(trainer *t, long step, sov_ckpt_state *s, json_t *m) {

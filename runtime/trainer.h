@@ -17,7 +17,8 @@ typedef struct trainer {
     sov_world world;
     sov_comm *comm;
     sov_device *dev;       /* the rank's GPU, or NULL when the model computes on the CPU */
-    int lm;                /* a language model on text; else a classifier on Fashion-MNIST */
+    int lm;                /* a language model (its kind) on text; else a classifier on Fashion-MNIST */
+    int context;           /* a language model's tokens per sequence (known once it is created); else 0 */
     sov_dataset train, test;
     sov_sampler sampler;
     sov_text text;
@@ -41,6 +42,9 @@ typedef struct trainer {
     long last_saved_step;  /* -1: none this run */
     double last_save_time;
 } trainer;
+
+/* The model's own settings by name, as given or defaulted: checkpoints and the start event record them. */
+json_t *sov_trainer_settings_json(const sov_train_args *a);
 
 /* The parameters in host memory: the model's own buffer on the CPU, else a fresh copy from the GPU (free it
  * with sov_trainer_release_params). NULL on failure. */

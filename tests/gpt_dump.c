@@ -71,12 +71,35 @@ static int write_i32(const char *path, const int32_t *v, size_t n) {
     return fclose(f) == 0 ? 0 : -1;
 }
 
+/* This shape as the GPT's settings: text, in the order of its table. */
+static int gpt_settings(const char **values, char (*text)[16]) {
+    const sov_model_ops *ops = sov_model_find("gpt");
+    if (ops->num_settings != 4)
+        return -1;
+    for (int j = 0; j < 4; j++) {
+        const char *name = ops->settings[j].name;
+        int v = strcmp(name, "layers") == 0 ? L : strcmp(name, "heads") == 0 ? NH : strcmp(name, "width") == 0 ? C
+              : strcmp(name, "context") == 0 ? T : -1;
+        if (v < 0)
+            return -1;
+        snprintf(text[j], sizeof text[j], "%d", v);
+        values[j] = text[j];
+    }
+    return 0;
+}
+
 int main(int argc, char **argv) {
     if (argc != 2) {
         fprintf(stderr, "usage: gpt_dump DIR\n");
         return 2;
     }
-    sov_model_config cfg = {.classes = V, .context = T, .width = C, .heads = NH, .layers = L, .max_batch = B};
+    char text[4][16];
+    const char *settings[4];
+    if (gpt_settings(settings, text) != 0) {
+        fprintf(stderr, "gpt_dump: the gpt model's settings are not layers, heads, width and context\n");
+        return 1;
+    }
+    sov_model_config cfg = {.classes = V, .max_batch = B, .values = settings};
     sov_model *m;
     if (sov_model_create("gpt", &cfg, NULL, &m) != SOV_OK) {
         fprintf(stderr, "gpt_dump: %s\n", sov_last_error());

@@ -22,12 +22,34 @@ typedef struct {
     sov_model *m;
 } fixture;
 
-static const sov_model_config config = {.classes = V, .context = T, .width = C, .heads = NH, .layers = L,
-                                        .max_batch = B};
+/* A GPT's settings as text, in the order of its table, which names them. */
+typedef struct shape {
+    char text[4][16];
+    const char *values[4];
+} shape;
+
+static sov_model_config gpt_config(shape *s, int classes, int max_batch, int layers, int heads, int width,
+                                   int context) {
+    const sov_model_ops *ops = sov_model_find("gpt");
+    const char *names[] = {"layers", "heads", "width", "context"};
+    const int given[] = {layers, heads, width, context};
+    assert_int_equal(ops->num_settings, 4);
+    for (int j = 0; j < 4; j++) {
+        int i = 0;
+        while (i < 4 && strcmp(ops->settings[j].name, names[i]) != 0)
+            i++;
+        assert_true(i < 4);
+        snprintf(s->text[j], sizeof s->text[j], "%d", given[i]);
+        s->values[j] = s->text[j];
+    }
+    return (sov_model_config){.classes = classes, .max_batch = max_batch, .values = s->values};
+}
 
 static int setup(void **state) {
     fixture *f = calloc(1, sizeof *f);
-    assert_int_equal(sov_model_create("gpt", &config, NULL, &f->m), SOV_OK);
+    shape s;
+    sov_model_config cfg = gpt_config(&s, V, B, L, NH, C, T);
+    assert_int_equal(sov_model_create("gpt", &cfg, NULL, &f->m), SOV_OK);
     f->m->ops->init(f->m, 42);
     sov_rng rng;
     sov_rng_seed(&rng, 7, 0);
@@ -214,7 +236,9 @@ static void tensors_are_named_and_laid_out(void **state) {
 /* GPT-2's init, a pure function of the seed: statistics on a wider model. */
 static void init_is_gpt2s(void **state) {
     (void)state;
-    sov_model_config cfg = {.classes = 256, .context = 32, .width = 64, .heads = 4, .layers = 3, .max_batch = 1};
+    enum { LAYERS = 3 };
+    shape s;
+    sov_model_config cfg = gpt_config(&s, 256, 1, LAYERS, 4, 64, 32);
     sov_model *a, *b;
     assert_int_equal(sov_model_create("gpt", &cfg, NULL, &a), SOV_OK);
     assert_int_equal(sov_model_create("gpt", &cfg, NULL, &b), SOV_OK);
@@ -231,7 +255,7 @@ static void init_is_gpt2s(void **state) {
             sum += p[j], sq += (double)p[j] * p[j];
         double mean = sum / ten->count, sd = sqrt(sq / ten->count - mean * mean);
         if (ten->ndim == 2) {
-            double want = strstr(ten->name, "c_proj.weight") ? 0.02 / sqrt(2.0 * cfg.layers) : 0.02;
+            double want = strstr(ten->name, "c_proj.weight") ? 0.02 / sqrt(2.0 * LAYERS) : 0.02;
             if (fabs(sd - want) > 0.06 * want || fabs(mean) > 0.1 * want)
                 fail_msg("%s: mean %g sd %g, want 0 and %g", ten->name, mean, sd, want);
         } else {
@@ -303,21 +327,46 @@ static void bad_batches_are_refused(void **state) {
 static void bad_configs_are_refused(void **state) {
     (void)state;
     sov_model *m = NULL;
-    sov_model_config cfg = config;
-    cfg.width = 10, cfg.heads = 3;
+    shape s;
+    sov_model_config cfg = gpt_config(&s, V, B, L, 3, 10, T);
     assert_int_equal(sov_model_create("gpt", &cfg, NULL, &m), SOV_ERR_INVALID);
-    assert_non_null(strstr(sov_last_error(), "heads 3"));
-    const sov_model_config bad[] = {
-        {.classes = 1, .context = T, .width = C, .heads = NH, .layers = L, .max_batch = B},
-        {.classes = V, .context = 0, .width = C, .heads = NH, .layers = L, .max_batch = B},
-        {.classes = V, .context = T, .width = 0, .heads = 1, .layers = L, .max_batch = B},
-        {.classes = V, .context = T, .width = C, .heads = 0, .layers = L, .max_batch = B},
-        {.classes = V, .context = T, .width = C, .heads = NH, .layers = 0, .max_batch = B},
-        {.classes = V, .context = T, .width = C, .heads = NH, .layers = L, .max_batch = 0},
+    assert_string_equal(sov_last_error(), "--width 10 is not a multiple of --heads 3");
+    const int bad[][6] = {
+        /* classes, max_batch, layers, heads, width, context */
+        {1, B, L, NH, C, T}, {V, B, L, NH, C, 0}, {V, B, L, 1, 0, T},
+        {V, B, L, 0, C, T},  {V, B, 0, NH, C, T}, {V, 0, L, NH, C, T},
     };
-    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++)
-        assert_int_equal(sov_model_create("gpt", &bad[i], NULL, &m), SOV_ERR_INVALID);
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        cfg = gpt_config(&s, bad[i][0], bad[i][1], bad[i][2], bad[i][3], bad[i][4], bad[i][5]);
+        assert_int_equal(sov_model_create("gpt", &cfg, NULL, &m), SOV_ERR_INVALID);
+    }
+    const char *not_numbers[] = {"4x", "", "-1", "300"};
+    for (size_t i = 0; i < sizeof not_numbers / sizeof *not_numbers; i++) {
+        cfg = gpt_config(&s, V, B, L, NH, C, T);
+        s.values[0] = not_numbers[i];
+        assert_int_equal(sov_model_create("gpt", &cfg, NULL, &m), SOV_ERR_INVALID);
+        assert_non_null(strstr(sov_last_error(), "--layers"));
+    }
     assert_null(m);
+}
+
+/* The GPT's own settings, with defaults; a NULL value array takes them all. */
+static void settings_default_from_the_table(void **state) {
+    (void)state;
+    const sov_model_ops *ops = sov_model_find("gpt");
+    assert_int_equal(ops->kind, SOV_MODEL_LANGUAGE);
+    assert_non_null(ops->next_logits);
+    const char *want[][2] = {{"layers", "4"}, {"heads", "4"}, {"width", "128"}, {"context", "128"}};
+    assert_int_equal(ops->num_settings, 4);
+    for (int j = 0; j < 4; j++) {
+        assert_string_equal(ops->settings[j].name, want[j][0]);
+        assert_string_equal(ops->settings[j].default_value, want[j][1]);
+    }
+    sov_model_config cfg = {.classes = V, .max_batch = 1};
+    sov_model *m;
+    assert_int_equal(sov_model_create("gpt", &cfg, NULL, &m), SOV_OK);
+    assert_int_equal(m->predictions_per_sample, 128);
+    sov_model_destroy(m);
 }
 
 static void train_step_is_deterministic(void **state) {
@@ -344,6 +393,7 @@ int main(void) {
         cmocka_unit_test_setup_teardown(eval_matches_train_step, setup, teardown),
         cmocka_unit_test_setup_teardown(bad_batches_are_refused, setup, teardown),
         cmocka_unit_test(bad_configs_are_refused),
+        cmocka_unit_test(settings_default_from_the_table),
         cmocka_unit_test_setup_teardown(train_step_is_deterministic, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -27,6 +27,7 @@
 #include <string.h>
 
 enum { BATCH = 32, INPUT = 784, CLASSES = 10 };
+static const char *const hidden[] = {"256,128"}; /* the MLP's one setting, --hidden */
 
 typedef struct pair {
     sov_device *dev;
@@ -42,7 +43,7 @@ static int setup(void **state) {
     pair *p = calloc(1, sizeof *p);
     if (sov_device_open(&p->dev, 0) != SOV_OK)
         return -1;
-    sov_model_config cfg = {.input_dim = INPUT, .classes = CLASSES, .hidden = "256,128", .max_batch = BATCH};
+    sov_model_config cfg = {.input_dim = INPUT, .classes = CLASSES, .max_batch = BATCH, .values = hidden};
     if (sov_model_create("mlp", &cfg, NULL, &p->cpu) != SOV_OK)
         return -1;
     cfg.device = p->dev;
@@ -143,8 +144,8 @@ static void gradients_match_cpu(void **state) {
 
 static void bf16_gradients_close_to_cpu(void **state) {
     pair *p = *state;
-    sov_model_config cfg = {.input_dim = INPUT, .classes = CLASSES, .hidden = "256,128", .max_batch = BATCH,
-                            .device = p->dev, .bf16 = 1};
+    sov_model_config cfg = {.input_dim = INPUT, .classes = CLASSES, .max_batch = BATCH, .device = p->dev, .bf16 = 1,
+                            .values = hidden};
     sov_allocator mem = {.alloc = gpu_alloc, .free = gpu_free, .ctx = p->dev};
     sov_model *half;
     assert_int_equal(sov_model_create("mlp", &cfg, &mem, &half), SOV_OK);

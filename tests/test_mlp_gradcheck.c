@@ -23,7 +23,8 @@ typedef struct {
 
 static int setup(void **state) {
     fixture *f = calloc(1, sizeof *f);
-    sov_model_config cfg = {.input_dim = IN, .classes = CLASSES, .hidden = "6,4", .max_batch = BATCH};
+    sov_model_config cfg = {.input_dim = IN, .classes = CLASSES, .max_batch = BATCH,
+                            .values = (const char *const[]){"6,4"}};
     assert_int_equal(sov_model_create("mlp", &cfg, NULL, &f->m), SOV_OK);
     f->m->ops->init(f->m, 42);
     sov_rng rng;
@@ -124,12 +125,13 @@ static void bad_hidden_spec_is_refused(void **state) {
     sov_model *m = NULL;
     const char *bad[] = {"12x", "0", ",", "5,,5", "-3", "100000"};
     for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
-        sov_model_config cfg = {.input_dim = IN, .classes = CLASSES, .hidden = bad[i], .max_batch = 2};
+        sov_model_config cfg = {.input_dim = IN, .classes = CLASSES, .max_batch = 2, .values = &bad[i]};
         assert_int_equal(sov_model_create("mlp", &cfg, NULL, &m), SOV_ERR_INVALID);
         assert_non_null(strstr(sov_last_error(), "--hidden"));
     }
-    sov_model_config cfg = {.input_dim = IN, .classes = CLASSES, .hidden = "4", .max_batch = 2};
+    sov_model_config cfg = {.input_dim = IN, .classes = CLASSES, .max_batch = 2};
     assert_int_equal(sov_model_create("transformer-xl", &cfg, NULL, &m), SOV_ERR_INVALID);
+    assert_non_null(strstr(sov_last_error(), "built-in: mlp, gpt"));
 }
 
 int main(void) {

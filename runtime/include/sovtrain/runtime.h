@@ -41,18 +41,34 @@ typedef struct sov_grad_hook {
     void *ctx;
 } sov_grad_hook;
 
+/* What a model computes, which decides the data the trainer feeds it and whether `sovtrain sample` can use it. */
+typedef enum sov_model_kind {
+    SOV_MODEL_CLASSIFIER, /* one label per sample: batches of x and y (Fashion-MNIST) */
+    SOV_MODEL_LANGUAGE,   /* the next token at every position: batches of tokens and y (text); its context (tokens
+                           * per sequence) is m->predictions_per_sample, and it has next_logits */
+} sov_model_kind;
+
+/* One of a model's own settings: `sovtrain train --NAME VALUE`, recorded by name in a checkpoint's meta.config,
+ * from which `sovtrain sample` rebuilds the model. */
+typedef struct sov_model_setting {
+    const char *name;          /* the flag without "--", e.g. "hidden"; never one of `sovtrain train`'s own flags */
+    const char *value_name;    /* the value in --help, e.g. "W1,W2,..." */
+    const char *default_value; /* as it would be written on the command line */
+    const char *help;          /* one line for --help */
+} sov_model_setting;
+
+/* What the runtime gives every model, and the model's own settings as text. */
 typedef struct sov_model_config {
-    int input_dim;      /* features per sample (classifier) */
+    int input_dim;      /* features per sample (a classifier) */
     int classes;        /* output classes; a language model's vocabulary size */
-    const char *hidden; /* MLP hidden widths, comma-separated, e.g. "1024,1024" */
     int max_batch;      /* largest batch passed to train_step or eval */
-    int layers;         /* transformer blocks (GPT) */
-    int heads;          /* attention heads (GPT) */
-    int width;          /* embedding width (GPT); a multiple of heads */
-    int context;        /* tokens per sequence (GPT) */
     sov_device *device; /* NULL: compute on the CPU; else the GPU whose memory params and grads live in */
     int bf16;           /* GPU only: matrix products on bf16 copies of weights and activations, accumulated in
                          * f32; parameters (the master copy), gradients and optimizer state stay f32 */
+    /* values[i] is the value of ops->settings[i]; a NULL array or entry means the setting's default. create parses
+     * and checks them itself, its errors naming the flag (--NAME); sov_model_create hands it every entry filled
+     * in, valid during create only. */
+    const char *const *values;
 } sov_model_config;
 
 typedef struct sov_model sov_model;
@@ -67,6 +83,9 @@ typedef struct sov_allocator {
 
 typedef struct sov_model_ops {
     const char *name;
+    sov_model_kind kind;
+    const sov_model_setting *settings; /* the model's own settings, in the order of sov_model_config.values */
+    int num_settings;
     /* Describes the tensors (m->tensors, m->num_tensors, m->num_params) and allocates activations (m->impl). */
     sov_status (*create)(const sov_model_config *cfg, sov_model *m);
     /* Writes initial parameters, a pure function of the seed. */
@@ -94,8 +113,10 @@ struct sov_model {
     sov_allocator allocator; /* what params and grads came from */
 };
 
-/* Built-in models by name ("mlp"); NULL when unknown. */
+/* Built-in models by name ("mlp", "gpt"); NULL when unknown. */
 SOV_API const sov_model_ops *sov_model_find(const char *name);
+/* The built-in models in turn: index 0, 1, ...; NULL past the last. */
+SOV_API const sov_model_ops *sov_model_builtin(int index);
 /* The CUDA implementation of a built-in model ("mlp"); NULL when it has none (or the build has no CUDA). */
 SOV_API const sov_model_ops *sov_model_find_cuda(const char *name);
 /* Creates a model and its flat parameter and gradient buffers (64-byte aligned, zeroed) from `allocator`

@@ -25,7 +25,12 @@ expect_error 2 '--lr "nan": expected a number' "$SOV" train --lr nan
 expect_error 2 '--optimizer "lamb": choose adamw or sgd' "$SOV" train --optimizer lamb
 expect_error 2 'unknown communicator backend "carrier-pigeon"' "$SOV" train --comm carrier-pigeon
 expect_error 2 'option "--epochs" needs a value' "$SOV" train --epochs
-expect_error 2 'unknown model "resnet"' "$SOV" train --model resnet
+expect_error 2 'unknown model "resnet" (built-in: mlp, gpt)' "$SOV" train --model resnet
+# Each model's settings are flags of its own: another model's is refused, naming the model it belongs to.
+expect_error 2 '--layers is a setting of the gpt model, not of mlp (--model mlp)' "$SOV" train --layers 2
+expect_error 2 '--hidden is a setting of the mlp model, not of gpt (--model gpt)' "$SOV" train --model gpt --hidden 8
+expect_error 0 '--context N           gpt: tokens per sequence (default 128)' "$SOV" train --help
+expect_error 0 '--hidden W1,W2,...    mlp: hidden layer widths (default 1024,1024)' "$SOV" train --help
 
 # Data: build small IDX files, then break them one way at a time.
 mkdir -p "$tmp/data"

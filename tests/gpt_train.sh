@@ -62,12 +62,42 @@ PY
 cmp -s "$tmp/s1" "$tmp/s2" || fail "the same seed and checkpoint sampled different text"
 grep -q "step-24 (step 24)" "$tmp/s1.err" || fail "sample did not name the checkpoint: $(cat "$tmp/s1.err")"
 echo "ok: sample: $(head -c 67 "$tmp/s1" | tr '\n' ' ')"
+# Checkpoints written before the model's settings were recorded as text hold the GPT's as integers (and an "hidden"
+# of the MLP's); sample rebuilds the same model from them. A checkpoint lacking a setting is refused.
+rewrite_config() { # rewrite_config CKPT_COPY old|no-width: edits meta.config, then reseals (format doc 2.1)
+    /usr/bin/python3 - "$1/manifest.json" "$2" <<'PY'
+import json, sys, xxhash
+path, how = sys.argv[1], sys.argv[2]
+m = json.load(open(path))
+cfg = m["meta"]["config"]
+if how == "old":
+    for k in ("layers", "heads", "width", "context"):
+        cfg[k] = int(cfg[k])
+    cfg["hidden"] = "1024,1024"
+else:
+    del cfg["width"]
+m["manifest_xxh3"] = "0" * 16
+m["manifest_xxh3"] = "%016x" % xxhash.xxh3_64_intdigest(json.dumps(m, indent=1).encode())
+open(path, "w").write(json.dumps(m, indent=1))
+PY
+}
+if /usr/bin/python3 -c "import xxhash" 2>/dev/null; then
+    cp -r "$tmp/a/checkpoints/step-24" "$tmp/old" && cp -r "$tmp/a/checkpoints/step-24" "$tmp/nowidth"
+    rewrite_config "$tmp/old" old && rewrite_config "$tmp/nowidth" no-width || fail "rewriting meta.config"
+    "$SOV" sample --ckpt "$tmp/old" --prompt "Q: " --tokens 64 --seed 3 >"$tmp/s3" 2>"$tmp/s3.err" \
+        || fail "sample from an old-style checkpoint: $(cat "$tmp/s3.err")"
+    cmp -s "$tmp/s1" "$tmp/s3" || fail "integer settings in meta.config sampled different text"
+    expect_error 1 "lacks the gpt model's setting \"width\"" "$SOV" sample --ckpt "$tmp/nowidth"
+else
+    echo "skip: old-style checkpoints (/usr/bin/python3 lacks xxhash: apt-get install python3-xxhash)"
+fi
 expect_error 1 "not a checkpoint or a directory of checkpoints" "$SOV" sample --ckpt "$tmp/nowhere"
 expect_error 2 "--ckpt PATH is required" "$SOV" sample
 "$SOV" train --hidden 8 --steps 2 --batch 16 --eval-every 0 --run-dir "$tmp/mlp" --ckpt-every 2 >/dev/null 2>&1 \
     || fail "mlp run for the wrong-model check"
 expect_error 2 "holds a mlp model, which does not generate text" "$SOV" sample --ckpt "$tmp/mlp/checkpoints"
 expect_error 2 "--width 30 is not a multiple of --heads 4" "$SOV" train --model gpt --width 30 --heads 4
+expect_error 2 '--context "9000": expected an integer in 1..8192' "$SOV" train --model gpt --context 9000
 expect_error 1 "--data $tmp/nowhere" "$SOV" train --model gpt --data "$tmp/nowhere"
 
 [ "$failures" -eq 0 ] || exit 1

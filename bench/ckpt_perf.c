@@ -1,7 +1,9 @@
 /* ckpt_perf: checkpoint save/restore speed and compression beside their bounds and peers, in one run.
  *
  * Cases: (a) a trained MLP's real state (params + AdamW moments, read from a checkpoint given with --from),
- * (b) a synthetic f32 state (Gaussian, sigma 0.02; --mib, default 512), (c) the bf16 cast of (b).
+ * (b) a synthetic f32 state (Gaussian, sigma 0.02; --mib, default 512), (c) the bf16 cast of (b), (d) a state of
+ * many tensors shaped like GPT-2 124M with its AdamW moments (148 parameter tensors, 444 in all; --gpt2 WIDTH,
+ * default 768, sets the width: smaller for a quick run, 0 leaves it out), and (e) its bf16 cast.
  * For each: sovtrain's save (snapshot + compression + writes + fsync + commit: from the call until the checkpoint
  * is durable and latest; one rank, --threads compression threads) in GB/s of raw state, the training stall (the
  * snapshot), restore GB/s (open + decode + verify, from the disk: the files are dropped from the page cache first),
@@ -25,6 +27,7 @@
 #include <math.h>
 #include <signal.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -32,18 +35,135 @@
 #include <unistd.h>
 #include <zstd.h>
 
+/* A state to save: its tensors, all of one float dtype. Flat ones are 1-D; a model's keep their shapes. */
 typedef struct bench_case {
     char name[32];
-    int elem;             /* bytes per element: 4 (f32) or 2 (bf16) */
-    int nbuf;
-    const char *names[3];
-    void *data[3];
-    size_t bytes[3];
+    int elem; /* bytes per element: 4 (f32) or 2 (bf16) */
+    int ntensors;
+    char **names;
+    void **data;
+    size_t *bytes;
+    int *ndim;
+    int64_t (*shape)[2];
 } bench_case;
+
+/* A case of n tensors, their memory still to be given. */
+static bench_case new_case(const char *name, int elem, int n) {
+    bench_case c = {.elem = elem, .ntensors = n};
+    snprintf(c.name, sizeof c.name, "%s", name);
+    c.names = calloc((size_t)n, sizeof *c.names);
+    c.data = calloc((size_t)n, sizeof *c.data);
+    c.bytes = calloc((size_t)n, sizeof *c.bytes);
+    c.ndim = calloc((size_t)n, sizeof *c.ndim);
+    c.shape = calloc((size_t)n, sizeof *c.shape);
+    if (!c.names || !c.data || !c.bytes || !c.ndim || !c.shape) {
+        fprintf(stderr, "ckpt_perf: out of memory\n");
+        exit(1);
+    }
+    return c;
+}
+
+static void set_tensor(bench_case *c, int i, const char *name, void *data, int ndim, int64_t rows, int64_t cols) {
+    c->names[i] = strdup(name);
+    c->data[i] = data;
+    c->ndim[i] = ndim;
+    c->shape[i][0] = rows;
+    c->shape[i][1] = ndim == 2 ? cols : 1;
+    c->bytes[i] = (size_t)(rows * c->shape[i][1]) * (size_t)c->elem;
+}
+
+static void free_case(bench_case *c, int owns_data) {
+    for (int i = 0; i < c->ntensors; i++) {
+        free(c->names[i]);
+        if (owns_data)
+            free(c->data[i]);
+    }
+    free(c->names), free(c->data), free(c->bytes), free(c->ndim), free(c->shape);
+}
+
+static sov_dtype dtype_of(const bench_case *c) { return c->elem == 2 ? SOV_BF16 : SOV_F32; }
+
+/* ---- a state shaped like GPT-2 124M (width 768) with AdamW's two moments: 3 x 148 tensors ---- */
+
+/* The 148 parameter tensors of a GPT-2 of `width` (12 layers, vocabulary 50257, context 1024): name and shape. */
+static int gpt2_shapes(int width, char (*names)[64], int64_t (*shape)[2], int *ndim) {
+    static const struct {
+        const char *name;
+        int rows, cols; /* in units of width (0: 1), negative: a fixed count */
+    } block[] = {{"ln_1.weight", 1, 0},        {"ln_1.bias", 1, 0},      {"attn.c_attn.weight", 1, 3},
+                 {"attn.c_attn.bias", 3, 0},   {"attn.c_proj.weight", 1, 1}, {"attn.c_proj.bias", 1, 0},
+                 {"ln_2.weight", 1, 0},        {"ln_2.bias", 1, 0},      {"mlp.c_fc.weight", 1, 4},
+                 {"mlp.c_fc.bias", 4, 0},      {"mlp.c_proj.weight", 4, 1}, {"mlp.c_proj.bias", 1, 0}};
+    int n = 0;
+    snprintf(names[n], 64, "wte.weight"), shape[n][0] = 50257, shape[n][1] = width, ndim[n++] = 2;
+    snprintf(names[n], 64, "wpe.weight"), shape[n][0] = 1024, shape[n][1] = width, ndim[n++] = 2;
+    for (int l = 0; l < 12; l++)
+        for (size_t b = 0; b < sizeof block / sizeof block[0]; b++, n++) {
+            snprintf(names[n], 64, "h.%d.%s", l, block[b].name);
+            shape[n][0] = (int64_t)block[b].rows * width;
+            shape[n][1] = block[b].cols ? (int64_t)block[b].cols * width : 1;
+            ndim[n] = block[b].cols ? 2 : 1;
+        }
+    snprintf(names[n], 64, "ln_f.weight"), shape[n][0] = width, shape[n][1] = 1, ndim[n++] = 1;
+    snprintf(names[n], 64, "ln_f.bias"), shape[n][0] = width, shape[n][1] = 1, ndim[n++] = 1;
+    return n;
+}
+
+static float normal(sov_rng *rng, float mean, float sigma) {
+    float u = sov_rng_uniform(rng) + 1e-9f, v = sov_rng_uniform(rng);
+    return mean + sigma * sqrtf(-2.0f * logf(u)) * cosf(6.28318531f * v);
+}
+
+/* Values like a model part-way through training: weights N(0, 0.02) (LayerNorm gains N(1, 0.02)); the first
+ * moment N(0, 1e-4); the second its square plus 1e-10 (positive, its exponents spread). */
+static void gpt2_values(float *x, size_t n, int kind, int gain, sov_rng *rng) {
+    for (size_t i = 0; i < n; i++) {
+        float w = normal(rng, 0.0f, kind == 0 ? 0.02f : 1e-4f);
+        x[i] = kind == 0 ? w + (gain ? 1.0f : 0.0f) : kind == 1 ? w : w * w + 1e-10f;
+    }
+}
+
+/* The f32 case, and its bf16 cast as a second case. */
+static void gpt2_cases(int width, bench_case *f32, bench_case *bf16) {
+    static char names[148][64];
+    static int64_t shape[148][2];
+    static int ndim[148];
+    int n = gpt2_shapes(width, names, shape, ndim);
+    *f32 = new_case("gpt2-adamw", 4, 3 * n);
+    *bf16 = new_case("gpt2-bf16", 2, 3 * n);
+    static const char *prefix[3] = {"", "adamw.m.", "adamw.v."};
+    sov_rng rng;
+    sov_rng_seed(&rng, 124, 0);
+    for (int kind = 0; kind < 3; kind++)
+        for (int t = 0; t < n; t++) {
+            int i = kind * n + t;
+            char name[80];
+            snprintf(name, sizeof name, "%s%.63s", prefix[kind], names[t]);
+            size_t count = (size_t)(shape[t][0] * shape[t][1]);
+            float *x = malloc(count * 4);
+            uint16_t *h = malloc(count * 2);
+            gpt2_values(x, count, kind, strstr(names[t], "ln_") && strstr(names[t], "weight"), &rng);
+            for (size_t e = 0; e < count; e++)
+                h[e] = sov_f32_to_bf16(x[e]);
+            set_tensor(f32, i, name, x, ndim[t], shape[t][0], shape[t][1]);
+            set_tensor(bf16, i, name, h, ndim[t], shape[t][0], shape[t][1]);
+        }
+}
+
+/* The case's tensors as the writer takes them. */
+static sov_ckpt_tensor *tensors_of(const bench_case *c) {
+    sov_ckpt_tensor *t = calloc((size_t)c->ntensors, sizeof *t);
+    for (int i = 0; t && i < c->ntensors; i++) {
+        t[i] = (sov_ckpt_tensor){.name = c->names[i], .dtype = dtype_of(c), .ndim = c->ndim[i], .data = c->data[i]};
+        t[i].shape[0] = c->shape[i][0];
+        t[i].shape[1] = c->shape[i][1];
+    }
+    return t;
+}
 
 static double total_bytes(const bench_case *c) {
     double b = 0;
-    for (int i = 0; i < c->nbuf; i++)
+    for (int i = 0; i < c->ntensors; i++)
         b += (double)c->bytes[i];
     return b;
 }
@@ -56,7 +176,7 @@ static void die(const char *what) {
 /* Order-0 entropy bound of the transformed planes of the whole case: raw bits / sum of plane entropies. */
 static double entropy_bound(const bench_case *c) {
     double bits = 0;
-    for (int b = 0; b < c->nbuf; b++) {
+    for (int b = 0; b < c->ntensors; b++) {
         size_t count = c->bytes[b] / (size_t)c->elem;
         uint8_t *planes = malloc(c->bytes[b]);
         sov_planes_split(c->data[b], count, c->elem, SOV_TRANSFORM_FLOAT, planes);
@@ -70,7 +190,7 @@ static double entropy_bound(const bench_case *c) {
 static double zstd1_ratio(const bench_case *c) {
     size_t chunk = SOV_CKPT_DEFAULT_CHUNK_BYTES, cap = ZSTD_compressBound(chunk), stored = 0; /* as ours */
     void *out = malloc(cap);
-    for (int b = 0; b < c->nbuf; b++)
+    for (int b = 0; b < c->ntensors; b++)
         for (size_t off = 0; off < c->bytes[b]; off += chunk) {
             size_t n = c->bytes[b] - off < chunk ? c->bytes[b] - off : chunk;
             stored += ZSTD_compress(out, cap, (char *)c->data[b] + off, n, 1);
@@ -92,7 +212,7 @@ static double disk_gbs_once(const bench_case *c, const char *dir, int direct) {
         sov_io_free(bounce, block);
         return 0.0; /* no O_DIRECT on this filesystem */
     }
-    for (int b = 0; b < c->nbuf; b++)
+    for (int b = 0; b < c->ntensors; b++)
         for (size_t off = 0; off < c->bytes[b]; off += direct ? block : c->bytes[b]) {
             size_t n = direct ? (c->bytes[b] - off < block ? c->bytes[b] - off : block) : c->bytes[b];
             const void *src = (const char *)c->data[b] + off;
@@ -124,7 +244,7 @@ static double memcpy_ms(const bench_case *c) {
     double best = 1e9;
     for (int rep = 0; rep < 3; rep++) {
         double t = 0;
-        for (int b = 0; b < c->nbuf; b++) {
+        for (int b = 0; b < c->ntensors; b++) {
             unsigned char *dst = malloc(c->bytes[b]);
             memset(dst, 1, c->bytes[b]); /* fault the pages in first: the snapshot's staging is reused too */
             double t0 = sov_now();
@@ -165,30 +285,32 @@ static double cpu_seconds(void) {
            (double)u.ru_stime.tv_usec * 1e-6;
 }
 
-/* One restore from the disk into the job's existing buffers (torch.load makes new ones), checked; its seconds. */
-static double restore_once(const bench_case *c, const char *path, sov_ckpt_dtype dtype) {
-    void *dst[3];
-    sov_ckpt_buffer want[3];
-    for (int b = 0; b < c->nbuf; b++) {
+/* One restore from the disk into the job's existing memory (torch.load makes new tensors), checked; its seconds. */
+static double restore_once(const bench_case *c, const char *path) {
+    void **dst = calloc((size_t)c->ntensors, sizeof *dst);
+    sov_ckpt_read_request *want = calloc((size_t)c->ntensors, sizeof *want);
+    for (int b = 0; b < c->ntensors; b++) {
         dst[b] = malloc(c->bytes[b]);
         memset(dst[b], 0, c->bytes[b]);
-        want[b] = (sov_ckpt_buffer){c->names[b], dst[b], c->bytes[b] / (size_t)c->elem, dtype};
+        want[b] = (sov_ckpt_read_request){.name = c->names[b], .dtype = dtype_of(c), .dst = dst[b]};
     }
     sov_ckpt *ck;
     double t0 = sov_now();
     if (sov_ckpt_open(path, &ck) != SOV_OK)
         die("open");
-    if (sov_ckpt_read_buffers(ck, want, c->nbuf) != SOV_OK)
+    if (sov_ckpt_read_many(ck, want, c->ntensors) != SOV_OK)
         die("restore");
     double dt = sov_now() - t0;
     sov_ckpt_close(ck);
-    for (int b = 0; b < c->nbuf; b++) {
+    for (int b = 0; b < c->ntensors; b++) {
         if (memcmp(dst[b], c->data[b], c->bytes[b]) != 0) {
             fprintf(stderr, "ckpt_perf: restored %s differs from what was saved\n", c->names[b]);
             exit(1);
         }
         free(dst[b]);
     }
+    free(dst);
+    free(want);
     return dt;
 }
 
@@ -217,10 +339,28 @@ static void dump_raw(const bench_case *c, const char *dir, char *path, size_t ca
         fprintf(stderr, "ckpt_perf: creating %s: %s\n", path, strerror(errno));
         exit(1);
     }
-    for (int b = 0; b < c->nbuf; b++)
+    for (int b = 0; b < c->ntensors; b++)
         if (sov_write_all(fd, c->data[b], c->bytes[b], path) != SOV_OK)
             die("writing the peer's copy of the state");
     close(fd);
+    char layout[4300]; /* its tensors, so that the peer saves a dict of the same tensors: "name dims" per line */
+    snprintf(layout, sizeof layout, "%s.layout", path);
+    FILE *f = fopen(layout, "w");
+    for (int b = 0; f && b < c->ntensors; b++)
+        fprintf(f, c->ndim[b] == 2 ? "%s %lld,%lld\n" : "%s %lld\n", c->names[b], (long long)c->shape[b][0],
+                (long long)c->shape[b][1]);
+    if (!f || fclose(f) != 0) {
+        fprintf(stderr, "ckpt_perf: writing %s: %s\n", layout, strerror(errno));
+        exit(1);
+    }
+}
+
+/* The peer's copy of the state and its layout, once the peer holds them (or failed to start). */
+static void remove_raw(const char *raw) {
+    char layout[4300];
+    snprintf(layout, sizeof layout, "%s.layout", raw);
+    unlink(raw);
+    unlink(layout);
 }
 
 /* Ends the peer (it removes its files on "quit" or at the end of its input); returns how it exited, in words. */
@@ -274,7 +414,7 @@ static int peer_start(peer *p, const char *script, const bench_case *c, const ch
     close(from[1]);
     if (p->pid < 0) {
         fprintf(stderr, "ckpt_perf: cannot start the torch peer: fork: %s\n", strerror(errno));
-        close(to[1]), close(from[0]), unlink(raw);
+        close(to[1]), close(from[0]), remove_raw(raw);
         return 0;
     }
     p->to = fdopen(to[1], "w");
@@ -286,7 +426,7 @@ static int peer_start(peer *p, const char *script, const bench_case *c, const ch
     /* "ready BYTES" once it holds the state: then its copy on disk can go */
     int ready = fgets(line, sizeof line, p->from) && strncmp(line, "ready ", 6) == 0 &&
                 strtod(line + 6, NULL) == total_bytes(c);
-    unlink(raw);
+    remove_raw(raw);
     if (!ready) {
         line[strcspn(line, "\n")] = '\0';
         fprintf(stderr, "ckpt_perf: the torch peer did not start (\"%s\"; %s); going on without it\n", line,
@@ -329,10 +469,8 @@ static void saves(const bench_case *c, const char *dir, int threads, peer *pr, f
     snprintf(ckdir, sizeof ckdir, "%s/ckpt-%s", dir, c->name);
     if (sov_ckpt_writer_open(&w, ckdir, 0, 1, &o) != SOV_OK)
         die("writer");
-    sov_ckpt_state s = {.num_buffers = c->nbuf};
-    sov_ckpt_dtype dtype = c->elem == 2 ? SOV_CKPT_BF16 : SOV_CKPT_F32;
-    for (int b = 0; b < c->nbuf; b++)
-        s.buffers[b] = (sov_ckpt_buffer){c->names[b], c->data[b], c->bytes[b] / (size_t)c->elem, dtype};
+    sov_ckpt_tensor *tensors = tensors_of(c);
+    sov_ckpt_state s = {.num_tensors = c->ntensors, .tensors = tensors};
     if (sov_ckpt_writer_reserve(w, &s) != SOV_OK)
         die("reserve");
     double best = 1e9, stall = 1e9;
@@ -353,17 +491,17 @@ static void saves(const bench_case *c, const char *dir, int threads, peer *pr, f
             peer_try(pr, "save");
     }
     sov_ckpt_writer_close(w);
+    free(tensors);
     f->save_gbs = total_bytes(c) / best / 1e9;
     f->stall_ms = stall * 1e3;
 }
 
 /* Tries of (a restore, the peer's load), as many as the saves got; then the ratio, and the checkpoint goes. */
 static void restores(const bench_case *c, const char *path, peer *pr, figures *f) {
-    sov_ckpt_dtype dtype = c->elem == 2 ? SOV_CKPT_BF16 : SOV_CKPT_F32;
     double best = 1e9;
     for (int rep = 0, tries = tries_for(total_bytes(c)); rep < tries; rep++) {
         drop_cached(path);
-        double t = restore_once(c, path, dtype);
+        double t = restore_once(c, path);
         best = t < best ? t : best;
         if (pr)
             peer_try(pr, "load");
@@ -373,10 +511,12 @@ static void restores(const bench_case *c, const char *path, peer *pr, figures *f
     if (sov_ckpt_open(path, &ck) != SOV_OK)
         die("open");
     double stored = 0;
-    size_t i;
-    json_t *file;
-    json_array_foreach(json_object_get(sov_ckpt_manifest(ck), "files"), i, file)
-        stored += (double)json_integer_value(json_object_get(file, "bytes"));
+    for (int r = 0; r < sov_ckpt_world_size(ck); r++) {
+        char data[8400];
+        struct stat sb;
+        snprintf(data, sizeof data, "%s/rank-%d.bin", path, r);
+        stored += stat(data, &sb) == 0 ? (double)sb.st_size : 0.0;
+    }
     f->ratio = total_bytes(c) / stored;
     sov_ckpt_close(ck);
     sov_remove_dir(path);
@@ -396,48 +536,53 @@ static void gaussian(float *x, size_t n) {
 int main(int argc, char **argv) {
     const char *from = NULL, *dir = "/tmp", *peer_script = NULL;
     size_t mib = 512;
-    int threads = 2;
+    int threads = 2, gpt2_width = 768;
     for (int i = 1; i + 1 < argc; i += 2) {
         if (!strcmp(argv[i], "--from")) from = argv[i + 1];
         else if (!strcmp(argv[i], "--dir")) dir = argv[i + 1];
         else if (!strcmp(argv[i], "--mib")) mib = strtoull(argv[i + 1], NULL, 10);
         else if (!strcmp(argv[i], "--threads")) threads = atoi(argv[i + 1]);
         else if (!strcmp(argv[i], "--peer")) peer_script = argv[i + 1];
+        else if (!strcmp(argv[i], "--gpt2")) gpt2_width = atoi(argv[i + 1]);
         else {
-            fprintf(stderr, "usage: ckpt_perf [--from CKPT] [--dir DIR] [--mib N] [--threads N] [--peer SCRIPT]\n");
+            fprintf(stderr, "usage: ckpt_perf [--from CKPT] [--dir DIR] [--mib N] [--threads N] [--peer SCRIPT] "
+                            "[--gpt2 WIDTH]\n");
             return 2;
         }
     }
-    bench_case cases[3];
+    bench_case cases[5];
     int ncase = 0;
     if (from) {
         sov_ckpt *ck;
         if (sov_ckpt_open(from, &ck) != SOV_OK)
             die(from);
-        bench_case *c = &cases[ncase++];
-        *c = (bench_case){.name = "mlp-adamw", .elem = 4};
-        const char *names[3] = {"params", "adamw.m", "adamw.v"};
-        for (int b = 0; b < 3; b++) {
-            size_t n = sov_ckpt_buffer_count(ck, names[b]);
-            c->names[c->nbuf] = names[b];
-            c->data[c->nbuf] = malloc(n * 4);
-            c->bytes[c->nbuf] = n * 4;
-            if (sov_ckpt_read_buffer(ck, names[b], SOV_CKPT_F32, c->data[c->nbuf], n) != SOV_OK)
+        bench_case *c = &cases[ncase++]; /* every tensor of the trained job, as it saved them */
+        *c = new_case("mlp-adamw", 4, sov_ckpt_num_tensors(ck));
+        for (int b = 0; b < c->ntensors; b++) {
+            sov_ckpt_tensor_info info;
+            if (sov_ckpt_tensor_at(ck, b, &info) != SOV_OK || info.dtype != SOV_F32 || info.ndim < 1 || info.ndim > 2)
+                die("the trained state holds a tensor that is not a 1-D or 2-D f32");
+            set_tensor(c, b, info.name, NULL, info.ndim, info.shape[0], info.shape[1]);
+            c->data[b] = malloc(c->bytes[b]);
+            if (sov_ckpt_read(ck, info.name, SOV_F32, c->data[b]) != SOV_OK)
                 die("reading the trained state");
-            c->nbuf++;
         }
         sov_ckpt_close(ck);
     }
     size_t n = mib << 18; /* floats in mib MiB */
     float *g = malloc(n * 4);
     gaussian(g, n);
-    cases[ncase++] = (bench_case){.name = "gauss-f32", .elem = 4, .nbuf = 1, .names = {"params"}, .data = {g},
-                                  .bytes = {n * 4}};
+    cases[ncase] = new_case("gauss-f32", 4, 1);
+    set_tensor(&cases[ncase++], 0, "params", g, 1, (int64_t)n, 1);
     uint16_t *h = malloc(n * 2);
     for (size_t i = 0; i < n; i++)
         h[i] = sov_f32_to_bf16(g[i]);
-    cases[ncase++] = (bench_case){.name = "gauss-bf16", .elem = 2, .nbuf = 1, .names = {"params"}, .data = {h},
-                                  .bytes = {n * 2}};
+    cases[ncase] = new_case("gauss-bf16", 2, 1);
+    set_tensor(&cases[ncase++], 0, "params", h, 1, (int64_t)n, 1);
+    if (gpt2_width > 0) {
+        gpt2_cases(gpt2_width, &cases[ncase], &cases[ncase + 1]);
+        ncase += 2;
+    }
     printf("# ckpt_perf: one rank, %d compression threads, chunks of %zu KiB (the trainer's), files in %s\n", threads,
            SOV_CKPT_DEFAULT_CHUNK_BYTES >> 10, dir);
     long cpus = sov_usable_cpus(); /* the cores this process may use (taskset, a container), as the encoders count */
@@ -473,8 +618,7 @@ int main(int argc, char **argv) {
         fflush(stdout);
         fflush(stderr);
     }
-    for (int i = 0; i < ncase; i++) /* each buffer belongs to one case */
-        for (int b = 0; b < cases[i].nbuf; b++)
-            free(cases[i].data[b]);
+    for (int i = 0; i < ncase; i++) /* each tensor's memory belongs to one case */
+        free_case(&cases[i], 1);
     return 0;
 }

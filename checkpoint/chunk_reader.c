@@ -1,4 +1,5 @@
 /* chunk_reader.c: see chunk_reader.h. */
+#include "catalog.h"
 #include "chunk_reader.h"
 #include "codec.h"
 #include "fsio.h"
@@ -174,6 +175,31 @@ static void *fetcher_main(void *arg) {
     return NULL;
 }
 
+/* The part of box b's rows that lies in the decoded chunk (the buffer's elements [eo, eo + n) at `raw`), copied to
+ * the destination dst. The rows come in the order of their elements in the shard, so the walk stops past the chunk. */
+static void scatter_rows(const sov_box_scatter *b, size_t eo, size_t n, const uint8_t *raw, uint8_t *dst) {
+    int last = b->ndim - 1;
+    int64_t idx[SOV_CKPT_MAX_DIMS] = {0}, from[SOV_CKPT_MAX_DIMS], to[SOV_CKPT_MAX_DIMS];
+    for (;;) {
+        for (int d = 0; d < b->ndim; d++) {
+            from[d] = b->in_shard[d] + idx[d];
+            to[d] = b->in_req[d] + idx[d];
+        }
+        size_t rs = b->at + (size_t)sov_box_flat(b->ndim, b->shard_shape, from), re = rs + (size_t)b->part[last];
+        if (rs >= eo + n)
+            return;
+        size_t a = rs > eo ? rs : eo, z = re < eo + n ? re : eo + n;
+        if (a < z)
+            memcpy(dst + ((size_t)sov_box_flat(b->ndim, b->req_shape, to) + (a - rs)) * b->elem_bytes,
+                   raw + (a - eo) * b->elem_bytes, (z - a) * b->elem_bytes);
+        int d = last - 1; /* the next row */
+        while (d >= 0 && ++idx[d] == b->part[d])
+            idx[d--] = 0;
+        if (d < 0)
+            return;
+    }
+}
+
 /* Checks chunk c's padding and decodes it, read into `stored`, with decoder d's codec. */
 static sov_status decode_chunk(const run *j, int d, const sov_chunk_ref *c, const uint8_t *stored) {
     char where[4500];
@@ -184,11 +210,23 @@ static sov_status decode_chunk(const run *j, int d, const sov_chunk_ref *c, cons
             return sov_fail(SOV_ERR_FORMAT, "%s: the %zu bytes of padding after it are not all zero (byte %llu is "
                             "damaged)", where, c->pad, (unsigned long long)(c->file_offset + c->bytes + k));
     size_t got = 0, want = c->elems * c->elem_bytes;
-    uint8_t *dst = c->dst ? c->dst + c->elem_offset * c->elem_bytes : j->r->scratch[d];
+    int in_place = sov_chunk_in_place(c);
+    uint8_t *dst = in_place ? c->windows[0].dst + (c->elem_offset - c->windows[0].lo) * c->elem_bytes
+                            : j->r->scratch[d];
     SOV_CHECK(sov_chunk_decode(j->r->codecs[d], stored, (size_t)c->bytes, dst, want, &got, where));
     if (got != want)
         return sov_fail(SOV_ERR_FORMAT, "%s: decodes to %zu bytes, the manifest says %zu elements", where, got,
                         c->elems);
+    for (int w = 0; !in_place && w < c->nwindows; w++) { /* each window's part of the chunk */
+        const sov_chunk_window *win = &c->windows[w];
+        size_t end = c->elem_offset + c->elems, lo = win->lo > c->elem_offset ? win->lo : c->elem_offset,
+               hi = win->hi < end ? win->hi : end;
+        if (win->box)
+            scatter_rows(win->box, c->elem_offset, c->elems, dst, win->dst);
+        else if (lo < hi)
+            memcpy(win->dst + (lo - win->lo) * c->elem_bytes, dst + (lo - c->elem_offset) * c->elem_bytes,
+                   (hi - lo) * c->elem_bytes);
+    }
     return SOV_OK;
 }
 
@@ -239,7 +277,7 @@ static sov_status read_serially(const run *j) {
 }
 
 /* Codecs and scratch for `decoders` decoders, for chunks that decode to at most raw_bytes. */
-static sov_status codecs_ready(sov_chunk_reader *r, int decoders, int verify, size_t raw_bytes) {
+static sov_status codecs_ready(sov_chunk_reader *r, int decoders, int scratch, size_t raw_bytes) {
     if (raw_bytes > r->codec_bytes) { /* bigger chunks than before: make them anew */
         for (int d = 0; d < MAX_DECODERS; d++) {
             sov_codec_destroy(r->codecs[d]);
@@ -252,8 +290,8 @@ static sov_status codecs_ready(sov_chunk_reader *r, int decoders, int verify, si
     for (int d = 0; d < decoders; d++) {
         if (!r->codecs[d])
             SOV_CHECK(sov_codec_create(&r->codecs[d], r->codec_bytes));
-        if (verify && !r->scratch[d] && !(r->scratch[d] = malloc(r->codec_bytes)))
-            return sov_fail(SOV_ERR_NOMEM, "verifying a checkpoint: out of memory");
+        if (scratch && !r->scratch[d] && !(r->scratch[d] = malloc(r->codec_bytes)))
+            return sov_fail(SOV_ERR_NOMEM, "reading a checkpoint: out of memory for decoding scratch");
     }
     return SOV_OK;
 }
@@ -284,16 +322,16 @@ sov_status sov_chunk_reader_run(sov_chunk_reader *r, const char *dir, const char
                                 const sov_chunk_ref *refs, size_t n) {
     if (n == 0)
         return SOV_OK;
-    int verify = 0;
+    int scratch = 0; /* some chunk decodes outside its windows */
     size_t raw_bytes = 0, span = 0;
     for (size_t i = 0; i < n; i++) { /* the largest chunk, decoded and as stored with its padding */
         size_t decoded = refs[i].elems * refs[i].elem_bytes, stored = (size_t)refs[i].bytes + refs[i].pad;
-        verify |= refs[i].dst == NULL;
+        scratch |= !sov_chunk_in_place(&refs[i]);
         raw_bytes = decoded > raw_bytes ? decoded : raw_bytes;
         span = stored > span ? stored : span;
     }
     int decoders = at_most(n, r->decoders), fetchers = at_most(n, FETCHERS);
-    SOV_CHECK(codecs_ready(r, decoders, verify, raw_bytes));
+    SOV_CHECK(codecs_ready(r, decoders, scratch, raw_bytes));
     SOV_CHECK(buffers_ready(r, span));
     run j = {.r = r, .dir = dir, .files = files, .refs = refs, .n = n, .status = SOV_OK};
     for (int b = 0; b < r->buffers; b++)

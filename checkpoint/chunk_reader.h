@@ -10,9 +10,28 @@
 #define SOV_CKPT_CHUNK_READER_H
 
 #include "sov_internal.h"
+#include <sovtrain/ckpt.h>
 
 #include <stddef.h>
 #include <stdint.h>
+
+/* A box that is not one run in both the shard and the destination (a column of a row-major tensor): the shard's
+ * elements of the box [in_shard, in_shard + part), whose shard starts at element `at` of its buffer, go to the box
+ * [in_req, in_req + part) of a destination of shape req_shape, row by row. */
+typedef struct sov_box_scatter {
+    int ndim; /* >= 2: a box of fewer dimensions is always one run */
+    size_t at, elem_bytes;
+    int64_t shard_shape[SOV_CKPT_MAX_DIMS], in_shard[SOV_CKPT_MAX_DIMS];
+    int64_t req_shape[SOV_CKPT_MAX_DIMS], in_req[SOV_CKPT_MAX_DIMS], part[SOV_CKPT_MAX_DIMS];
+} sov_box_scatter;
+
+/* Where a chunk's elements go: the buffer's elements [lo, hi) that it holds, copied to dst (element lo first), or
+ * with `box`, scattered into the box's rows at dst. */
+typedef struct sov_chunk_window {
+    size_t lo, hi;
+    uint8_t *dst;
+    const sov_box_scatter *box;
+} sov_chunk_window;
 
 typedef struct sov_chunk_ref {
     size_t file;        /* index into the files given to sov_chunk_reader_run */
@@ -20,9 +39,20 @@ typedef struct sov_chunk_ref {
     size_t elems;
     size_t elem_bytes; /* of its buffer */
     uint64_t file_offset, bytes;
-    size_t pad;   /* bytes of zeros after it in the file (to the next chunk's aligned start), checked */
-    uint8_t *dst; /* the start of the buffer it decodes into; NULL: verify only (decoded and dropped) */
+    size_t pad; /* bytes of zeros after it in the file (to the next chunk's aligned start), checked */
+    /* What the chunk delivers (none: verify only, decoded and dropped). A single window that takes the whole
+     * chunk gets it decoded in place; otherwise it is decoded into scratch and each window copies its part. */
+    const sov_chunk_window *windows;
+    int nwindows;
 } sov_chunk_ref;
+
+/* 1 when the chunk decodes straight into its one window, which takes all of it, at an address aligned for its
+ * elements (the decoder stores whole elements). */
+static inline int sov_chunk_in_place(const sov_chunk_ref *c) {
+    return c->nwindows == 1 && !c->windows[0].box && c->windows[0].lo <= c->elem_offset &&
+           c->elem_offset + c->elems <= c->windows[0].hi &&
+           (uintptr_t)(c->windows[0].dst + (c->elem_offset - c->windows[0].lo) * c->elem_bytes) % c->elem_bytes == 0;
+}
 
 /* Codecs and buffers, made at the first run and reused by the next ones (made anew for bigger chunks). */
 typedef struct sov_chunk_reader sov_chunk_reader;
@@ -30,7 +60,7 @@ typedef struct sov_chunk_reader sov_chunk_reader;
 sov_status sov_chunk_reader_create(sov_chunk_reader **out);
 void sov_chunk_reader_destroy(sov_chunk_reader *r);
 
-/* Reads and decodes refs[0..n), each into dst + elem_offset * elem_bytes (or into scratch where dst is NULL), from
+/* Reads and decodes refs[0..n), each into its windows (or into scratch where it has none), from
  * dir/files[ref.file]. Chunks are taken in the order given (sort them by file and offset for sequential reads).
  * Fails with the first error met, naming the file and the chunk's offset. */
 sov_status sov_chunk_reader_run(sov_chunk_reader *r, const char *dir, const char *const *files,

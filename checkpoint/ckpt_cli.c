@@ -1,6 +1,7 @@
 /* ckpt_cli.c: `sovtrain ckpt ls|verify|inspect|export`, the operators' tools. */
-#include <sovtrain/ckpt.h>
+#include "catalog.h"
 #include "fsio.h"
+#include <sovtrain/ckpt.h>
 
 #include <stdio.h>
 #include <string.h>
@@ -34,13 +35,12 @@ static sov_status resolve(const char *arg, char *path, size_t cap) {
 
 /* Raw and stored bytes of a checkpoint, from its manifest. */
 static void sizes(const sov_ckpt *c, double *raw, double *stored) {
+    const sov_catalog *cat = sov_ckpt_catalog(c);
     size_t i;
-    json_t *b, *f;
+    json_t *f;
     *raw = *stored = 0;
-    json_array_foreach(json_object_get(sov_ckpt_manifest(c), "buffers"), i, b) {
-        const char *name = json_string_value(json_object_get(b, "name"));
-        *raw += (double)sov_ckpt_buffer_elem_bytes(c, name) * (double)sov_ckpt_buffer_count(c, name);
-    }
+    for (int b = 0; b < cat->nbuffers; b++)
+        *raw += (double)sov_dtype_size(cat->buffers[b].dtype) * (double)cat->buffers[b].count;
     json_array_foreach(json_object_get(sov_ckpt_manifest(c), "files"), i, f)
         *stored += (double)json_integer_value(json_object_get(f, "bytes"));
 }
@@ -119,15 +119,21 @@ static int cmd_inspect(const char *arg) {
            (long long)json_integer_value(json_object_get(m, "format_version")));
     printf("state       %.2f MB raw, %.2f MB stored (ratio %.3f)\nbuffers    ", raw / 1e6, stored / 1e6,
            stored > 0 ? raw / stored : 0.0);
-    size_t i;
-    json_t *b;
-    json_array_foreach(json_object_get(m, "buffers"), i, b)
-        printf(" %s[%lld]", json_string_value(json_object_get(b, "name")),
-               (long long)json_integer_value(json_object_get(b, "count")));
-    printf("\ntensors     %zu\nmeta        ", json_array_size(json_object_get(m, "tensors")));
-    char *meta = json_dumps(json_object_get(m, "meta"), JSON_COMPACT | JSON_PRESERVE_ORDER);
-    printf("%s\n", meta ? meta : "null");
-    free(meta);
+    const sov_catalog *cat = sov_ckpt_catalog(c);
+    for (int b = 0; b < cat->nbuffers; b++)
+        printf(" %s[%zu]", cat->buffers[b].name, cat->buffers[b].count);
+    int per_dtype[SOV_NUM_DTYPES] = {0}, sharded = 0;
+    for (int t = 0; t < cat->ntensors; t++) {
+        per_dtype[cat->tensors[t].dtype]++;
+        sharded += cat->tensors[t].nshards > 1 || cat->buffers[cat->tensors[t].shards[0].buffer].writer >= 0;
+    }
+    printf("\ntensors     %d (", cat->ntensors);
+    for (int d = 0, first = 1; d < SOV_NUM_DTYPES; d++)
+        if (per_dtype[d]) {
+            printf("%s%d %s", first ? "" : ", ", per_dtype[d], sov_dtype_name((sov_dtype)d));
+            first = 0;
+        }
+    printf("; %d sharded)\nmeta        %s\n", sharded, sov_ckpt_meta_json(c));
     sov_ckpt_close(c);
     return 0;
 }
@@ -156,8 +162,7 @@ static int cmd_export(int argc, char **argv) {
         sov_ckpt_close(c);
         return 1;
     }
-    printf("wrote %s (%zu tensors of step %ld)\n", out,
-           json_array_size(json_object_get(sov_ckpt_manifest(c), "tensors")), sov_ckpt_step(c));
+    printf("wrote %s (%d tensors of step %ld)\n", out, sov_ckpt_num_tensors(c), sov_ckpt_step(c));
     sov_ckpt_close(c);
     return 0;
 }

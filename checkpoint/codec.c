@@ -17,6 +17,11 @@
  * restores ran 5-11 % faster (alternated scratch runs, medians of 40). */
 #define NEAR_RANDOM_BITS 7.9
 #define HUFFMAN_MIN_GAIN_BITS 6.75
+/* ... unless the plane is so large a part of the chunk that the gain on the chunk is worth it: a 7-bit plane (the
+ * low byte of an all-positive tensor, whose sign bit is constant) saves 1/8 of itself, which is 1/16 of a chunk of
+ * 2-byte elements (the second moment of a bf16 job: its ratio fell from 98 % to 96 % of the entropy bound stored
+ * raw) but only 1/32 of a chunk of 4-byte ones, where the coding costs more than it saves. */
+#define CHUNK_MIN_GAIN 0.05
 /* Decisions are taken on a sample of each plane: SAMPLE_BLOCKS runs of SAMPLE_BLOCK elements spread over the chunk.
  * 16 KiB estimate a plane's entropy to ~0.01 bit (the bias of 256 symbols' plug-in estimate); 64 KiB samples were
  * 1/16 of a 2 MiB chunk's bf16 planes and cost 4-7 % of its encoding (histograms and the sample's transform) for no
@@ -468,7 +473,8 @@ static uint8_t pairs_window(const uint32_t hist[256], size_t *inside) {
  * for a weight's exponent plane they do not, and the two trial compressions would cost more than the entropy pass.
  * A plane for literals whose sample lies nearly all in one window of 15 values (*base on) is paired first
  * (coding 2). */
-static int choose_coder(sov_codec *c, const uint8_t *smp, size_t len, uint8_t *base) {
+/* planes: how many the chunk has (its element size, or 1 without a transform). */
+static int choose_coder(sov_codec *c, const uint8_t *smp, size_t len, int planes, uint8_t *base) {
     if (len < 64)
         return CODER_RAW;
     uint32_t hist[256];
@@ -485,7 +491,7 @@ static int choose_coder(sov_codec *c, const uint8_t *smp, size_t len, uint8_t *b
         if (!ZSTD_isError(lit) && !ZSTD_isError(lz) && lz < lit)
             return CODER_LEVEL1;
     }
-    if (bits >= HUFFMAN_MIN_GAIN_BITS)
+    if (bits >= HUFFMAN_MIN_GAIN_BITS && (8.0 - bits) / 8.0 / planes < CHUNK_MIN_GAIN)
         return CODER_RAW;
     size_t inside = 0;
     *base = pairs_window(hist, &inside);
@@ -610,7 +616,7 @@ sov_status sov_chunk_encode(sov_codec *c, const void *raw, size_t raw_bytes, int
     if (h.transform) {
         size_t len = gather_samples(c, raw, plane_n, elem_size, transform);
         for (int k = 0; k < h.planes; k++) { /* pairs only for a float's last plane, the exponent's: split_to_places */
-            coder[k] = choose_coder(c, c->samples + (size_t)k * SAMPLE_BYTES, len, &base);
+            coder[k] = choose_coder(c, c->samples + (size_t)k * SAMPLE_BYTES, len, h.planes, &base);
             int pairs_fit = k == h.planes - 1 && transform == SOV_TRANSFORM_FLOAT;
             if (coder[k] == CODER_PAIRS && (!pairs_fit || !pairs_ready(c)))
                 coder[k] = CODER_LITERAL;
@@ -621,7 +627,7 @@ sov_status sov_chunk_encode(sov_codec *c, const void *raw, size_t raw_bytes, int
     } else {
         h.xxh3_raw = sov_xxh3(raw, raw_bytes);
         /* one-byte elements (u8, i8, bool): judged on the chunk's first bytes */
-        coder[0] = choose_coder(c, raw, raw_bytes < SAMPLE_BYTES ? raw_bytes : SAMPLE_BYTES, &base);
+        coder[0] = choose_coder(c, raw, raw_bytes < SAMPLE_BYTES ? raw_bytes : SAMPLE_BYTES, 1, &base);
         if (coder[0] == CODER_PAIRS) /* pairs are for the planes of a transform */
             coder[0] = CODER_LITERAL;
     }

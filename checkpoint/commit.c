@@ -1,7 +1,8 @@
 /* commit.c: see commit.h. */
+#include "catalog.h"
 #include "commit.h"
-#include <sovtrain/ckpt.h>
 #include "fsio.h"
+#include <sovtrain/ckpt.h>
 
 #include <dirent.h>
 #include <errno.h>
@@ -86,8 +87,86 @@ static sov_status gather_markers(const sov_commit *c, json_t *mine, json_t **fil
     return SOV_OK;
 }
 
+/* Rank r's shards into the sharded tensors met so far: `sharded` maps names to the entries, which `order` holds in
+ * the order they were met. */
+static sov_status merge_shards(const sov_commit *c, int r, json_t *shards, json_t *sharded, json_t *order) {
+    size_t i;
+    json_t *e;
+    json_array_foreach(shards, i, e) {
+        json_t *t = json_object_get(e, "tensor");
+        const char *name = json_string_value(json_object_get(t, "name"));
+        json_t *have = name ? json_object_get(sharded, name) : NULL;
+        if (!name)
+            return sov_fail(SOV_ERR_INTERNAL, "rank 0: rank %d's marker lists a shard without its tensor", r);
+        if (!have) {
+            have = json_pack("{s:O, s:O, s:O, s:[]}", "name", json_object_get(t, "name"), "dtype",
+                             json_object_get(t, "dtype"), "shape", json_object_get(t, "shape"), "shards");
+            json_object_set_new(sharded, name, have);
+            json_array_append(order, have);
+        } else if (!json_equal(json_object_get(have, "dtype"), json_object_get(t, "dtype")) ||
+                   !json_equal(json_object_get(have, "shape"), json_object_get(t, "shape"))) {
+            return sov_fail(SOV_ERR_INVALID, "rank 0: the checkpoint of step %ld: rank %d gives sharded tensor \"%s\" "
+                            "another dtype or shape than a lower rank; the previous checkpoint stays latest", c->step,
+                            r, name);
+        }
+        json_array_append(json_object_get(have, "shards"), json_object_get(e, "shard"));
+    }
+    return SOV_OK;
+}
+
+/* The ranks' own parts, from their markers, into the manifest: their buffers and the shards of sharded tensors.
+ * Each marker keeps only what describes its file. Every rank must hold the same replicated tensors (names, dtypes
+ * and shapes: rank 0's digest of them), and the shards of each sharded tensor must tile it (sov_catalog checks). */
+static sov_status merge_parts(const sov_commit *c, json_t *m, json_t *files) {
+    json_t *buffers = json_object_get(m, "buffers"), *tensors = json_object_get(m, "tensors"), *f;
+    json_t *sharded = json_object(), *order = json_array();
+    char digest[32]; /* rank 0's, kept: each marker's copy is removed as it is merged */
+    const char *first = json_string_value(json_object_get(json_array_get(files, 0), "replicated"));
+    snprintf(digest, sizeof digest, "%s", first ? first : "");
+    size_t r;
+    sov_status st = SOV_OK;
+    json_array_foreach(files, r, f) {
+        const char *mine = json_string_value(json_object_get(f, "replicated"));
+        if (st == SOV_OK && (!mine || !*digest || strcmp(mine, digest) != 0))
+            st = sov_fail(SOV_ERR_INVALID, "rank 0: the checkpoint of step %ld: rank %zu's replicated tensors differ "
+                          "from rank 0's (names, dtypes or shapes); the previous checkpoint stays latest", c->step, r);
+        if (st == SOV_OK)
+            json_array_extend(buffers, json_object_get(f, "buffers"));
+        if (st == SOV_OK)
+            st = merge_shards(c, (int)r, json_object_get(f, "shards"), sharded, order);
+        json_object_del(f, "buffers");
+        json_object_del(f, "shards");
+        json_object_del(f, "replicated");
+    }
+    json_array_extend(tensors, order);
+    json_decref(order);
+    json_decref(sharded);
+    return st;
+}
+
+/* The assembled manifest must read back: every shard in its buffer, the shards of each tensor tiling it. */
+static sov_status check_assembled(const sov_commit *c, const json_t *m) {
+    char where[128];
+    snprintf(where, sizeof where, "rank 0: the checkpoint of step %ld", c->step);
+    sov_catalog cat;
+    sov_status st = sov_catalog_from_manifest(m, SOV_CKPT_FORMAT_VERSION, where, &cat);
+    if (st == SOV_OK)
+        sov_catalog_free(&cat);
+    else
+        st = sov_fail(SOV_ERR_INVALID, "%s; the previous checkpoint stays latest", sov_last_error());
+    return st;
+}
+
 static sov_status write_manifest(const sov_commit *c, const json_t *manifest_base, json_t *files) {
     json_t *m = json_deep_copy(manifest_base);
+    sov_status st = merge_parts(c, m, files);
+    if (st == SOV_OK)
+        st = check_assembled(c, m);
+    if (st != SOV_OK) {
+        json_decref(m);
+        json_decref(files);
+        return st;
+    }
     json_object_set_new(m, "files", files);
     json_object_set_new(m, "manifest_xxh3", json_string("0000000000000000"));
     char *text = json_dumps(m, JSON_INDENT(1) | JSON_PRESERVE_ORDER);
@@ -95,7 +174,7 @@ static sov_status write_manifest(const sov_commit *c, const json_t *manifest_bas
     if (!text)
         return sov_fail(SOV_ERR_NOMEM, "rank 0: cannot serialise the manifest");
     size_t n = strlen(text);
-    sov_status st = sov_manifest_seal(text, n);
+    st = sov_manifest_seal(text, n);
     if (st == SOV_OK)
         st = sov_write_file_atomic(c->partial, "manifest.json", text, n);
     free(text);

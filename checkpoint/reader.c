@@ -1,10 +1,11 @@
 /* reader.c: opening, verifying and reading checkpoints, hardened against damaged input: every size, count and
  * offset from a manifest or chunk header is checked before it is used, and nothing is allocated by an unchecked
  * size. */
+#include "catalog.h"
 #include "chunk_reader.h"
-#include <sovtrain/ckpt.h>
 #include "codec.h"
 #include "fsio.h"
+#include <sovtrain/ckpt.h>
 
 #include <dirent.h>
 #include <errno.h>
@@ -16,12 +17,23 @@
 
 #define MANIFEST_MAX_BYTES ((size_t)64 << 20)
 
+/* The chunks of one buffer, sorted by elem_offset: they tile it (checked when the index is made). */
+typedef struct buffer_chunks {
+    sov_chunk_ref *refs;
+    size_t n;
+} buffer_chunks;
+
 struct sov_ckpt {
     char path[4096];
     json_t *manifest;
+    char *meta_text; /* meta as JSON text */
     long step;
+    int world;
+    int version;
     size_t chunk_bytes;
     uint64_t align; /* where chunks start in a data file: multiples of this (1: back to back) */
+    sov_catalog cat;
+    buffer_chunks *index;     /* per buffer of cat, made at the first read */
     sov_chunk_reader *chunks; /* made at the first read */
 };
 
@@ -37,10 +49,10 @@ static int by_start(const void *a, const void *b) {
     return x[0] < y[0] ? -1 : x[0] > y[0];
 }
 
-/* The chunks of data file fi (entry f) lie where the format puts them: sorted by offset, the first at 0 and each
+/* The chunks of data file entry f lie where the format puts them: sorted by offset, the first at 0 and each
  * next one at the first multiple of c->align at or after the end of the one before, and the file ends where the
  * last one does. Every byte of the file then belongs to a chunk or to the zeros after one, which a read checks. */
-static sov_status check_layout(const sov_ckpt *c, size_t fi, json_t *f) {
+static sov_status check_layout(const sov_ckpt *c, json_t *f) {
     json_t *chunks = json_object_get(f, "chunks"), *size = json_object_get(f, "bytes"), *ch;
     size_t n = json_array_size(chunks), i;
     uint64_t(*span)[2] = sov_malloc((n ? n : 1) * sizeof *span);
@@ -52,8 +64,8 @@ static sov_status check_layout(const sov_ckpt *c, size_t fi, json_t *f) {
             json_integer_value(by) < SOV_CHUNK_HEADER_BYTES ||
             (uint64_t)json_integer_value(by) > sov_chunk_bound(c->chunk_bytes)) {
             free(span);
-            return sov_fail(SOV_ERR_FORMAT, "%s/manifest.json: chunk %zu of file %zu has no valid place or size",
-                            c->path, i, fi);
+            return sov_fail(SOV_ERR_FORMAT, "%s/manifest.json: chunk %zu of %s has no valid place or size",
+                            c->path, i, json_string_value(json_object_get(f, "file")));
         }
         span[i][0] = (uint64_t)json_integer_value(fo);
         span[i][1] = (uint64_t)json_integer_value(by);
@@ -64,9 +76,10 @@ static sov_status check_layout(const sov_ckpt *c, size_t fi, json_t *f) {
         at = i + 1 < n ? next_start(c, span[i][0] + span[i][1]) : span[i][0] + span[i][1];
     free(span);
     if (i != n || !json_is_integer(size) || (uint64_t)json_integer_value(size) != at)
-        return sov_fail(SOV_ERR_FORMAT, "%s/manifest.json: the chunks of file %zu do not lie where the format puts "
+        return sov_fail(SOV_ERR_FORMAT, "%s/manifest.json: the chunks of %s do not lie where the format puts "
                         "them (from byte 0, each at the first multiple of %llu bytes after the one before, the last "
-                        "ending at the file's \"bytes\")", c->path, fi, (unsigned long long)c->align);
+                        "ending at the file's \"bytes\")", c->path, json_string_value(json_object_get(f, "file")),
+                        (unsigned long long)c->align);
     return SOV_OK;
 }
 
@@ -90,40 +103,46 @@ static sov_status validate(sov_ckpt *c) {
         return bad(c, "\"chunk_bytes\" is missing, out of range (4 B..256 MiB) or not a multiple of 4");
     c->step = (long)json_integer_value(step);
     c->chunk_bytes = (size_t)json_integer_value(chunk);
-    c->align = json_integer_value(version) >= 3 ? SOV_CKPT_CHUNK_ALIGN : 1;
-    json_t *buffers = json_object_get(m, "buffers"), *files = json_object_get(m, "files");
-    if (!json_is_array(buffers) || !json_is_array(files) || json_array_size(files) < 1)
-        return bad(c, "\"buffers\" or \"files\" is missing");
-    size_t i, j;
-    json_t *b, *f, *ch;
-    json_array_foreach(buffers, i, b) {
-        json_t *cnt = json_object_get(b, "count");
-        const char *dtype = json_string_value(json_object_get(b, "dtype")), *name = json_string_value(json_object_get(b, "name"));
-        if (!name || !json_is_integer(cnt) || json_integer_value(cnt) < 0 ||
-            json_integer_value(cnt) > ((json_int_t)1 << 40) || !dtype ||
-            (strcmp(dtype, "f32") != 0 && strcmp(dtype, "bf16") != 0))
-            return bad(c, "a buffer entry lacks a name, a valid count or a dtype (f32 or bf16)");
-        for (j = 0; j < i; j++)
-            if (strcmp(json_string_value(json_object_get(json_array_get(buffers, j), "name")), name) == 0)
-                return bad(c, "two buffers have the same name");
-    }
-    json_array_foreach(files, i, f) {
-        const char *name = json_string_value(json_object_get(f, "file"));
-        if (!name || strchr(name, '/') || strcmp(name, "..") == 0 || !json_is_array(json_object_get(f, "chunks")))
-            return bad(c, "a file entry lacks a plain file name or its chunk list");
-        json_array_foreach(json_object_get(f, "chunks"), j, ch) {
-            const char *buf = json_string_value(json_object_get(ch, "buffer"));
-            if (!buf || sov_ckpt_buffer_count(c, buf) == 0)
-                return bad(c, "a chunk names a buffer the manifest does not list");
-        }
-        SOV_CHECK(check_layout(c, i, f));
-    }
+    c->version = (int)json_integer_value(version);
+    c->align = c->version >= 3 ? SOV_CKPT_CHUNK_ALIGN : 1;
+    json_t *world = json_object_get(m, "world_size");
+    c->world = json_is_integer(world) && json_integer_value(world) > 0 && json_integer_value(world) < (1 << 24)
+                   ? (int)json_integer_value(world) : (int)json_array_size(json_object_get(m, "files"));
     const char *base = strrchr(c->path, '/');
     long dir_step;
     base = base ? base + 1 : c->path;
     if (sscanf(base, "step-%ld", &dir_step) == 1 && dir_step != c->step)
         return bad(c, "\"step\" differs from the step in the directory's name");
     return SOV_OK;
+}
+
+/* The data files: plain names, chunks that name listed buffers (the catalog's), and the layout of each. */
+static sov_status validate_files(sov_ckpt *c) {
+    json_t *files = json_object_get(c->manifest, "files"), *f, *ch;
+    size_t i, j;
+    if (!json_is_array(files) || json_array_size(files) < 1)
+        return bad(c, "\"files\" is missing");
+    json_array_foreach(files, i, f) {
+        const char *name = json_string_value(json_object_get(f, "file"));
+        if (!name || strchr(name, '/') || strcmp(name, "..") == 0 || !json_is_array(json_object_get(f, "chunks")))
+            return sov_fail(SOV_ERR_FORMAT, "%s/manifest.json: file entry %zu lacks a plain file name or its chunk "
+                            "list", c->path, i);
+        json_array_foreach(json_object_get(f, "chunks"), j, ch) {
+            const char *buf = json_string_value(json_object_get(ch, "buffer"));
+            if (!buf || sov_catalog_find_buffer(&c->cat, buf) < 0)
+                return sov_fail(SOV_ERR_FORMAT, "%s/manifest.json: chunk %zu of %s names a buffer the manifest does "
+                                "not list", c->path, j, name);
+        }
+        SOV_CHECK(check_layout(c, f));
+    }
+    return SOV_OK;
+}
+
+/* The manifest's meta as text, for sov_ckpt_meta_json. */
+static sov_status keep_meta(sov_ckpt *c) {
+    json_t *meta = json_object_get(c->manifest, "meta");
+    c->meta_text = meta ? json_dumps(meta, JSON_COMPACT | JSON_ENCODE_ANY) : strdup("null");
+    return c->meta_text ? SOV_OK : sov_fail(SOV_ERR_NOMEM, "%s: cannot keep the manifest's meta", c->path);
 }
 
 sov_status sov_ckpt_open(const char *path, sov_ckpt **out) {
@@ -147,6 +166,12 @@ sov_status sov_ckpt_open(const char *path, sov_ckpt **out) {
     free(text);
     if (st == SOV_OK)
         st = validate(c);
+    if (st == SOV_OK)
+        st = sov_catalog_from_manifest(c->manifest, c->version, mpath, &c->cat);
+    if (st == SOV_OK)
+        st = validate_files(c);
+    if (st == SOV_OK)
+        st = keep_meta(c);
     if (st != SOV_OK) {
         sov_ckpt_close(c);
         return st;
@@ -155,41 +180,51 @@ sov_status sov_ckpt_open(const char *path, sov_ckpt **out) {
     return SOV_OK;
 }
 
+static void free_index(sov_ckpt *c) {
+    for (int b = 0; c->index && b < c->cat.nbuffers; b++)
+        free(c->index[b].refs);
+    free(c->index);
+    c->index = NULL;
+}
+
 void sov_ckpt_close(sov_ckpt *c) {
     if (!c)
         return;
     sov_chunk_reader_destroy(c->chunks);
+    free_index(c);
+    sov_catalog_free(&c->cat);
+    free(c->meta_text);
     json_decref(c->manifest);
     free(c);
 }
 
 long sov_ckpt_step(const sov_ckpt *c) { return c->step; }
+int sov_ckpt_world_size(const sov_ckpt *c) { return c->world; }
 const json_t *sov_ckpt_manifest(const sov_ckpt *c) { return c->manifest; }
+const sov_catalog *sov_ckpt_catalog(const sov_ckpt *c) { return &c->cat; }
 const char *sov_ckpt_path(const sov_ckpt *c) { return c->path; }
+const char *sov_ckpt_meta_json(const sov_ckpt *c) { return c->meta_text; }
+int sov_ckpt_num_tensors(const sov_ckpt *c) { return c->cat.ntensors; }
 
-static json_t *buffer_entry(const sov_ckpt *c, const char *name) {
-    size_t i;
-    json_t *b;
-    json_array_foreach(json_object_get(c->manifest, "buffers"), i, b) {
-        if (strcmp(json_string_value(json_object_get(b, "name")), name) == 0)
-            return b;
-    }
-    return NULL;
+static void info_of(const sov_cat_tensor *t, sov_ckpt_tensor_info *info) {
+    *info = (sov_ckpt_tensor_info){.name = t->name, .dtype = t->dtype, .ndim = t->ndim, .num_shards = t->nshards};
+    memcpy(info->shape, t->shape, sizeof info->shape);
 }
 
-size_t sov_ckpt_buffer_count(const sov_ckpt *c, const char *name) {
-    json_t *b = buffer_entry(c, name);
-    return b ? (size_t)json_integer_value(json_object_get(b, "count")) : 0;
+sov_status sov_ckpt_tensor_at(const sov_ckpt *c, int index, sov_ckpt_tensor_info *info) {
+    if (index < 0 || index >= c->cat.ntensors)
+        return sov_fail(SOV_ERR_INVALID, "%s: no tensor %d (it has %d)", c->path, index, c->cat.ntensors);
+    info_of(&c->cat.tensors[index], info);
+    return SOV_OK;
 }
 
-/* validate() allows f32 and bf16 only. */
-size_t sov_ckpt_buffer_elem_bytes(const sov_ckpt *c, const char *name) {
-    json_t *b = buffer_entry(c, name);
-    return b && strcmp(json_string_value(json_object_get(b, "dtype")), "bf16") == 0 ? 2 : 4;
+sov_status sov_ckpt_tensor_find(const sov_ckpt *c, const char *name, sov_ckpt_tensor_info *info) {
+    int i = sov_catalog_find(&c->cat, name);
+    if (i < 0)
+        return sov_fail(SOV_ERR_INVALID, "%s has no tensor \"%s\"", c->path, name);
+    info_of(&c->cat.tensors[i], info);
+    return SOV_OK;
 }
-
-size_t sov_ckpt_dtype_bytes(sov_ckpt_dtype dtype) { return dtype == SOV_CKPT_BF16 ? 2 : 4; }
-const char *sov_ckpt_dtype_name(sov_ckpt_dtype dtype) { return dtype == SOV_CKPT_BF16 ? "bf16" : "f32"; }
 
 static int by_offset(const void *a, const void *b) {
     const sov_chunk_ref *x = a, *y = b;
@@ -204,63 +239,231 @@ static int by_place(const void *a, const void *b) {
     return x->file_offset < y->file_offset ? -1 : x->file_offset > y->file_offset;
 }
 
-/* The chunks of buffer `name` (all when name is NULL), checked: within the buffer, sizes plausible. */
-static sov_status collect_chunks(const sov_ckpt *c, const char *name, size_t count, sov_chunk_ref **out, size_t *n_out) {
-    json_t *files = json_object_get(c->manifest, "files"), *f, *ch;
-    size_t fi, ci, n = 0, cap = 0;
-    sov_chunk_ref *refs = NULL;
-    json_array_foreach(files, fi, f) {
-        json_array_foreach(json_object_get(f, "chunks"), ci, ch) {
-            const char *buf = json_string_value(json_object_get(ch, "buffer"));
-            json_t *eo = json_object_get(ch, "elem_offset"), *el = json_object_get(ch, "elems"),
-                   *fo = json_object_get(ch, "file_offset"), *by = json_object_get(ch, "bytes");
-            size_t elem_bytes = buf ? sov_ckpt_buffer_elem_bytes(c, buf) : 4;
-            if (!buf || !json_is_integer(eo) || !json_is_integer(el) || !json_is_integer(fo) || !json_is_integer(by) ||
-                json_integer_value(eo) < 0 || json_integer_value(el) < 1 || json_integer_value(fo) < 0 ||
-                json_integer_value(by) < SOV_CHUNK_HEADER_BYTES ||
-                (uint64_t)json_integer_value(el) > c->chunk_bytes / elem_bytes ||
-                (uint64_t)json_integer_value(by) > sov_chunk_bound(c->chunk_bytes)) {
-                free(refs);
-                return sov_fail(SOV_ERR_FORMAT, "%s/manifest.json: chunk %zu of file %zu is malformed or oversized",
-                                c->path, ci, fi);
-            }
-            if (name && strcmp(buf, name) != 0)
-                continue;
-            if (n == cap) {
-                cap = cap ? 2 * cap : 64;
-                sov_chunk_ref *grown = realloc(refs, cap * sizeof *refs);
-                if (!grown) {
-                    free(refs);
-                    return sov_fail(SOV_ERR_NOMEM, "reading %s: out of memory", c->path);
-                }
-                refs = grown;
-            }
-            uint64_t end = (uint64_t)json_integer_value(fo) + (uint64_t)json_integer_value(by),
-                     file_end = (uint64_t)json_integer_value(json_object_get(f, "bytes")); /* check_layout's */
-            refs[n++] = (sov_chunk_ref){.file = fi, .elem_offset = (size_t)json_integer_value(eo),
-                                    .elems = (size_t)json_integer_value(el), .elem_bytes = elem_bytes, .file_offset = (uint64_t)json_integer_value(fo),
-                                    .bytes = (uint64_t)json_integer_value(by),
-                                    .pad = end < file_end ? (size_t)(next_start(c, end) - end) : 0};
-        }
-    }
-    if (name) { /* the chunks must tile [0, count) exactly: each starts where the previous one ended */
-        if (n)
-            qsort(refs, n, sizeof *refs, by_offset);
-        size_t next = 0, i = 0;
-        for (; i < n && refs[i].elem_offset == next && refs[i].elems <= count - next; i++)
-            next += refs[i].elems;
-        if (i != n || next != count) {
-            free(refs);
-            return sov_fail(SOV_ERR_FORMAT, "%s/manifest.json: the chunks of buffer \"%s\" do not cover its %zu "
-                            "elements exactly once", c->path, name, count);
-        }
-    }
-    *out = refs;
-    *n_out = n;
+/* One chunk entry of file fi checked and made a ref, for a buffer of elem_bytes. */
+static sov_status chunk_ref_of(const sov_ckpt *c, size_t fi, size_t ci, const json_t *f, const json_t *ch,
+                               sov_chunk_ref *ref, int *buffer) {
+    const char *buf = json_string_value(json_object_get(ch, "buffer"));
+    json_t *eo = json_object_get(ch, "elem_offset"), *el = json_object_get(ch, "elems"),
+           *fo = json_object_get(ch, "file_offset"), *by = json_object_get(ch, "bytes");
+    int b = *buffer = buf ? sov_catalog_find_buffer(&c->cat, buf) : -1;
+    size_t elem_bytes = b >= 0 ? sov_dtype_size(c->cat.buffers[b].dtype) : 4;
+    if (b < 0 || !json_is_integer(eo) || !json_is_integer(el) || !json_is_integer(fo) || !json_is_integer(by) ||
+        json_integer_value(eo) < 0 || json_integer_value(eo) > SOV_CKPT_MAX_ELEMS || json_integer_value(el) < 1 ||
+        json_integer_value(fo) < 0 || json_integer_value(by) < SOV_CHUNK_HEADER_BYTES ||
+        (uint64_t)json_integer_value(el) > c->chunk_bytes / elem_bytes ||
+        (uint64_t)json_integer_value(by) > sov_chunk_bound(c->chunk_bytes))
+        return sov_fail(SOV_ERR_FORMAT, "%s/manifest.json: chunk %zu of %s is malformed or oversized", c->path, ci,
+                        json_string_value(json_object_get(f, "file")));
+    uint64_t end = (uint64_t)json_integer_value(fo) + (uint64_t)json_integer_value(by),
+             file_end = (uint64_t)json_integer_value(json_object_get(f, "bytes")); /* check_layout's */
+    *ref = (sov_chunk_ref){.file = fi, .elem_offset = (size_t)json_integer_value(eo),
+                           .elems = (size_t)json_integer_value(el), .elem_bytes = elem_bytes,
+                           .file_offset = (uint64_t)json_integer_value(fo), .bytes = (uint64_t)json_integer_value(by),
+                           .pad = end < file_end ? (size_t)(next_start(c, end) - end) : 0};
     return SOV_OK;
 }
 
-/* Reads and decodes the chunks in refs, each into its dst + elem_offset (no dst: verified and dropped). */
+/* Each buffer's chunks sorted by elem_offset, checked to tile it exactly once. */
+static sov_status index_buffer(sov_ckpt *c, int b, const sov_chunk_ref *all, const int *owner, size_t n) {
+    buffer_chunks *bc = &c->index[b];
+    size_t count = c->cat.buffers[b].count, next = 0, mine = 0, i;
+    for (i = 0; i < n; i++)
+        mine += owner[i] == b;
+    if (!(bc->refs = sov_calloc(mine + 1, sizeof *bc->refs)))
+        return SOV_ERR_NOMEM;
+    for (i = 0; i < n; i++)
+        if (owner[i] == b)
+            bc->refs[bc->n++] = all[i];
+    if (bc->n)
+        qsort(bc->refs, bc->n, sizeof *bc->refs, by_offset);
+    for (i = 0; i < bc->n && bc->refs[i].elem_offset == next && bc->refs[i].elems <= count - next; i++)
+        next += bc->refs[i].elems;
+    if (i != bc->n || next != count)
+        return sov_fail(SOV_ERR_FORMAT, "%s/manifest.json: the chunks of buffer \"%s\" do not cover its %zu elements "
+                        "exactly once", c->path, c->cat.buffers[b].name, count);
+    return SOV_OK;
+}
+
+/* The chunk index of every buffer, made at the first read. */
+static sov_status build_index(sov_ckpt *c) {
+    if (c->index)
+        return SOV_OK;
+    json_t *files = json_object_get(c->manifest, "files"), *f, *ch;
+    size_t fi, ci, total = 0, n = 0;
+    json_array_foreach(files, fi, f)
+        total += json_array_size(json_object_get(f, "chunks"));
+    c->index = sov_calloc((size_t)c->cat.nbuffers + 1, sizeof *c->index);
+    sov_chunk_ref *all = sov_calloc(total + 1, sizeof *all);
+    int *owner = sov_calloc(total + 1, sizeof *owner);
+    sov_status st = c->index && all && owner ? SOV_OK : SOV_ERR_NOMEM;
+    json_array_foreach(files, fi, f) {
+        json_array_foreach(json_object_get(f, "chunks"), ci, ch) {
+            if (st == SOV_OK && (st = chunk_ref_of(c, fi, ci, f, ch, &all[n], &owner[n])) == SOV_OK)
+                n++;
+        }
+    }
+    for (int b = 0; b < c->cat.nbuffers && st == SOV_OK; b++)
+        st = index_buffer(c, b, all, owner, n);
+    free(all);
+    free(owner);
+    if (st != SOV_OK)
+        free_index(c);
+    return st;
+}
+
+/* ---- reads: what each request needs from which chunk ---- */
+
+/* Everything one read_many call needs: a window on each chunk for each range of a request, and the geometry of
+ * the parts that are boxes rather than runs (windows point at them once planning is over and they no longer move). */
+typedef struct read_plan {
+    struct need {
+        int buffer;
+        size_t chunk; /* index into c->index[buffer] */
+        sov_chunk_window window;
+        int box; /* index into boxes, or -1 */
+    } *needs;
+    size_t nneeds, cap;
+    sov_box_scatter *boxes;
+    int nboxes, boxes_cap;
+} read_plan;
+
+static sov_status plan_grow(read_plan *p) {
+    if (p->nneeds < p->cap)
+        return SOV_OK;
+    size_t cap = p->cap ? 2 * p->cap : 64;
+    struct need *grown = realloc(p->needs, cap * sizeof *grown);
+    if (!grown)
+        return sov_fail(SOV_ERR_NOMEM, "reading a checkpoint: out of memory for %zu chunk windows", cap);
+    p->needs = grown;
+    p->cap = cap;
+    return SOV_OK;
+}
+
+/* The buffer's elements [lo, hi) go to dst (a run, or box `box`'s rows): a window on every chunk that holds some
+ * of them. */
+static sov_status plan_range(const sov_ckpt *c, read_plan *p, int buffer, size_t lo, size_t hi, uint8_t *dst,
+                             int box) {
+    const buffer_chunks *bc = &c->index[buffer];
+    size_t a = 0, z = bc->n; /* the first chunk that ends after lo */
+    while (a < z) {
+        size_t mid = a + (z - a) / 2;
+        if (bc->refs[mid].elem_offset + bc->refs[mid].elems <= lo)
+            a = mid + 1;
+        else
+            z = mid;
+    }
+    for (size_t k = a; k < bc->n && bc->refs[k].elem_offset < hi; k++) {
+        SOV_CHECK(plan_grow(p));
+        p->needs[p->nneeds++] =
+            (struct need){.buffer = buffer, .chunk = k, .window = {.lo = lo, .hi = hi, .dst = dst}, .box = box};
+    }
+    return SOV_OK;
+}
+
+static int plan_box(read_plan *p, const sov_box_scatter *box) {
+    if (p->nboxes == p->boxes_cap) {
+        int cap = p->boxes_cap ? 2 * p->boxes_cap : 16;
+        sov_box_scatter *grown = realloc(p->boxes, (size_t)cap * sizeof *grown);
+        if (!grown)
+            return -1;
+        p->boxes = grown;
+        p->boxes_cap = cap;
+    }
+    p->boxes[p->nboxes] = *box;
+    return p->nboxes++;
+}
+
+/* The part (offset `at`, lengths `part`) of a request's box that shard s holds: one run when it is one in both the
+ * shard and the destination, else a box scattered row by row as its chunks are decoded. Nothing is staged. */
+static sov_status plan_part(const sov_ckpt *c, read_plan *p, const sov_cat_tensor *t, const sov_cat_shard *s,
+                            const int64_t *req_off, const int64_t *req_shape, uint8_t *dst, const int64_t *at,
+                            const int64_t *part) {
+    size_t es = sov_dtype_size(t->dtype);
+    sov_box_scatter b = {.ndim = t->ndim, .at = s->at, .elem_bytes = es};
+    int64_t last[SOV_CKPT_MAX_DIMS];
+    for (int d = 0; d < t->ndim; d++) {
+        b.in_shard[d] = at[d] - s->offset[d];
+        b.in_req[d] = at[d] - req_off[d];
+        last[d] = b.in_shard[d] + part[d] - 1;
+    }
+    int64_t lo = sov_box_flat(t->ndim, s->shape, b.in_shard), hi = sov_box_flat(t->ndim, s->shape, last) + 1;
+    if (sov_box_contiguous(t->ndim, s->shape, part) && sov_box_contiguous(t->ndim, req_shape, part))
+        return plan_range(c, p, s->buffer, s->at + (size_t)lo, s->at + (size_t)hi,
+                          dst + (size_t)sov_box_flat(t->ndim, req_shape, b.in_req) * es, -1);
+    memcpy(b.shard_shape, s->shape, sizeof b.shard_shape);
+    memcpy(b.req_shape, req_shape, sizeof b.req_shape);
+    memcpy(b.part, part, sizeof b.part);
+    int box = plan_box(p, &b);
+    if (box < 0)
+        return sov_fail(SOV_ERR_NOMEM, "%s: out of memory planning the read of tensor \"%s\"", c->path, t->name);
+    return plan_range(c, p, s->buffer, s->at + (size_t)lo, s->at + (size_t)hi, dst, box);
+}
+
+/* One request: checked against the tensor, then each shard's part of the box. */
+static sov_status plan_request(const sov_ckpt *c, read_plan *p, const sov_ckpt_read_request *r) {
+    int ti = r->name ? sov_catalog_find(&c->cat, r->name) : -1;
+    if (ti < 0)
+        return sov_fail(SOV_ERR_INVALID, "%s has no tensor \"%s\"", c->path, r->name ? r->name : "(null)");
+    const sov_cat_tensor *t = &c->cat.tensors[ti];
+    if (r->dtype != t->dtype)
+        return sov_fail(SOV_ERR_INVALID, "%s: tensor \"%s\" holds %s elements, not %s", c->path, t->name,
+                        sov_dtype_name(t->dtype), sov_dtype_name(r->dtype));
+    int64_t zero[SOV_CKPT_MAX_DIMS] = {0};
+    const int64_t *off = r->offset ? r->offset : zero, *shape = r->shape ? r->shape : t->shape;
+    if (!r->offset != !r->shape || !sov_box_inside(t->ndim, off, shape, t->shape))
+        return sov_fail(SOV_ERR_INVALID, "%s: the box asked of tensor \"%s\" does not lie inside its shape (give both "
+                        "offset and shape, or neither)", c->path, t->name);
+    if (sov_box_volume(t->ndim, shape) > 0 && !r->dst)
+        return sov_fail(SOV_ERR_INVALID, "%s: no memory given to read tensor \"%s\" into", c->path, t->name);
+    for (int i = 0; i < t->nshards; i++) {
+        int64_t at[SOV_CKPT_MAX_DIMS], part[SOV_CKPT_MAX_DIMS];
+        const sov_cat_shard *s = &t->shards[i];
+        if (sov_box_intersect(t->ndim, s->offset, s->shape, off, shape, at, part))
+            SOV_CHECK(plan_part(c, p, t, s, off, shape, r->dst, at, part));
+    }
+    return SOV_OK;
+}
+
+static int by_chunk(const void *a, const void *b) {
+    const struct need *x = a, *y = b;
+    if (x->buffer != y->buffer)
+        return x->buffer < y->buffer ? -1 : 1;
+    return x->chunk < y->chunk ? -1 : x->chunk > y->chunk;
+}
+
+/* One ref per chunk needed, carrying the windows of every request that needs it, in file order. */
+static sov_status refs_of(const sov_ckpt *c, read_plan *p, sov_chunk_ref **out, size_t *n_out,
+                          sov_chunk_window **windows_out) {
+    if (p->nneeds)
+        qsort(p->needs, p->nneeds, sizeof *p->needs, by_chunk);
+    sov_chunk_ref *refs = sov_calloc(p->nneeds + 1, sizeof *refs);
+    sov_chunk_window *windows = sov_calloc(p->nneeds + 1, sizeof *windows);
+    if (!refs || !windows) {
+        free(refs);
+        free(windows);
+        return SOV_ERR_NOMEM;
+    }
+    size_t n = 0;
+    for (size_t i = 0; i < p->nneeds; i++) {
+        windows[i] = p->needs[i].window;
+        windows[i].box = p->needs[i].box >= 0 ? &p->boxes[p->needs[i].box] : NULL;
+        int same = i > 0 && by_chunk(&p->needs[i - 1], &p->needs[i]) == 0;
+        if (!same) {
+            refs[n] = c->index[p->needs[i].buffer].refs[p->needs[i].chunk];
+            refs[n].windows = &windows[i];
+            n++;
+        }
+        refs[n - 1].nwindows++;
+    }
+    if (n)
+        qsort(refs, n, sizeof *refs, by_place);
+    *out = refs;
+    *n_out = n;
+    *windows_out = windows;
+    return SOV_OK;
+}
+
+/* Reads and decodes the chunks in refs (verifying every one), each into its windows. */
 static sov_status decode_chunks(sov_ckpt *c, const sov_chunk_ref *refs, size_t n) {
     if (n == 0)
         return SOV_OK;
@@ -278,65 +481,44 @@ static sov_status decode_chunks(sov_ckpt *c, const sov_chunk_ref *refs, size_t n
     return st;
 }
 
-/* The chunks of one buffer the caller asked for, checked against its count and dtype, appended to *all. */
-static sov_status add_buffer_chunks(sov_ckpt *c, const sov_ckpt_buffer *b, sov_chunk_ref **all, size_t *n_all) {
-    if (b->count && !b->data)
-        return sov_fail(SOV_ERR_INVALID, "%s: no memory given to read buffer \"%s\" into", c->path, b->name);
-    size_t have = sov_ckpt_buffer_count(c, b->name);
-    if (have != b->count)
-        return sov_fail(SOV_ERR_INVALID, "%s: buffer \"%s\" has %zu elements, %zu expected (a different model or "
-                        "optimizer?)", c->path, b->name, have, b->count);
-    if (sov_ckpt_buffer_elem_bytes(c, b->name) != sov_ckpt_dtype_bytes(b->dtype))
-        return sov_fail(SOV_ERR_INVALID, "%s: buffer \"%s\" holds %s elements, %s expected", c->path, b->name,
-                        json_string_value(json_object_get(buffer_entry(c, b->name), "dtype")),
-                        sov_ckpt_dtype_name(b->dtype));
-    sov_chunk_ref *refs;
-    size_t n;
-    SOV_CHECK(collect_chunks(c, b->name, b->count, &refs, &n));
-    sov_chunk_ref *grown = realloc(*all, (*n_all + n + 1) * sizeof *grown);
-    if (!grown) {
-        free(refs);
-        return sov_fail(SOV_ERR_NOMEM, "reading %s: out of memory", c->path);
-    }
-    for (size_t i = 0; i < n; i++) {
-        grown[*n_all + i] = refs[i];
-        grown[*n_all + i].dst = b->data;
-    }
-    *all = grown;
-    *n_all += n;
-    free(refs);
-    return SOV_OK;
+static void plan_free(read_plan *p) {
+    free(p->boxes);
+    free(p->needs);
 }
 
-sov_status sov_ckpt_read_buffers(sov_ckpt *c, const sov_ckpt_buffer *buffers, int num_buffers) {
-    sov_chunk_ref *refs = NULL;
-    size_t n = 0;
+sov_status sov_ckpt_read_many(sov_ckpt *c, const sov_ckpt_read_request *requests, int num_requests) {
+    SOV_CHECK(build_index(c));
+    read_plan p = {0};
     sov_status st = SOV_OK;
-    for (int b = 0; b < num_buffers && st == SOV_OK; b++)
-        st = add_buffer_chunks(c, &buffers[b], &refs, &n);
-    if (st == SOV_OK && n)
-        qsort(refs, n, sizeof *refs, by_place);
+    for (int r = 0; r < num_requests && st == SOV_OK; r++)
+        st = plan_request(c, &p, &requests[r]);
+    sov_chunk_ref *refs = NULL;
+    sov_chunk_window *windows = NULL;
+    size_t n = 0;
+    if (st == SOV_OK)
+        st = refs_of(c, &p, &refs, &n, &windows);
     if (st == SOV_OK)
         st = decode_chunks(c, refs, n);
     free(refs);
+    free(windows);
+    plan_free(&p);
     return st;
 }
 
-sov_status sov_ckpt_read_buffer(sov_ckpt *c, const char *name, sov_ckpt_dtype dtype, void *dst, size_t count) {
-    sov_ckpt_buffer b = {.name = name, .data = dst, .count = count, .dtype = dtype};
-    return sov_ckpt_read_buffers(c, &b, 1);
+sov_status sov_ckpt_read(sov_ckpt *c, const char *name, sov_dtype dtype, void *dst) {
+    sov_ckpt_read_request r = {.name = name, .dtype = dtype, .dst = dst};
+    return sov_ckpt_read_many(c, &r, 1);
+}
+
+sov_status sov_ckpt_read_slice(sov_ckpt *c, const char *name, sov_dtype dtype, const int64_t *offset,
+                               const int64_t *shape, void *dst) {
+    sov_ckpt_read_request r = {.name = name, .dtype = dtype, .offset = offset, .shape = shape, .dst = dst};
+    return sov_ckpt_read_many(c, &r, 1);
 }
 
 sov_status sov_ckpt_verify(sov_ckpt *c) {
+    SOV_CHECK(build_index(c)); /* coverage of every buffer */
     size_t i;
-    json_t *b;
-    json_array_foreach(json_object_get(c->manifest, "buffers"), i, b) { /* coverage of every buffer */
-        const char *name = json_string_value(json_object_get(b, "name"));
-        sov_chunk_ref *refs;
-        size_t n;
-        SOV_CHECK(collect_chunks(c, name, (size_t)json_integer_value(json_object_get(b, "count")), &refs, &n));
-        free(refs);
-    }
     json_t *f;
     json_array_foreach(json_object_get(c->manifest, "files"), i, f) { /* every file exactly as long as listed */
         char path[4400];
@@ -349,9 +531,17 @@ sov_status sov_ckpt_verify(sov_ckpt *c) {
             return sov_fail(SOV_ERR_FORMAT, "%s: %lld bytes, the manifest says %lld", path, (long long)sb.st_size,
                             json_is_integer(bytes) ? (long long)json_integer_value(bytes) : -1LL);
     }
-    sov_chunk_ref *refs;
-    size_t n;
-    SOV_CHECK(collect_chunks(c, NULL, 0, &refs, &n));
+    size_t total = 0;
+    for (int b = 0; b < c->cat.nbuffers; b++)
+        total += c->index[b].n;
+    sov_chunk_ref *refs = sov_calloc(total + 1, sizeof *refs);
+    if (!refs)
+        return SOV_ERR_NOMEM;
+    size_t n = 0;
+    for (int b = 0; b < c->cat.nbuffers; b++)
+        for (size_t k = 0; k < c->index[b].n; k++)
+            refs[n++] = c->index[b].refs[k]; /* no windows: decoded and dropped */
+    qsort(refs, n, sizeof *refs, by_place);
     sov_status st = decode_chunks(c, refs, n);
     free(refs);
     return st;

@@ -1,6 +1,7 @@
 /* snapshot.c: see snapshot.h. */
 #include "snapshot.h"
 
+#include <stdlib.h>
 #include <string.h>
 
 void sov_snapshot_init(sov_snapshot *s) {
@@ -10,6 +11,7 @@ void sov_snapshot_init(sov_snapshot *s) {
 }
 
 void sov_snapshot_destroy(sov_snapshot *s) {
+    free(s->pieces);
     pthread_mutex_destroy(&s->lock);
     pthread_cond_destroy(&s->changed);
 }
@@ -28,19 +30,44 @@ void sov_snapshot_begin(sov_snapshot *s, uint8_t *staging, size_t share, int sou
 }
 
 sov_status sov_snapshot_add(sov_snapshot *s, const void *src, size_t bytes) {
-    if (s->npieces == SOV_SNAPSHOT_MAX_PIECES)
-        return sov_fail(SOV_ERR_INTERNAL, "checkpoint snapshot: more than %d pieces", SOV_SNAPSHOT_MAX_PIECES);
-    size_t at = s->npieces ? s->pieces[s->npieces - 1].at + s->pieces[s->npieces - 1].bytes : 0;
+    struct sov_snapshot_piece *last = s->npieces ? &s->pieces[s->npieces - 1] : NULL;
+    return sov_snapshot_add_at(s, src, last ? last->at + last->bytes : 0, bytes);
+}
+
+sov_status sov_snapshot_add_at(sov_snapshot *s, const void *src, size_t at, size_t bytes) {
+    struct sov_snapshot_piece *last = s->npieces ? &s->pieces[s->npieces - 1] : NULL;
+    if (bytes == 0)
+        return SOV_OK;
+    if (last && at < last->at + last->bytes)
+        return sov_fail(SOV_ERR_INTERNAL, "checkpoint snapshot: a piece at %zu overlaps the one before", at);
+    if (last && at == last->at + last->bytes && (const uint8_t *)last->src + last->bytes == (const uint8_t *)src) {
+        last->bytes += bytes;
+        return SOV_OK;
+    }
+    if (s->npieces == s->pieces_cap) {
+        int cap = s->pieces_cap ? 2 * s->pieces_cap : 16;
+        struct sov_snapshot_piece *grown = realloc(s->pieces, (size_t)cap * sizeof *grown);
+        if (!grown)
+            return sov_fail(SOV_ERR_NOMEM, "checkpoint snapshot: no memory for %d pieces", cap);
+        s->pieces = grown;
+        s->pieces_cap = cap;
+        last = s->npieces ? &s->pieces[s->npieces - 1] : NULL;
+    }
     s->pieces[s->npieces++] = (struct sov_snapshot_piece){.src = src, .at = at, .bytes = bytes};
     return SOV_OK;
 }
 
-/* The piece that holds staging byte `at`. */
+/* The piece that holds staging byte `at` (the pieces are in staging order). */
 static const struct sov_snapshot_piece *piece_at(const sov_snapshot *s, size_t at) {
-    int i = 0;
-    while (i + 1 < s->npieces && s->pieces[i + 1].at <= at)
-        i++;
-    return &s->pieces[i];
+    int lo = 0, hi = s->npieces - 1;
+    while (lo < hi) {
+        int mid = lo + (hi - lo + 1) / 2;
+        if (s->pieces[mid].at <= at)
+            lo = mid;
+        else
+            hi = mid - 1;
+    }
+    return &s->pieces[lo];
 }
 
 /* A chunk is claimed only while CLAIM_MARGIN times its size is still to be copied above it: the copy runs ~7x faster
@@ -50,18 +77,31 @@ static const struct sov_snapshot_piece *piece_at(const sov_snapshot *s, size_t a
 
 /* Claims are taken in staging order, so staging[0, claimed) is one run of chunks read from the pieces, and the copy
  * from the back never reaches into it: it stops at `claimed`, and a chunk is claimed only below the copy's floor. */
-const uint8_t *sov_snapshot_claim(sov_snapshot *s, size_t a, size_t b) {
+const uint8_t *sov_snapshot_claim(sov_snapshot *s, size_t a, size_t b, int *gather) {
     const uint8_t *src = NULL;
+    *gather = 0;
     pthread_mutex_lock(&s->lock);
-    if (s->open && a == s->claimed && b <= s->copy_floor &&
-        (s->copied_from - b) / CLAIM_MARGIN >= b - a) {
+    if (s->open && a == s->claimed && b <= s->copy_floor && (s->copied_from - b) / CLAIM_MARGIN >= b - a &&
+        s->npieces > 0) {
         const struct sov_snapshot_piece *p = piece_at(s, a);
-        src = (const uint8_t *)p->src + (a - p->at);
+        /* the codec reads elements of up to 8 bytes: only a source so aligned is read in place */
+        int in_place = a >= p->at && b <= p->at + p->bytes && ((uintptr_t)p->src + (a - p->at)) % 8 == 0;
+        src = in_place ? (const uint8_t *)p->src + (a - p->at) : s->staging + a;
+        *gather = !in_place;
         s->claimed = b;
         s->readers++;
     }
     pthread_mutex_unlock(&s->lock);
     return src;
+}
+
+void sov_snapshot_gather(sov_snapshot *s, size_t a, size_t b) {
+    for (int i = 0; i < s->npieces && s->pieces[i].at < b; i++) { /* the pieces do not change during a save */
+        const struct sov_snapshot_piece *p = &s->pieces[i];
+        size_t lo = p->at > a ? p->at : a, hi = p->at + p->bytes < b ? p->at + p->bytes : b;
+        if (lo < hi)
+            memcpy(s->staging + lo, (const uint8_t *)p->src + (lo - p->at), hi - lo);
+    }
 }
 
 void sov_snapshot_release(sov_snapshot *s) {
@@ -103,10 +143,10 @@ static void publish_prefix(sov_snapshot *s, size_t prefix, int failed) {
 
 sov_status sov_snapshot_copy_forward(sov_snapshot *s, sov_snapshot_copy_fn copy, void *ctx, size_t first,
                                      size_t block, sov_status (*after_first)(void *arg), void *arg) {
-    size_t at = 0;
     for (int i = 0; i < s->npieces; i++) {
         const struct sov_snapshot_piece *p = &s->pieces[i];
-        for (size_t done = 0, n; done < p->bytes; done += n) {
+        for (size_t done = 0, n, at; done < p->bytes; done += n) {
+            at = p->at + done; /* pieces may leave gaps between them (aligned starts): those are never read */
             n = after_first && at < first ? first - at : block;
             n = p->bytes - done < n ? p->bytes - done : n;
             sov_status st = copy(ctx, s->staging + at, (const uint8_t *)p->src + done, n);
@@ -141,6 +181,11 @@ void sov_snapshot_copy_backward(sov_snapshot *s, sov_snapshot_copy_fn copy, void
     pthread_mutex_lock(&s->lock);
     while (s->copied_from > s->claimed) {
         const struct sov_snapshot_piece *p = piece_at(s, s->copied_from - 1);
+        if (s->copied_from > p->at + p->bytes) { /* a gap between pieces: nothing to copy there */
+            s->copied_from = s->copy_floor = p->at + p->bytes > s->claimed ? p->at + p->bytes : s->claimed;
+            pthread_cond_broadcast(&s->changed);
+            continue;
+        }
         size_t end = s->copied_from, span = next_span(s, block), from = end - p->at > span ? end - span : p->at;
         s->copy_floor = from;
         pthread_mutex_unlock(&s->lock);

@@ -17,18 +17,16 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define SOV_SNAPSHOT_MAX_PIECES 16
-
 typedef struct sov_snapshot {
     pthread_mutex_t lock;
     pthread_cond_t changed;
     uint8_t *staging;
     size_t share; /* bytes of staging in this save */
-    int npieces;
+    int npieces, pieces_cap;
     struct sov_snapshot_piece {
         const void *src; /* the state's bytes (host memory, or a GPU's: see open) */
         size_t at, bytes; /* where they go in staging */
-    } pieces[SOV_SNAPSHOT_MAX_PIECES];
+    } *pieces;
     size_t prefix;       /* staging[0, prefix) is final */
     size_t copied_from;  /* staging[copied_from, share) is final */
     size_t copy_floor;   /* the copy in progress is of [copy_floor, copied_from): encoders keep below it */
@@ -43,13 +41,19 @@ void sov_snapshot_destroy(sov_snapshot *s);
 
 /* A new save: staging of share bytes, nothing final yet, the pieces added next. */
 void sov_snapshot_begin(sov_snapshot *s, uint8_t *staging, size_t share, int sources_readable);
-/* The next piece: bytes of src go to staging[at, at + bytes); pieces come in staging order. */
+/* The next piece: bytes of src go to staging[at, at + bytes), at or after the end of the previous piece (the gap
+ * between them is never read); sov_snapshot_add puts it right after the previous one. A piece that starts where the
+ * previous one ends, in staging and in memory, extends it (tensors that are views of one allocation copy as one). */
+sov_status sov_snapshot_add_at(sov_snapshot *s, const void *src, size_t at, size_t bytes);
 sov_status sov_snapshot_add(sov_snapshot *s, const void *src, size_t bytes);
 
-/* Encoders, chunk by chunk in staging order (the caller holds the lock that orders them): the piece's bytes for
- * staging[a, b) when the encoder may read them there (call sov_snapshot_release when done), else NULL: wait with
- * sov_snapshot_final and read staging. */
-const uint8_t *sov_snapshot_claim(sov_snapshot *s, size_t a, size_t b);
+/* Encoders, chunk by chunk in staging order (the caller holds the lock that orders them): when the encoder may
+ * read staging[a, b)'s bytes from the state itself, the piece's bytes, or, for a chunk that spans pieces (small
+ * tensors packed together) or an unaligned one, staging + a with *gather set: the encoder copies them there with
+ * sov_snapshot_gather (outside the caller's lock) before reading. Call sov_snapshot_release when done. Else NULL:
+ * wait with sov_snapshot_final and read staging. */
+const uint8_t *sov_snapshot_claim(sov_snapshot *s, size_t a, size_t b, int *gather);
+void sov_snapshot_gather(sov_snapshot *s, size_t a, size_t b);
 void sov_snapshot_release(sov_snapshot *s);
 /* Waits until staging[a, b) is final; an error if the snapshot failed. */
 sov_status sov_snapshot_final(sov_snapshot *s, size_t a, size_t b);

@@ -1,11 +1,12 @@
 /* writer.c: asynchronous, parallel, atomic checkpoint saving. See ckpt.h for the protocol. */
-#include <sovtrain/ckpt.h>
 #include "codec.h"
 #include "commit.h"
 #include "copy.h"
 #include "fsio.h"
+#include "plan.h"
 #include "snapshot.h"
 #include "stream.h"
+#include <sovtrain/ckpt.h>
 
 #include <errno.h>
 #include <fcntl.h>
@@ -21,15 +22,9 @@
 
 #define MAX_THREADS 16
 _Static_assert(SOV_STREAM_ALIGN == SOV_CKPT_CHUNK_ALIGN, "the data file's records are its chunks");
-_Static_assert(SOV_CKPT_MAX_BUFFERS <= SOV_SNAPSHOT_MAX_PIECES, "a share has at most one piece per buffer");
 /* Output slots of the encoder pipeline: two per encoder, plus four so that encoders keep going while the writer
  * waits on the disk. Each is written to the file as it is (stream.h). */
 #define SLOTS(threads) (2 * (threads) + 4)
-
-typedef struct piece { /* part of one buffer inside this rank's share */
-    int buffer;
-    size_t offset, count; /* elements */
-} piece;
 
 struct sov_ckpt_writer {
     char dir[4096];
@@ -43,13 +38,10 @@ struct sov_ckpt_writer {
     int running;
     long step;
     uint64_t save_id;
-    json_t *manifest_base; /* buffers, tensors, meta: everything but the files */
+    json_t *manifest_base; /* rank 0: the split buffers, replicated tensors, meta: all but the ranks' parts */
     uint8_t *staging;      /* this rank's share, snapshotted */
     size_t staging_cap;    /* bytes */
-    piece pieces[SOV_CKPT_MAX_BUFFERS];
-    int npieces;
-    const char *names[SOV_CKPT_MAX_BUFFERS];
-    size_t elem_bytes[SOV_CKPT_MAX_BUFFERS];
+    sov_plan plan;         /* what this rank writes in the save in flight (plan.h) */
     sov_status status;
     char error[1024];
     char committed[4200];
@@ -70,6 +62,7 @@ typedef struct chunk_job {
     size_t at; /* where it starts in staging */
     size_t bytes;
     int elem_bytes;
+    int transform; /* SOV_TRANSFORM_*: its buffer's dtype's */
     const char *buffer;
     size_t elem_offset;
 } chunk_job;
@@ -100,9 +93,6 @@ typedef struct pipeline {
 static uint8_t *slot_buffer(const pipeline *p, size_t job) {
     return p->w->out_memory + job % (size_t)p->nslots * p->w->slot_bytes;
 }
-
-/* Checkpoint buffers hold floats (f32, bf16). */
-static int transform_of(const chunk_job *cj) { return cj->elem_bytes > 1 ? SOV_TRANSFORM_FLOAT : SOV_TRANSFORM_NONE; }
 
 typedef struct encoder_arg {
     pipeline *p;
@@ -159,16 +149,19 @@ static void *encoder_main(void *arg) {
         sl->busy = 1;
         p->next++;
         const chunk_job *cj = &p->jobs[job];
-        const uint8_t *origin = sov_snapshot_claim(&p->w->snap, cj->at, cj->at + cj->bytes); /* in job order */
+        int gather;
+        const uint8_t *origin = sov_snapshot_claim(&p->w->snap, cj->at, cj->at + cj->bytes, &gather); /* in order */
         pthread_mutex_unlock(&p->lock);
         size_t bytes = 0;
         uint8_t *out = slot_buffer(p, job);
         sov_status st = SOV_OK;
         if (origin) { /* the state itself, while the caller is inside save: it will not copy these bytes */
-            st = sov_chunk_encode(codec, origin, cj->bytes, cj->elem_bytes, transform_of(cj), out, &bytes);
+            if (gather) /* small tensors packed in one chunk: this encoder puts them together in staging */
+                sov_snapshot_gather(&p->w->snap, cj->at, cj->at + cj->bytes);
+            st = sov_chunk_encode(codec, origin, cj->bytes, cj->elem_bytes, cj->transform, out, &bytes);
             sov_snapshot_release(&p->w->snap);
         } else if ((st = sov_snapshot_final(&p->w->snap, cj->at, cj->at + cj->bytes)) == SOV_OK) {
-            st = sov_chunk_encode(codec, p->w->staging + cj->at, cj->bytes, cj->elem_bytes, transform_of(cj), out,
+            st = sov_chunk_encode(codec, p->w->staging + cj->at, cj->bytes, cj->elem_bytes, cj->transform, out,
                                   &bytes);
         } else {
             st = snapshot_failure(p->w);
@@ -230,23 +223,28 @@ static sov_status write_chunks(pipeline *p, sov_stream *out, json_t *chunks) {
 
 /* This rank's share cut into chunks of at most chunk_bytes, piece by piece; *bytes is the share's size. */
 static chunk_job *plan_chunks(const sov_ckpt_writer *w, size_t *n, size_t *bytes) {
+    const sov_plan *plan = &w->plan;
     size_t count = 0, staged = 0; /* bytes */
-    for (int p = 0; p < w->npieces; p++) {
-        size_t chunk_elems = w->opt.chunk_bytes / w->elem_bytes[w->pieces[p].buffer];
-        count += (w->pieces[p].count + chunk_elems - 1) / chunk_elems;
+    for (int p = 0; p < plan->npieces; p++) {
+        const sov_plan_piece *pc = &plan->pieces[p];
+        size_t chunk_elems = w->opt.chunk_bytes / sov_dtype_size(plan->cat.buffers[pc->buffer].dtype);
+        for (size_t at = pc->offset; at < pc->offset + pc->count; count++)
+            at = sov_plan_chunk_end(plan, p, at, chunk_elems);
     }
     chunk_job *jobs = sov_calloc(count ? count : 1, sizeof *jobs);
     if (!jobs)
         return NULL;
     *n = 0;
-    for (int p = 0; p < w->npieces; p++) {
-        size_t elem = w->elem_bytes[w->pieces[p].buffer], chunk_elems = w->opt.chunk_bytes / elem;
-        for (size_t off = 0; off < w->pieces[p].count; off += chunk_elems) {
-            size_t m = w->pieces[p].count - off < chunk_elems ? w->pieces[p].count - off : chunk_elems;
-            jobs[(*n)++] = (chunk_job){.at = staged, .bytes = m * elem, .elem_bytes = (int)elem,
-                                       .buffer = w->names[w->pieces[p].buffer],
-                                       .elem_offset = w->pieces[p].offset + off};
-            staged += m * elem;
+    for (int p = 0; p < plan->npieces; p++) {
+        const sov_plan_piece *pc = &plan->pieces[p];
+        const sov_cat_buffer *b = &plan->cat.buffers[pc->buffer];
+        size_t elem = sov_dtype_size(b->dtype), chunk_elems = w->opt.chunk_bytes / elem;
+        for (size_t off = 0, m; off < pc->count; off += m) {
+            m = sov_plan_chunk_end(plan, p, pc->offset + off, chunk_elems) - (pc->offset + off);
+            jobs[(*n)++] = (chunk_job){.at = pc->staging_at + off * elem, .bytes = m * elem, .elem_bytes = (int)elem,
+                                       .transform = sov_transform_for(b->dtype), .buffer = b->name,
+                                       .elem_offset = pc->offset + off};
+            staged = pc->staging_at + (off + m) * elem;
         }
     }
     *bytes = staged;
@@ -300,10 +298,12 @@ static sov_status write_share(sov_ckpt_writer *w, const char *partial, json_t **
         json_decref(chunks);
         return st;
     }
-    char id[17];
+    char id[17], digest[17];
     snprintf(id, sizeof id, "%016llx", (unsigned long long)w->save_id);
-    *marker = json_pack("{s:s, s:i, s:s, s:I, s:o}", "save_id", id, "rank", w->rank, "file", name, "bytes",
-                        (json_int_t)out.end, "chunks", chunks);
+    snprintf(digest, sizeof digest, "%016llx", (unsigned long long)w->plan.replicated_digest);
+    *marker = json_pack("{s:s, s:i, s:s, s:I, s:o, s:o, s:o, s:s}", "save_id", id, "rank", w->rank, "file", name,
+                        "bytes", (json_int_t)out.end, "chunks", chunks, "buffers", sov_plan_buffers_json(&w->plan, 1),
+                        "shards", sov_plan_shards_json(&w->plan), "replicated", digest);
     return SOV_OK;
 }
 
@@ -364,6 +364,8 @@ static void *writer_main(void *arg) {
 
 sov_status sov_ckpt_writer_open(sov_ckpt_writer **out, const char *dir, int rank, int world,
                                 const sov_ckpt_options *options) {
+    if (world < 1 || rank < 0 || rank >= world)
+        return sov_fail(SOV_ERR_INVALID, "checkpoint writer: rank %d of a world of %d", rank, world);
     sov_ckpt_writer *w = sov_calloc(1, sizeof *w);
     if (!w)
         return SOV_ERR_NOMEM;
@@ -410,48 +412,24 @@ sov_status sov_ckpt_wait(sov_ckpt_writer *w, char *path, size_t cap) {
 
 double sov_ckpt_save_seconds(const sov_ckpt_writer *w) { return w->save_seconds; }
 
-static json_t *manifest_base(const sov_ckpt_writer *w, const sov_ckpt_state *s) {
-    json_t *bufs = json_array(), *tensors = json_array();
-    for (int b = 0; b < s->num_buffers; b++)
-        json_array_append_new(bufs, json_pack("{s:s, s:s, s:I}", "name", s->buffers[b].name, "dtype",
-                                              sov_ckpt_dtype_name(s->buffers[b].dtype), "count",
-                                              (json_int_t)s->buffers[b].count));
-    for (int t = 0; t < s->num_tensors; t++) {
-        const sov_tensor *ten = &s->tensors[t];
-        json_t *shape = json_array();
-        for (int d = 0; d < ten->ndim; d++)
-            json_array_append_new(shape, json_integer(ten->shape[d]));
-        json_array_append_new(tensors, json_pack("{s:s, s:s, s:I, s:I, s:o}", "name", ten->name, "buffer",
-                                                 s->buffers[0].name, "offset", (json_int_t)ten->offset, "count",
-                                                 (json_int_t)ten->count, "shape", shape));
+/* Rank 0's part of the manifest: all but the ranks' own buffers, shards and files, which their markers bring. */
+static sov_status manifest_base(const sov_ckpt_writer *w, const sov_ckpt_state *s, json_t **out) {
+    json_t *meta = json_null();
+    if (s->meta_json) {
+        json_error_t err;
+        meta = json_loads(s->meta_json, 0, &err);
+        if (!json_is_object(meta)) {
+            json_decref(meta);
+            return sov_fail(SOV_ERR_INVALID, "checkpoint of step %ld: meta_json is not a JSON object (%s)", s->step,
+                            err.text);
+        }
     }
-    return json_pack("{s:s, s:i, s:s, s:I, s:i, s:I, s:I, s:o, s:o, s:O}", "format", "sovtrain-checkpoint",
+    *out = json_pack("{s:s, s:i, s:s, s:I, s:i, s:I, s:I, s:o, s:o, s:o}", "format", "sovtrain-checkpoint",
                      "format_version", SOV_CKPT_FORMAT_VERSION, "sovtrain_version", sov_version(), "step",
                      (json_int_t)s->step, "world_size", w->world, "created", (json_int_t)time(NULL), "chunk_bytes",
-                     (json_int_t)w->opt.chunk_bytes, "buffers", bufs, "tensors", tensors, "meta",
-                     s->meta ? s->meta : json_null());
-}
-
-/* This rank's share of the concatenated buffers: elements [total*r/N, total*(r+1)/N). Returns its bytes. */
-static size_t plan_share(sov_ckpt_writer *w, const sov_ckpt_state *s) {
-    size_t total = 0;
-    for (int b = 0; b < s->num_buffers; b++)
-        total += s->buffers[b].count;
-    size_t lo = (size_t)((unsigned __int128)total * (unsigned)w->rank / (unsigned)w->world);
-    size_t hi = (size_t)((unsigned __int128)total * (unsigned)(w->rank + 1) / (unsigned)w->world);
-    w->npieces = 0;
-    size_t base = 0, bytes = 0;
-    for (int b = 0; b < s->num_buffers; b++) {
-        size_t a = lo > base ? lo - base : 0, z = hi - base < s->buffers[b].count ? hi - base : s->buffers[b].count;
-        w->names[b] = s->buffers[b].name;
-        w->elem_bytes[b] = sov_ckpt_dtype_bytes(s->buffers[b].dtype);
-        if (hi > base && a < z) {
-            w->pieces[w->npieces++] = (piece){.buffer = b, .offset = a, .count = z - a};
-            bytes += (z - a) * w->elem_bytes[b];
-        }
-        base += s->buffers[b].count;
-    }
-    return bytes;
+                     (json_int_t)w->opt.chunk_bytes, "buffers", sov_plan_buffers_json(&w->plan, 0), "tensors",
+                     sov_plan_replicated_json(&w->plan), "meta", meta);
+    return *out ? SOV_OK : sov_fail(SOV_ERR_NOMEM, "checkpoint of step %ld: cannot build the manifest", s->step);
 }
 
 static void free_staging(sov_ckpt_writer *w) {
@@ -469,7 +447,8 @@ static sov_status reserve_staging(sov_ckpt_writer *w, size_t share) {
     free_staging(w);
     w->staging = w->opt.alloc_host ? w->opt.alloc_host(w->opt.memory_ctx, share) : sov_aligned_alloc(share);
     if (!w->staging)
-        return SOV_ERR_NOMEM;
+        return sov_fail(SOV_ERR_NOMEM, "rank %d: cannot allocate %zu MiB of staging for the snapshot", w->rank,
+                        share >> 20);
     w->staging_cap = share;
     return SOV_OK;
 }
@@ -477,7 +456,11 @@ static sov_status reserve_staging(sov_ckpt_writer *w, size_t share) {
 sov_status sov_ckpt_writer_reserve(sov_ckpt_writer *w, const sov_ckpt_state *s) {
     if (w->running)
         return sov_fail(SOV_ERR_INVALID, "checkpoint: reserve while a save is in flight");
-    return reserve_staging(w, plan_share(w, s));
+    sov_plan plan;
+    SOV_CHECK(sov_plan_make(&plan, s, w->rank, w->world));
+    sov_status st = reserve_staging(w, plan.share_bytes);
+    sov_plan_free(&plan);
+    return st;
 }
 
 /* The snapshot's unit of progress. Each span is one sov_copy_to_staging, which streams (copy.h); large spans keep
@@ -504,15 +487,15 @@ static sov_status copy_host(void *ctx, void *dst, const void *src, size_t bytes)
  * the two meet. A smaller one is copied whole first (its copy is short, and threads starting beside it would only
  * slow it down). From a GPU, one device-to-host copy per piece into pinned memory, front to back, and the writer
  * starts after the first. */
-static sov_status snapshot(sov_ckpt_writer *w, const sov_ckpt_state *s, size_t share) {
+static sov_status add_to_snapshot(void *snap, const void *src, size_t at, size_t bytes) {
+    return sov_snapshot_add_at(snap, src, at, bytes);
+}
+
+static sov_status snapshot(sov_ckpt_writer *w, size_t share) {
     int from_back = !w->opt.copy_to_host && share > SNAPSHOT_BLOCK;
     sov_snapshot_begin(&w->snap, w->staging, share, from_back);
-    for (int p = 0; p < w->npieces; p++) {
-        const piece *pc = &w->pieces[p];
-        size_t elem = w->elem_bytes[pc->buffer];
-        SOV_CHECK(sov_snapshot_add(&w->snap, (const uint8_t *)s->buffers[pc->buffer].data + pc->offset * elem,
-                                   pc->count * elem));
-    }
+    for (int p = 0; p < w->plan.npieces; p++)
+        SOV_CHECK(sov_plan_sources_of(&w->plan, p, add_to_snapshot, &w->snap));
     if (from_back) {
         SOV_CHECK(start_writer(w));
         sov_snapshot_copy_backward(&w->snap, copy_host, NULL, SNAPSHOT_BLOCK);
@@ -534,22 +517,25 @@ sov_status sov_ckpt_save(sov_ckpt_writer *w, const sov_ckpt_state *s, uint64_t s
     w->status = SOV_OK; /* a failure is reported once, by the wait that found it */
     if (prev != SOV_OK)
         return prev;
-    if (s->num_buffers < 1 || s->num_buffers > SOV_CKPT_MAX_BUFFERS)
-        return sov_fail(SOV_ERR_INVALID, "checkpoint: %d buffers (1..%d)", s->num_buffers, SOV_CKPT_MAX_BUFFERS);
-    for (int b = 0; b < s->num_buffers; b++)
-        if (s->buffers[b].dtype != SOV_CKPT_F32 && s->buffers[b].dtype != SOV_CKPT_BF16)
-            return sov_fail(SOV_ERR_INVALID, "checkpoint: buffer \"%s\" has unknown dtype %d", s->buffers[b].name,
-                            (int)s->buffers[b].dtype);
-    size_t share = plan_share(w, s);
-    SOV_CHECK(reserve_staging(w, share));
     json_decref(w->manifest_base);
-    w->manifest_base = w->rank == 0 ? manifest_base(w, s) : NULL;
+    w->manifest_base = NULL;
+    sov_plan_free(&w->plan);
     w->started = t1;
     w->step = s->step;
     w->save_id = save_id;
     w->status = SOV_OK;
     w->committed[0] = '\0';
-    sov_status st = snapshot(w, s, share);
+    /* A state this rank cannot save fails the save like a failed snapshot: rank 0 hears of it, not waits for it. */
+    const char *stage = "the checkpoint";
+    sov_status st = sov_plan_make(&w->plan, s, w->rank, w->world);
+    if (st == SOV_OK)
+        st = reserve_staging(w, w->plan.share_bytes);
+    if (st == SOV_OK && w->rank == 0)
+        st = manifest_base(w, s, &w->manifest_base);
+    if (st == SOV_OK) {
+        stage = "snapshot for the checkpoint";
+        st = snapshot(w, w->plan.share_bytes);
+    }
     if (stall_s)
         *stall_s = sov_now() - t1;
     if (st != SOV_OK) { /* a writer already started gives up on this save; its failure is this one, reported once */
@@ -565,7 +551,7 @@ sov_status sov_ckpt_save(sov_ckpt_writer *w, const sov_ckpt_state *s, uint64_t s
                 sov_commit_report_failure(&c, why);
         }
         w->status = SOV_OK;
-        return sov_fail(st, "rank %d: snapshot for the checkpoint of step %ld: %s", w->rank, s->step, why);
+        return sov_fail(st, "rank %d: %s of step %ld: %s", w->rank, stage, s->step, why);
     }
     return SOV_OK;
 }
@@ -578,6 +564,7 @@ void sov_ckpt_writer_close(sov_ckpt_writer *w) {
         sov_codec_destroy(w->codecs[i]);
     sov_io_free(w->out_memory, w->out_bytes);
     json_decref(w->manifest_base);
+    sov_plan_free(&w->plan);
     free_staging(w);
     sov_snapshot_destroy(&w->snap);
     free(w);

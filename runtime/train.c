@@ -105,7 +105,11 @@ static sov_status init_from_file(trainer *t) {
     float *host = sov_trainer_host_params(t);
     if (!host)
         return SOV_ERR_NOMEM;
-    sov_status st = sov_safetensors_load(t->args.init_from, t->model->tensors, t->model->num_tensors, host);
+    sov_status st = SOV_OK;
+    for (int i = 0; i < t->model->num_tensors && st == SOV_OK; i++) { /* the model's tensors; others are ignored */
+        const sov_tensor *ten = &t->model->tensors[i];
+        st = sov_safetensors_read(t->args.init_from, ten->name, SOV_F32, ten->ndim, ten->shape, host + ten->offset);
+    }
     if (st == SOV_OK)
         st = sov_trainer_upload(t, t->model->params, host, t->model->num_params);
     sov_trainer_release_params(t, host);

@@ -1,6 +1,7 @@
 /* train_ckpt.c: checkpoints of `sovtrain train`: periodic and final saves, resume with fallback, and the clean
  * stop on SIGTERM/SIGINT/SIGUSR1 (preemption): every rank finishes its step, the ranks agree on the step, a
  * checkpoint is written and committed, and the job exits 0. */
+#include "model_ckpt.h"
 #include "trainer.h"
 
 #include <signal.h>
@@ -64,16 +65,38 @@ static json_t *meta(const trainer *t) {
                      "data", "step", (json_int_t)0, "samples_seen", (json_int_t)0);
 }
 
-static void fill_state(trainer *t, long step, sov_ckpt_state *s, json_t *m) {
+/* The optimizer's state as flat 1-D tensors: its moments over the whole flat parameter buffer. */
+static int optimizer_tensors(const trainer *t, const float *m, const float *v, sov_ckpt_tensor *out) {
+    const int64_t n = (int64_t)t->opt.count;
+    out[0] = (sov_ckpt_tensor){.name = v ? "adamw.m" : "sgd.momentum", .dtype = SOV_F32, .ndim = 1, .shape = {n},
+                               .data = m};
+    if (!v)
+        return 1;
+    out[1] = (sov_ckpt_tensor){.name = "adamw.v", .dtype = SOV_F32, .ndim = 1, .shape = {n}, .data = v};
+    return 2;
+}
+
+/* The job's state at `step`: the model's tensors, the optimizer's, and meta as text (free both with free()). */
+static sov_status fill_state(trainer *t, long step, sov_ckpt_state *s, json_t *m) {
     json_t *data = json_object_get(m, "data");
     json_object_set_new(data, "step", json_integer(step));
     json_object_set_new(data, "samples_seen", json_integer((json_int_t)step * t->args.batch));
-    *s = (sov_ckpt_state){.step = step, .tensors = t->model->tensors, .num_tensors = t->model->num_tensors, .meta = m};
-    s->buffers[s->num_buffers++] = (sov_ckpt_buffer){"params", t->model->params, t->model->num_params, SOV_CKPT_F32};
-    s->buffers[s->num_buffers++] = (sov_ckpt_buffer){t->opt.v ? "adamw.m" : "sgd.momentum", t->opt.m, t->opt.count,
-                                                      SOV_CKPT_F32};
-    if (t->opt.v)
-        s->buffers[s->num_buffers++] = (sov_ckpt_buffer){"adamw.v", t->opt.v, t->opt.count, SOV_CKPT_F32};
+    sov_ckpt_tensor *tensors = sov_calloc((size_t)t->model->num_tensors + 2, sizeof *tensors);
+    char *meta = json_dumps(m, JSON_COMPACT | JSON_PRESERVE_ORDER);
+    sov_status st = tensors && meta ? sov_model_ckpt_tensors(t->model, t->model->params, tensors) : SOV_ERR_NOMEM;
+    if (st != SOV_OK) {
+        free(tensors);
+        free(meta);
+        return st;
+    }
+    int n = t->model->num_tensors + optimizer_tensors(t, t->opt.m, t->opt.v, tensors + t->model->num_tensors);
+    *s = (sov_ckpt_state){.step = step, .num_tensors = n, .tensors = tensors, .meta_json = meta};
+    return SOV_OK;
+}
+
+static void free_state(sov_ckpt_state *s) {
+    free((void *)s->tensors);
+    free((void *)s->meta_json);
 }
 
 /* ---- saving ---- */
@@ -130,10 +153,12 @@ static sov_status save(trainer *t, long step) {
     SOV_CHECK(sov_comm_broadcast(t->comm, &id, sizeof id, SOV_U8, 0));
     json_t *m = meta(t);
     sov_ckpt_state s;
-    fill_state(t, step, &s, m);
-    double stall = 0;
-    sov_status st = sov_ckpt_save(t->ckpt, &s, id, &stall, NULL);
+    sov_status st = fill_state(t, step, &s, m);
     json_decref(m);
+    SOV_CHECK(st);
+    double stall = 0;
+    st = sov_ckpt_save(t->ckpt, &s, id, &stall, NULL);
+    free_state(&s);
     SOV_CHECK(st);
     t->last_saved_step = step;
     t->last_save_time = sov_now();
@@ -177,27 +202,54 @@ void sov_trainer_ckpt_close(trainer *t) {
 
 /* ---- resuming ---- */
 
-/* The checkpoint's f32 buffers into the model and optimizer in one pass, through host memory when those are on
- * a GPU: the stored state is the same wherever it was computed, so a GPU job resumes a CPU job's checkpoint and
- * the other way round. */
-static sov_status read_buffers(trainer *t, sov_ckpt *c, const sov_ckpt_buffer *bufs, int n) {
-    if (!t->dev)
-        return sov_ckpt_read_buffers(c, bufs, n);
-    sov_ckpt_buffer host[SOV_CKPT_MAX_BUFFERS];
+/* The checkpoint holds the model's tensors and the optimizer's, f32 and of this job's shapes: a checkpoint of
+ * another model or optimizer is refused by name before anything is read. */
+static sov_status check_shapes(sov_ckpt *c, const trainer *t, const sov_ckpt_tensor *opt, int nopt) {
+    SOV_CHECK(sov_model_ckpt_check(c, t->model));
+    for (int i = 0; i < nopt; i++) {
+        sov_ckpt_tensor_info info;
+        if (sov_ckpt_tensor_find(c, opt[i].name, &info) != SOV_OK)
+            return sov_fail(SOV_ERR_INVALID, "%s has no tensor \"%s\": a checkpoint of another optimizer?",
+                            sov_ckpt_path(c), opt[i].name);
+        if (info.dtype != SOV_F32 || info.ndim != 1 || info.shape[0] != opt[i].shape[0])
+            return sov_fail(SOV_ERR_INVALID, "%s: tensor \"%s\" is not f32 [%lld] as this job's optimizer state: a "
+                            "checkpoint of another model shape?", sov_ckpt_path(c), opt[i].name,
+                            (long long)opt[i].shape[0]);
+    }
+    return SOV_OK;
+}
+
+/* The checkpoint's tensors into the model and optimizer in one pass, through host memory when those are on a
+ * GPU: the stored state is the same wherever it was computed, so a GPU job resumes a CPU job's checkpoint and the
+ * other way round. The checkpoint must hold exactly the model's tensors with their shapes, and the optimizer's. */
+static sov_status read_state(trainer *t, sov_ckpt *c) {
+    float *dev[3] = {t->model->params, t->opt.m, t->opt.v}, *host[3] = {NULL, NULL, NULL};
+    size_t counts[3] = {t->model->num_params, t->opt.count, t->opt.count};
     sov_status st = SOV_OK;
-    for (int b = 0; b < n; b++) {
-        host[b] = bufs[b];
-        host[b].data = sov_aligned_alloc(bufs[b].count * sizeof(float));
-        if (!host[b].data)
+    for (int b = 0; b < 3; b++)
+        if (dev[b] && !(host[b] = t->dev ? sov_aligned_alloc(counts[b] * sizeof(float)) : dev[b]))
             st = SOV_ERR_NOMEM;
+    int nt = t->model->num_tensors;
+    sov_ckpt_read_request *reqs = sov_calloc((size_t)nt + 2, sizeof *reqs);
+    sov_ckpt_tensor opt[2];
+    int no = optimizer_tensors(t, host[1], host[2], opt);
+    if (st == SOV_OK && !reqs)
+        st = SOV_ERR_NOMEM;
+    if (st == SOV_OK) {
+        sov_model_ckpt_requests(t->model, host[0], reqs);
+        for (int i = 0; i < no; i++)
+            reqs[nt + i] = (sov_ckpt_read_request){.name = opt[i].name, .dtype = SOV_F32, .dst = (void *)opt[i].data};
+        st = check_shapes(c, t, opt, no);
     }
     if (st == SOV_OK)
-        st = sov_ckpt_read_buffers(c, host, n);
-    for (int b = 0; b < n; b++) {
-        if (st == SOV_OK)
-            st = sov_trainer_upload(t, bufs[b].data, host[b].data, bufs[b].count);
-        free(host[b].data);
+        st = sov_ckpt_read_many(c, reqs, nt + no);
+    for (int b = 0; b < 3; b++) {
+        if (st == SOV_OK && t->dev && dev[b])
+            st = sov_trainer_upload(t, dev[b], host[b], counts[b]);
+        if (t->dev)
+            free(host[b]);
     }
+    free(reqs);
     return st;
 }
 
@@ -205,7 +257,7 @@ static sov_status read_buffers(trainer *t, sov_ckpt *c, const sov_ckpt_buffer *b
 static sov_status load(trainer *t, const char *path) {
     sov_ckpt *c;
     SOV_CHECK(sov_ckpt_open(path, &c));
-    const json_t *m = json_object_get(sov_ckpt_manifest(c), "meta");
+    json_t *m = json_loads(sov_ckpt_meta_json(c), JSON_DECODE_ANY, NULL);
     const char *model = json_string_value(json_object_get(json_object_get(m, "config"), "model"));
     const char *kind = json_string_value(json_object_get(json_object_get(m, "optimizer"), "kind"));
     json_t *opt_t = json_object_get(json_object_get(m, "optimizer"), "t");
@@ -214,12 +266,8 @@ static sov_status load(trainer *t, const char *path) {
     if (!model || strcmp(model, t->args.model) != 0 || !kind || strcmp(kind, want_kind) != 0 || !json_is_integer(opt_t))
         st = sov_fail(SOV_ERR_INVALID, "%s holds a %s model with %s state; this job trains %s with %s", path,
                       model ? model : "?", kind ? kind : "?", t->args.model, want_kind);
-    sov_ckpt_state s;
-    json_t *scratch = meta(t);
-    fill_state(t, 0, &s, scratch);
     if (st == SOV_OK)
-        st = read_buffers(t, c, s.buffers, s.num_buffers);
-    json_decref(scratch);
+        st = read_state(t, c);
     if (st == SOV_OK) {
         t->start_step = sov_ckpt_step(c);
         t->opt.t = (long)json_integer_value(opt_t);
@@ -227,6 +275,7 @@ static sov_status load(trainer *t, const char *path) {
             st = sov_fail(SOV_ERR_INVALID, "%s is at step %ld, beyond this job's %ld steps", path, t->start_step,
                           t->total_steps);
     }
+    json_decref(m);
     sov_ckpt_close(c);
     return st;
 }
@@ -303,9 +352,12 @@ sov_status sov_trainer_ckpt_init(trainer *t) {
     if (t->dev) { /* pinned staging now, not in the first save's stall */
         json_t *m = meta(t);
         sov_ckpt_state s;
-        fill_state(t, 0, &s, m);
-        sov_status st = sov_ckpt_writer_reserve(t->ckpt, &s);
+        sov_status st = fill_state(t, 0, &s, m);
         json_decref(m);
+        if (st == SOV_OK) {
+            st = sov_ckpt_writer_reserve(t->ckpt, &s);
+            free_state(&s);
+        }
         SOV_CHECK(st);
     }
     if (t->args.resume)

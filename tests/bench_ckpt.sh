@@ -12,7 +12,7 @@ with_torch=0
 /usr/bin/python3 -c "import torch" 2>/dev/null && with_torch=1
 
 shm_before=$(ls /dev/shm 2>/dev/null | grep -c '^sovtrain-ckpt-perf-')
-"$PERF" --dir "$tmp" --mib 4 --threads 2 --peer "$PEER" >"$tmp/table" 2>"$tmp/json" ||
+"$PERF" --dir "$tmp" --mib 4 --threads 2 --gpt2 16 --peer "$PEER" >"$tmp/table" 2>"$tmp/json" ||
     fail "ckpt_perf exited $?: $(cat "$tmp/table" "$tmp/json")"
 cat "$tmp/table"
 python3 - "$tmp/json" "$with_torch" <<'PY' || fail "the JSON lines: $(cat "$tmp/json")"
@@ -21,11 +21,14 @@ lines = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")]
 want = ["save_gbs", "restore_gbs", "ratio", "stall_ms", "entropy_bound", "zstd1_ratio", "disk_gbs", "memcpy_ms"]
 if sys.argv[2] == "1":
     want += ["torch_save_gbs", "torch_load_gbs"]
-assert [j["case"] for j in lines] == ["gauss-f32", "gauss-bf16"], [j.get("case") for j in lines]
+assert [j["case"] for j in lines] == ["gauss-f32", "gauss-bf16", "gpt2-adamw", "gpt2-bf16"], [j.get("case") for j in lines]
+# GPT-2's 148 tensors at width 16: every one of them 3 times (weights and AdamW's two moments)
+gpt2 = 3 * (50257 * 16 + 1024 * 16 + 12 * (2 * 16 + 16 * 48 + 48 + 16 * 16 + 16 + 2 * 16 + 16 * 64 + 64 + 64 * 16 + 16) + 2 * 16)
 for j in lines:
     for k in want:
         assert k in j and j[k] > 0, f"{j['case']}: {k} = {j.get(k)}"
-    assert j["bytes"] == (4 << 20) // (1 if j["case"] == "gauss-f32" else 2), j
+    size = {"gauss-f32": 4 << 20, "gauss-bf16": 2 << 20, "gpt2-adamw": 4 * gpt2, "gpt2-bf16": 2 * gpt2}
+    assert j["bytes"] == size[j["case"]], j
     assert j["ratio"] <= j["entropy_bound"] * 1.001, j  # nothing order-0 beats the bound
 peer = " with the torch peer's" if sys.argv[2] == "1" else ""
 print("JSON lines:", len(lines), "cases, every figure present" + peer)
@@ -38,7 +41,8 @@ shm_after=$(ls /dev/shm 2>/dev/null | grep -c '^sovtrain-ckpt-perf-')
 
 # A peer that cannot start (exit 77, as without torch): the bench goes on without its figures, and says so.
 echo 'import sys; sys.exit(77)' >"$tmp/peer77.py"
-"$PERF" --dir "$tmp" --mib 1 --peer "$tmp/peer77.py" >"$tmp/out77" 2>&1 || fail "without a peer: $(cat "$tmp/out77")"
+"$PERF" --dir "$tmp" --mib 1 --gpt2 0 --peer "$tmp/peer77.py" >"$tmp/out77" 2>&1 ||
+    fail "without a peer: $(cat "$tmp/out77")"
 grep -q 'torch peer did not start.*status 77' "$tmp/out77" || fail "no word on the missing peer: $(cat "$tmp/out77")"
 if grep '^{' "$tmp/out77" | grep -q torch_; then fail "torch figures without a peer: $(cat "$tmp/out77")"; fi
 # A peer whose try fails, or that answers nonsense: the bench stops, naming the try and the answer.
@@ -50,6 +54,6 @@ for line in sys.stdin:
 PY
 for answer in "error: No space left on device" "hello"; do
     export PEER_ANSWER=$answer
-    expect_error 1 "the torch peer's save failed: $answer" "$PERF" --dir "$tmp" --mib 1 --peer "$tmp/peer_bad.py"
+    expect_error 1 "the torch peer's save failed: $answer" "$PERF" --dir "$tmp" --mib 1 --gpt2 0 --peer "$tmp/peer_bad.py"
 done
 finish

@@ -101,7 +101,8 @@ cp -r "$tmp/a/checkpoints" "$tmp/dc"
 grep -q "step-40 .* ok (latest)" "$tmp/ls.txt" || fail "ckpt ls: $(cat "$tmp/ls.txt")"
 "$SOV" ckpt inspect "$tmp/dc/step-40" >"$tmp/inspect.txt" || fail "ckpt inspect failed: $(cat "$tmp/inspect.txt")"
 grep -q "^step        40$" "$tmp/inspect.txt" && grep -q "^world size  2 (writers)$" "$tmp/inspect.txt" &&
-    grep -q "^buffers .* params\[" "$tmp/inspect.txt" && grep -q "^tensors     6$" "$tmp/inspect.txt" ||
+    grep -q "^buffers  *replicated.f32\[" "$tmp/inspect.txt" &&
+    grep -q "^tensors     8 (8 f32; 0 sharded)$" "$tmp/inspect.txt" ||
     fail "ckpt inspect: $(cat "$tmp/inspect.txt")"
 python3 -c "
 import sys; p = sys.argv[1]; b = bytearray(open(p, 'rb').read()); b[len(b) // 2] ^= 0x10; open(p, 'wb').write(b)" \
@@ -128,9 +129,10 @@ data = blob[8 + n:]
 flat = array.array("f"); flat.frombytes(open(sys.argv[2], "rb").read())
 names = [k for k in header if k != "__metadata__"]
 assert names == ["layers.0.weight", "layers.0.bias", "layers.1.weight", "layers.1.bias", "layers.2.weight",
-                 "layers.2.bias"], names
+                 "layers.2.bias", "adamw.m", "adamw.v"], names
+assert header["adamw.m"]["shape"] == [len(flat)], header["adamw.m"]
 got = array.array("f")
-for k in names:
+for k in names[:-2]:
     t = header[k]
     assert t["dtype"] == "F32"
     b, e = t["data_offsets"]
@@ -139,7 +141,7 @@ for k in names:
     assert e - b == 4 * count, (k, t)
     got.frombytes(data[b:e])
 assert got == flat, "tensor values differ"
-print(f"safetensors: {len(names)} tensors, {len(got)} values identical to the trained parameters")
+print(f"safetensors: {len(names)} tensors; the model's {len(got)} values identical to the trained parameters")
 PY
 
 # --- the way back in: --init-from the exported file seeds exactly those parameters (lr 0: one step changes nothing)

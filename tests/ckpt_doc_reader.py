@@ -1,12 +1,15 @@
 #!/usr/bin/python3
 """Independent reader of sovtrain checkpoints, written from docs/checkpoint-format.md alone (no C source).
 
-usage: ckpt_doc_reader.py CHECKPOINT_DIR [--dump-params FILE]
+usage: ckpt_doc_reader.py CHECKPOINT_DIR [--dump DIR]
 
 CHECKPOINT_DIR is a step-<N> directory. The reader checks the manifest (seal, format, version, fields, the layout
-of every data file, the coverage rule), then decodes every chunk of every file with all of the checks of section
-4.1, and every buffer in full. On success it prints one JSON line and exits 0. On a failed check it prints one line
-"FILE: [chunk at byte OFF: ]CHECK" to stderr and exits 1. "codings" in the JSON line counts planes per coding.
+of every data file, the coverage rule, the tensors and their shards), then decodes every chunk of every file with
+all of the checks of section 4.1, every buffer in full, and every tensor from its shards (section 2.1; versions 1-3
+as section 5 says). On success it prints one JSON line and exits 0: per buffer and per tensor its dtype, size and
+the XXH3-64 of its bytes. On a failed check it prints one line "FILE: [chunk at byte OFF: ]CHECK" to stderr and
+exits 1. "codings" in the JSON line counts planes per coding. --dump writes each tensor's bytes to DIR/NAME.bin
+(NAME percent-encoded where it holds a "/").
 Needs the Debian modules zstandard, xxhash and numpy (/usr/bin/python3).
 """
 import argparse
@@ -15,6 +18,7 @@ import os
 import re
 import struct
 import sys
+from urllib.parse import quote
 
 import numpy as np
 import xxhash
@@ -22,7 +26,9 @@ import zstandard
 
 MAGIC = 0x4B484353
 HDR = struct.Struct("<IBBBBQQQQ8B8I24xQ")  # 112 bytes
-SIZES = {"f32": 4, "bf16": 2}
+SIZES = {"f32": 4, "bf16": 2, "f16": 2, "f64": 8, "i64": 8, "i32": 4, "i16": 2, "i8": 1, "u8": 1, "bool": 1}
+OLD_DTYPES = ("f32", "bf16")  # versions 1-3
+UINT = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
 
 
 class Bad(Exception):
@@ -44,7 +50,7 @@ def is_int(v, lo=None, hi=None):
 
 
 def check_seal(raw):
-    """Section 2.1, on the raw bytes."""
+    """Section 2.2, on the raw bytes."""
     i = raw.rfind(b'"manifest_xxh3"')
     need(i >= 0, 'seal: no "manifest_xxh3"')
     j = i + 15
@@ -68,7 +74,7 @@ def load_manifest(ckpt):
     m = json.loads(raw.decode("utf-8"))  # ValueError (UnicodeDecodeError, JSONDecodeError) when not JSON
     need(isinstance(m, dict), "not a JSON object")
     need(m.get("format") == "sovtrain-checkpoint", f"unsupported format {m.get('format')!r}")
-    need(is_int(m.get("format_version")) and m["format_version"] in (1, 2, 3),
+    need(is_int(m.get("format_version")) and m["format_version"] in (1, 2, 3, 4),
          f"unsupported format_version {m.get('format_version')!r}")
     dm = re.fullmatch(r"step-(\d+)", os.path.basename(os.path.realpath(ckpt)))
     need(is_int(m.get("step"), 0) and not (dm and int(dm.group(1)) != m["step"]),
@@ -79,12 +85,13 @@ def load_manifest(ckpt):
     need(isinstance(bufs, list), "buffers is not an array")
     for b in bufs:
         need(isinstance(b, dict) and isinstance(b.get("name"), str) and b.get("dtype") in SIZES
+             and (m["format_version"] >= 4 or b["dtype"] in OLD_DTYPES)
              and is_int(b.get("count"), 0, 1 << 40), f"bad buffer entry {b!r}")
     byname = {b["name"]: b for b in bufs}
     need(len(byname) == len(bufs), "two buffers with the same name")
     files = m.get("files")
     need(isinstance(files, list) and files, "files is not an array of >= 1 entries")
-    A = 4096 if m["format_version"] == 3 else 1
+    A = 4096 if m["format_version"] >= 3 else 1
     for f in files:
         need(isinstance(f, dict) and isinstance(f.get("file"), str) and "/" not in f["file"] and f["file"] != ".."
              and is_int(f.get("bytes"), 0) and isinstance(f.get("chunks"), list), f"bad files entry {str(f)[:200]}")
@@ -198,9 +205,79 @@ def decode_chunk(blob, c, size, codings):
     return raw
 
 
+def volume(shape):
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+def check_tensors(m):
+    """Section 2.1 (version 4): every tensor's fields, and its shards inside their buffers, tiling the tensor."""
+    byname = {b["name"]: b for b in m["buffers"]}
+    ts = m.get("tensors")
+    need(isinstance(ts, list), "tensors is not an array")
+    names = set()
+    for t in ts:
+        need(isinstance(t, dict) and isinstance(t.get("name"), str) and 1 <= len(t["name"].encode()) <= 255
+             and t["name"] not in names, f"tensor without a distinct name of 1 to 255 bytes: {str(t)[:200]}")
+        names.add(t["name"])
+        shape = t.get("shape")
+        need(t.get("dtype") in SIZES and isinstance(shape, list) and len(shape) <= 8
+             and all(is_int(d, 0, 1 << 40) for d in shape) and volume(shape) <= 1 << 40,
+             f"tensor {t['name']}: bad dtype or shape")
+        shards = t.get("shards")
+        need(isinstance(shards, list) and 1 <= len(shards) <= 16384, f"tensor {t['name']}: no list of 1-16384 shards")
+        covered, boxes = 0, []
+        for s in shards:
+            need(isinstance(s, dict) and s.get("buffer") in byname and is_int(s.get("at"), 0, 1 << 40)
+                 and isinstance(s.get("offset"), list) and isinstance(s.get("shape"), list)
+                 and len(s["offset"]) == len(shape) and len(s["shape"]) == len(shape)
+                 and all(is_int(x, 0) for x in s["offset"] + s["shape"]), f"tensor {t['name']}: bad shard {s!r}")
+            b = byname[s["buffer"]]
+            need(b["dtype"] == t["dtype"] and s["at"] + volume(s["shape"]) <= b["count"],
+                 f"tensor {t['name']}: a shard is not inside its buffer {b['name']} of its dtype")
+            need(all(o + n <= d for o, n, d in zip(s["offset"], s["shape"], shape)),
+                 f"tensor {t['name']}: a shard lies outside its shape")
+            for o, n in boxes:  # boxes overlap when they overlap in every dimension
+                need(not all(a < c + m and c < a + k for a, k, c, m in zip(s["offset"], s["shape"], o, n)),
+                     f"tensor {t['name']}: two shards overlap")
+            boxes.append((s["offset"], s["shape"]))
+            covered += volume(s["shape"])
+        need(covered == volume(shape), f"tensor {t['name']}: its shards do not cover it")
+
+
+def tensors_of(m, out):
+    """Each tensor's bytes, put together from its shards (version 4), or as section 5 shows an older checkpoint."""
+    res = {}
+    if m["format_version"] >= 4:
+        for t in m["tensors"]:
+            es = SIZES[t["dtype"]]
+            a = np.zeros(t["shape"], UINT[es])
+            for s in t["shards"]:
+                src = np.frombuffer(bytes(out[s["buffer"]]), UINT[es])[s["at"]:s["at"] + volume(s["shape"])]
+                a[tuple(slice(o, o + n) for o, n in zip(s["offset"], s["shape"]))] = src.reshape(s["shape"])
+            res[t["name"]] = (t["dtype"], t["shape"], a.tobytes())
+        return res
+    bufs = m["buffers"]
+    for v in m.get("tensors") or []:  # views of the first buffer
+        need(bufs and isinstance(v, dict) and isinstance(v.get("name"), str) and v["name"] not in res
+             and isinstance(v.get("shape"), list) and all(is_int(d, 0) for d in v["shape"])
+             and is_int(v.get("offset"), 0) and v["offset"] + volume(v["shape"]) <= bufs[0]["count"],
+             f"bad tensors entry {str(v)[:200]}")
+        es = SIZES[bufs[0]["dtype"]]
+        res[v["name"]] = (bufs[0]["dtype"], v["shape"],
+                          bytes(out[bufs[0]["name"]][es * v["offset"]:es * (v["offset"] + volume(v["shape"]))]))
+    for b in bufs[1 if m.get("tensors") else 0:]:
+        res[b["name"]] = (b["dtype"], [b["count"]], bytes(out[b["name"]]))
+    return res
+
+
 def read_checkpoint(ckpt):
     try:
         m = load_manifest(ckpt)
+        if m["format_version"] >= 4:
+            check_tensors(m)
     except ValueError as e:
         raise Bad("manifest.json", str(e))
     size = {b["name"]: SIZES[b["dtype"]] for b in m["buffers"]}  # bytes per element, as the pseudocode says
@@ -239,14 +316,17 @@ def read_checkpoint(ckpt):
 def main():
     ap = argparse.ArgumentParser(description="Read a sovtrain checkpoint from docs/checkpoint-format.md alone.")
     ap.add_argument("ckpt", metavar="CHECKPOINT_DIR")
-    ap.add_argument("--dump-params", metavar="FILE", help="write the decoded params buffer's raw bytes to FILE")
+    ap.add_argument("--dump", metavar="DIR", help="write each tensor's bytes to DIR/NAME.bin")
     a = ap.parse_args()
     try:
         m, out, codings, nchunks = read_checkpoint(a.ckpt)
-        if a.dump_params is not None:
-            if "params" not in out:
-                raise Bad("manifest.json", "no buffer named params to dump")
-            open(a.dump_params, "wb").write(out["params"])
+        try:
+            tensors = tensors_of(m, out)
+        except ValueError as e:
+            raise Bad("manifest.json", str(e))
+        if a.dump is not None:
+            for name, (_, _, data) in tensors.items():
+                open(os.path.join(a.dump, quote(name, safe="") + ".bin"), "wb").write(data)
     except Bad as e:
         print(e, file=sys.stderr)
         return 1
@@ -255,8 +335,9 @@ def main():
         return 1
     bufs = {b["name"]: {"dtype": b["dtype"], "count": b["count"], "xxh3_of_decoded": "%016x" % xxh3(out[b["name"]])}
             for b in m["buffers"]}
-    print(json.dumps({"ok": True, "format_version": m["format_version"], "buffers": bufs, "chunks": nchunks,
-                      "codings": {str(k): v for k, v in codings.items()}}))
+    tens = {k: {"dtype": d, "shape": s, "xxh3": "%016x" % xxh3(b)} for k, (d, s, b) in tensors.items()}
+    print(json.dumps({"ok": True, "format_version": m["format_version"], "buffers": bufs, "tensors": tens,
+                      "order": list(tensors), "chunks": nchunks, "codings": {str(k): v for k, v in codings.items()}}))
     return 0
 
 

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The checkpoint format document is enough to read a checkpoint: tests/ckpt_doc_reader.py, written from
-# docs/checkpoint-format.md alone, decodes a real 2-rank checkpoint (codings 0, 1 and 2), agrees with
-# `sovtrain ckpt export`, and rejects a flipped padding byte, as `sovtrain ckpt verify` does; padded files declared
-# as version 2 break that version's layout, and version 4 is called unsupported.
+# docs/checkpoint-format.md alone, decodes a real 2-rank checkpoint (codings 0, 1 and 2) and its tensors, agrees
+# with `sovtrain ckpt export`, reads the format-3 checkpoint kept in tests/fixtures as its export had it, and
+# rejects a flipped padding byte, as `sovtrain ckpt verify` does; padded files declared as version 2 break that
+# version's layout, and version 5 is called unsupported.
 # usage: ckpt_doc_reader.sh SOVTRAIN
 . "$(dirname "$0")/lib.sh"
 need_data
@@ -14,52 +15,53 @@ fi
 READER=$TESTS/ckpt_doc_reader.py
 
 # (a) a short 2-rank AdamW run that saves at its end
-launch -np 2 -- "$SOV" train --hidden 64 --batch 64 --steps 4 --threads 1 --eval-every 0 --run-dir "$tmp/run" \
+launch -np 2 -- "$SOV" train --hidden 1024 --batch 64 --steps 4 --threads 1 --eval-every 0 --run-dir "$tmp/run" \
     --ckpt-every 4 >"$tmp/train.log" 2>&1 || fail "training: $(cat "$tmp/train.log")"
 ck=$tmp/run/checkpoints/$(cat "$tmp/run/checkpoints/latest" 2>/dev/null)
 [ -f "$ck/manifest.json" ] || { fail "no checkpoint: $(ls -R "$tmp/run")"; finish; }
 
-# (b) the reader decodes every buffer; the checkpoint uses every plane coding
-"$PY" "$READER" "$ck" --dump-params "$tmp/params.bin" >"$tmp/reader.json" 2>"$tmp/reader.err" \
+# (b) the reader decodes every buffer and tensor; the checkpoint uses every plane coding; the model's tensors, end
+# to end, are the parameters whose hash the trainer printed
+mkdir -p "$tmp/dump"
+"$PY" "$READER" "$ck" --dump "$tmp/dump" >"$tmp/reader.json" 2>"$tmp/reader.err" \
     || fail "the reader refused a good checkpoint: $(cat "$tmp/reader.err")"
-"$PY" - "$tmp/reader.json" "$tmp/train.log" <<'PY' || fail "reader output: $(cat "$tmp/reader.json")"
-import json, re, sys
+"$PY" - "$tmp/reader.json" "$tmp/train.log" "$tmp/dump" <<'PY' || fail "reader output: $(cat "$tmp/reader.json")"
+import json, re, sys, xxhash
 r = json.load(open(sys.argv[1]))
-assert r["ok"] is True and r["format_version"] == 3, r
+assert r["ok"] is True and r["format_version"] == 4, r
 assert all(r["codings"][k] >= 1 for k in ("0", "1", "2")), f"not every coding used: {r['codings']}"
-assert set(r["buffers"]) == {"params", "adamw.m", "adamw.v"}, r["buffers"]
+assert set(r["buffers"]) == {"replicated.f32"}, r["buffers"]
+assert r["order"][-2:] == ["adamw.m", "adamw.v"] and len(r["order"]) == 6, r["order"]
 m = re.search(r"parameters identical on all 2 ranks \(xxh3 ([0-9a-f]{16})\)", open(sys.argv[2]).read())
 assert m, "the trainer did not print its parameters' hash"
-assert m.group(1) == r["buffers"]["params"]["xxh3_of_decoded"], "params differ from the trainer's"
-print(f"ok: reader: {r['chunks']} chunks, plane codings {r['codings']}, "
-      f"params xxh3 {r['buffers']['params']['xxh3_of_decoded']}")
+params = b"".join(open(f"{sys.argv[3]}/{n}.bin", "rb").read() for n in r["order"][:-2])
+assert m.group(1) == "%016x" % xxhash.xxh3_64_intdigest(params), "params differ from the trainer's"
+print(f"ok: reader: {r['chunks']} chunks, plane codings {r['codings']}, {len(r['order'])} tensors, "
+      f"params xxh3 {m.group(1)}")
 PY
 
-# (c) sovtrain's safetensors export equals the reader's params
+# (c) sovtrain's safetensors export holds every tensor, each equal to the reader's; and the format-3 checkpoint
+# kept in tests/fixtures reads, as section 5 says, as the tensors its own export (of the sovtrain of then) holds
 "$SOV" ckpt export "$ck" --format safetensors -o "$tmp/p.safetensors" >"$tmp/export.log" 2>&1 \
     || fail "export: $(cat "$tmp/export.log")"
-"$PY" - "$tmp/p.safetensors" "$tmp/params.bin" "$ck/manifest.json" <<'PY' || fail "export and reader disagree"
-import json, struct, sys
-import numpy as np
-st = open(sys.argv[1], "rb").read()
-(L,) = struct.unpack_from("<Q", st)
-hdr = json.loads(st[8:8 + L])
-data = st[8 + L:]
-params = np.frombuffer(open(sys.argv[2], "rb").read(), "<f4")
-tensors = [(k, v) for k, v in hdr.items() if k != "__metadata__"]
-tensors.sort(key=lambda kv: kv[1]["data_offsets"][0])
-cat = b"".join(data[v["data_offsets"][0]:v["data_offsets"][1]] for _, v in tensors)
-if cat == params.tobytes():
-    print(f"ok: export: the {len(tensors)} tensors in data order are the reader's {params.size} params")
-else:
-    man = {t["name"]: t for t in json.load(open(sys.argv[3]))["tensors"]}
-    for k, v in tensors:
-        a = np.frombuffer(data[v["data_offsets"][0]:v["data_offsets"][1]], "<f4")
-        t = man[k]
-        assert v["dtype"] == "F32" and list(v["shape"]) == t["shape"] and a.size == t["count"], k
-        assert a.tobytes() == params[t["offset"]:t["offset"] + t["count"]].tobytes(), f"{k} differs"
-    print(f"ok: export: each of the {len(tensors)} tensors equals its slice of the reader's params")
+mkdir -p "$tmp/dump3"
+"$PY" "$READER" "$TESTS/fixtures/ckpt-v3/step-6" --dump "$tmp/dump3" >/dev/null 2>"$tmp/reader3.err" \
+    || fail "the reader refused the format-3 fixture: $(cat "$tmp/reader3.err")"
+"$PY" - "$tmp/p.safetensors" "$tmp/dump" "$TESTS/fixtures/ckpt-v3/step-6.safetensors" "$tmp/dump3" <<'PY' ||
+import json, os, struct, sys
+def load(path):
+    st = open(path, "rb").read()
+    (L,) = struct.unpack_from("<Q", st)
+    hdr = json.loads(st[8:8 + L])
+    return {k: st[8 + L + v["data_offsets"][0]:8 + L + v["data_offsets"][1]] for k, v in hdr.items()
+            if k != "__metadata__"}
+for export, dump in ((sys.argv[1], sys.argv[2]), (sys.argv[3], sys.argv[4])):
+    tensors = load(export)
+    for name, data in tensors.items():
+        assert data == open(os.path.join(dump, name + ".bin"), "rb").read(), f"{export}: {name} differs"
+    print(f"ok: {os.path.basename(export)}: its {len(tensors)} tensors are the reader's")
 PY
+    fail "export and reader disagree"
 
 # (d) one flipped padding byte: the reader names the padding, verify fails too
 mkdir -p "$tmp/bad" && cp -r "$ck" "$tmp/bad/" && bad=$tmp/bad/$(basename "$ck")
@@ -113,8 +115,8 @@ rc=$?
 echo "ok: declared version 2: reader exit $rc: $out"
 
 # (f) a version this sovtrain does not read is called unsupported, not damaged
-declare_version 4 "$v2"
-vout=$("$SOV" ckpt verify "$v2" 2>&1) && fail "verify passed format_version 4"
-grep -q "UNSUPPORTED: .*reads versions 1 to 3" <<<"$vout" || fail "verify on format_version 4: $vout"
-echo "ok: declared version 4: $vout"
+declare_version 5 "$v2"
+vout=$("$SOV" ckpt verify "$v2" 2>&1) && fail "verify passed format_version 5"
+grep -q "UNSUPPORTED: .*reads versions 1 to 4" <<<"$vout" || fail "verify on format_version 5: $vout"
+echo "ok: declared version 5: $vout"
 finish

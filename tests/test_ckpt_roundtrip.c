@@ -1,9 +1,9 @@
-/* Checkpoint round trip through the public API, one rank: f32 and bf16 buffers of sizes that end mid-chunk and
+/* Checkpoint round trip through the public API, one rank: f32 and bf16 tensors of sizes that end mid-chunk and
  * mid-alignment-block come back bitwise (through O_DIRECT files where the filesystem allows them, buffered
- * otherwise: SOVTRAIN_CKPT_DIRECT=0 runs the second path), and a buffer read as the wrong dtype is refused; the
+ * otherwise: SOVTRAIN_CKPT_DIRECT=0 runs the second path), and a tensor read as the wrong dtype is refused; the
  * encoder pipeline survives hundreds of tiny chunks; a write the system refuses (the file-size limit) fails the
- * save with the reason and leaves the previous checkpoint the latest; format versions 1 to 3 are read, others
- * refused as unsupported; a data file's layout and its padding are checked; reads of growing chunk sizes through one
+ * save with the reason and leaves the previous checkpoint the latest; a format-3 checkpoint written by an earlier
+ * sovtrain (tests/fixtures), and the same laid out as formats 1 and 2, are read, others refused as unsupported; a data file's layout and its padding are checked; reads of growing chunk sizes through one
  * open checkpoint. */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -11,6 +11,8 @@
 #include <cmocka.h>
 
 #include <sovtrain/ckpt.h>
+
+#include <jansson.h>
 #include "fsio.h"
 #include "rng.h"
 
@@ -49,6 +51,11 @@ static void fill(float *f, uint16_t *h) {
         h[i] = (uint16_t)(sov_rng_below(&rng, 1u << 16));
 }
 
+/* A 1-D tensor of count elements: how these tests hand the writer a flat buffer. */
+static sov_ckpt_tensor flat(const char *name, sov_dtype dtype, const void *data, size_t count) {
+    return (sov_ckpt_tensor){.name = name, .dtype = dtype, .ndim = 1, .shape = {(int64_t)count}, .data = data};
+}
+
 /* Opens, verifies and reads back the checkpoint that round_trip_chunks wrote at path; a buffer read as the wrong
  * dtype is refused, naming both. */
 static void check_reads_back(const char *path) {
@@ -58,14 +65,13 @@ static void check_reads_back(const char *path) {
     sov_ckpt *c;
     assert_int_equal(sov_ckpt_open(path, &c), SOV_OK);
     assert_int_equal(sov_ckpt_verify(c), SOV_OK);
-    assert_int_equal(sov_ckpt_read_buffer(c, "params", SOV_CKPT_F32, f2, NF), SOV_OK);
+    assert_int_equal(sov_ckpt_read(c, "params", SOV_F32, f2), SOV_OK);
     assert_memory_equal(f, f2, NF * sizeof *f);
-    assert_int_equal(sov_ckpt_read_buffer(c, "weights.bf16", SOV_CKPT_BF16, h2, NB), SOV_OK);
+    assert_int_equal(sov_ckpt_read(c, "weights.bf16", SOV_BF16, h2), SOV_OK);
     assert_memory_equal(h, h2, NB * sizeof *h);
-    assert_int_equal(sov_ckpt_read_buffer(c, "weights.bf16", SOV_CKPT_F32, f2, NB), SOV_ERR_INVALID);
-    assert_non_null(strstr(sov_last_error(), "bf16"));
-    assert_non_null(strstr(sov_last_error(), "f32 expected"));
-    assert_int_equal(sov_ckpt_read_buffer(c, "params", SOV_CKPT_F32, NULL, NF), SOV_ERR_INVALID); /* no memory */
+    assert_int_equal(sov_ckpt_read(c, "weights.bf16", SOV_F32, f2), SOV_ERR_INVALID);
+    assert_non_null(strstr(sov_last_error(), "holds bf16 elements, not f32"));
+    assert_int_equal(sov_ckpt_read(c, "params", SOV_F32, NULL), SOV_ERR_INVALID); /* no memory */
     assert_non_null(strstr(sov_last_error(), "no memory given"));
     sov_ckpt_close(c);
     free(f), free(f2), free(h), free(h2);
@@ -79,9 +85,8 @@ static void round_trip_chunks(int direct, size_t chunk_bytes, long step) {
     sov_ckpt_writer *w;
     sov_ckpt_options o = {.keep = 1, .threads = 2, .chunk_bytes = chunk_bytes, .commit_timeout_s = 30};
     assert_int_equal(sov_ckpt_writer_open(&w, dir, 0, 1, &o), SOV_OK);
-    sov_ckpt_state s = {.step = step, .num_buffers = 2};
-    s.buffers[0] = (sov_ckpt_buffer){"params", f, NF, SOV_CKPT_F32};
-    s.buffers[1] = (sov_ckpt_buffer){"weights.bf16", h, NB, SOV_CKPT_BF16};
+    sov_ckpt_tensor ts[2] = {flat("params", SOV_F32, f, NF), flat("weights.bf16", SOV_BF16, h, NB)};
+    sov_ckpt_state s = {.step = step, .num_tensors = 2, .tensors = ts};
     char path[4200];
     assert_int_equal(sov_ckpt_save(w, &s, 7 + (uint64_t)step, NULL, NULL), SOV_OK);
     assert_int_equal(sov_ckpt_wait(w, path, sizeof path), SOV_OK);
@@ -121,9 +126,8 @@ static void refused_writes_fail_the_save(void **state) {
         sov_ckpt_writer *w;
         sov_ckpt_options o = {.keep = 2, .threads = 2, .chunk_bytes = 64 << 10, .commit_timeout_s = 30};
         assert_int_equal(sov_ckpt_writer_open(&w, dir, 0, 1, &o), SOV_OK);
-        sov_ckpt_state s = {.step = good + 10, .num_buffers = 2};
-        s.buffers[0] = (sov_ckpt_buffer){"params", f, NF, SOV_CKPT_F32};
-        s.buffers[1] = (sov_ckpt_buffer){"weights.bf16", h, NB, SOV_CKPT_BF16};
+        sov_ckpt_tensor ts[2] = {flat("params", SOV_F32, f, NF), flat("weights.bf16", SOV_BF16, h, NB)};
+        sov_ckpt_state s = {.step = good + 10, .num_tensors = 2, .tensors = ts};
         struct rlimit old, small;
         assert_int_equal(getrlimit(RLIMIT_FSIZE, &old), 0);
         small = old;
@@ -211,28 +215,69 @@ static void compact_to_version(const char *path, int version) {
     free(data);
 }
 
-/* sovtrain writes version 3 (chunks at multiples of 4096 in a data file) and still reads versions 1 and 2 (back
- * to back; 2 added plane coding 2); a version-3 file read under an older version's rules is refused for its
- * layout, and versions 0 and 4 are refused as unsupported, not as damage, naming the versions it reads. */
+/* The format-3 checkpoint kept in tests/fixtures (written by sovtrain at format 3: a 784-4-10 MLP after 6 AdamW
+ * steps), copied to `to`. */
+static void copy_fixture(const char *to) {
+    char cmd[9000];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s' && cp -r '%s/ckpt-v3/step-6' '%s'", to, SOV_FIXTURES, to);
+    assert_int_equal(system(cmd), 0);
+}
+
+/* Its tensors, as the format-3 writer's own export has them (safetensors, F32): read back bitwise, each 1-D optimizer
+ * buffer as a tensor of its name. */
+static void check_fixture_reads(const char *path) {
+    static const struct {
+        const char *name;
+        int64_t rows, cols;
+    } want[] = {{"layers.0.weight", 4, 784}, {"layers.0.bias", 4, 1}, {"layers.1.weight", 10, 4},
+                {"layers.1.bias", 10, 1}};
+    char st[4200];
+    snprintf(st, sizeof st, "%s/ckpt-v3/step-6.safetensors", SOV_FIXTURES);
+    sov_ckpt *c;
+    assert_int_equal(sov_ckpt_open(path, &c), SOV_OK);
+    assert_int_equal(sov_ckpt_verify(c), SOV_OK);
+    assert_int_equal(sov_ckpt_num_tensors(c), 6);
+    static float a[3190], b[3190];
+    for (size_t i = 0; i < sizeof want / sizeof want[0]; i++) {
+        int64_t shape[2] = {want[i].rows, want[i].cols};
+        int ndim = want[i].cols > 1 ? 2 : 1;
+        assert_int_equal(sov_safetensors_read(st, want[i].name, SOV_F32, ndim, shape, a), SOV_OK);
+        assert_int_equal(sov_ckpt_read(c, want[i].name, SOV_F32, b), SOV_OK);
+        assert_memory_equal(a, b, (size_t)(shape[0] * shape[1]) * sizeof *a);
+    }
+    sov_ckpt_tensor_info info;
+    assert_int_equal(sov_ckpt_tensor_find(c, "adamw.v", &info), SOV_OK);
+    assert_int_equal(info.ndim, 1);
+    assert_int_equal(info.shape[0], 3190);
+    assert_int_equal(sov_ckpt_read(c, "adamw.v", SOV_F32, a), SOV_OK);
+    for (int i = 0; i < 3190; i++)
+        assert_true(a[i] >= 0.0f); /* a second moment */
+    sov_ckpt_close(c);
+}
+
+/* sovtrain writes version 4 and still reads versions 1 to 3: a format-3 checkpoint written by the sovtrain of
+ * then, and the same laid out as versions 1 and 2 wrote it (chunks back to back; 2 added plane coding 2). A
+ * version-3 file read under an older version's rules is refused for its layout, and versions 0 and 5 are refused as
+ * unsupported, not as damage, naming the versions it reads. */
 static void format_versions(void **state) {
     (void)state;
     char path[4200];
     sov_ckpt *c;
-    round_trip_chunks(1, 64 << 10, 40);
-    snprintf(path, sizeof path, "%s/step-40", dir);
+    snprintf(path, sizeof path, "%s/step-6", dir);
+    copy_fixture(path);
+    check_fixture_reads(path);
     set_version(path, 2);
     assert_int_equal(sov_ckpt_open(path, &c), SOV_ERR_FORMAT);
     assert_non_null(strstr(sov_last_error(), "do not lie where the format puts them"));
-    set_version(path, 4);
+    set_version(path, 5);
     assert_int_equal(sov_ckpt_open(path, &c), SOV_ERR_UNSUPPORTED);
-    assert_non_null(strstr(sov_last_error(), "reads versions 1 to 3"));
+    assert_non_null(strstr(sov_last_error(), "reads versions 1 to 4"));
     set_version(path, 0);
     assert_int_equal(sov_ckpt_open(path, &c), SOV_ERR_UNSUPPORTED);
     for (int version = 1; version <= 2; version++) {
-        round_trip_chunks(1, 64 << 10, 40 + version);
-        snprintf(path, sizeof path, "%s/step-%d", dir, 40 + version);
+        copy_fixture(path);
         compact_to_version(path, version);
-        check_reads_back(path);
+        check_fixture_reads(path);
     }
 }
 
@@ -243,8 +288,8 @@ static void a_rank_with_no_chunks(void **state) {
     float one = 1.5f, back = 0;
     sov_ckpt_writer *w[2];
     sov_ckpt_options o = {.keep = 1, .threads = 1, .chunk_bytes = 64 << 10, .commit_timeout_s = 30};
-    sov_ckpt_state s = {.step = 80, .num_buffers = 1};
-    s.buffers[0] = (sov_ckpt_buffer){"params", &one, 1, SOV_CKPT_F32};
+    sov_ckpt_tensor ts[1] = {flat("params", SOV_F32, &one, 1)};
+    sov_ckpt_state s = {.step = 80, .num_tensors = 1, .tensors = ts};
     for (int r = 1; r >= 0; r--) {
         assert_int_equal(sov_ckpt_writer_open(&w[r], dir, r, 2, &o), SOV_OK);
         assert_int_equal(sov_ckpt_save(w[r], &s, 99, NULL, NULL), SOV_OK);
@@ -261,14 +306,14 @@ static void a_rank_with_no_chunks(void **state) {
     sov_ckpt *c;
     assert_int_equal(sov_ckpt_open(path, &c), SOV_OK);
     assert_int_equal(sov_ckpt_verify(c), SOV_OK);
-    assert_int_equal(sov_ckpt_read_buffer(c, "params", SOV_CKPT_F32, &back, 1), SOV_OK);
+    assert_int_equal(sov_ckpt_read(c, "params", SOV_F32, &back), SOV_OK);
     assert_true(back == one);
     sov_ckpt_close(c);
 }
 
-/* One open checkpoint read buffer by buffer, smallest first: the reader sizes its codecs and buffers by the chunks
- * of each read, so the big buffer's read must make them anew and bigger, and a verify after it (into scratch) and a
- * small read again must still work. */
+/* One open checkpoint read buffer by buffer, smallest first (the tiny tensor is i32, so it has a buffer, and a
+ * chunk, of its own): the reader sizes its codecs and buffers by the chunks of each read, so the big buffer's read
+ * must make them anew and bigger, and a verify after it (into scratch) and a small read again must still work. */
 static void reads_of_growing_chunks(void **state) {
     (void)state;
     float tiny[10], tiny_back[10] = {0}, *big = malloc(NF * sizeof *big), *big_back = calloc(NF, sizeof *big);
@@ -278,9 +323,8 @@ static void reads_of_growing_chunks(void **state) {
         tiny[i] = (float)i / 3.0f;
     sov_ckpt_writer *w;
     sov_ckpt_options o = {.keep = 1, .threads = 2, .chunk_bytes = 64 << 10, .commit_timeout_s = 30};
-    sov_ckpt_state s = {.step = 81, .num_buffers = 2};
-    s.buffers[0] = (sov_ckpt_buffer){"tiny", tiny, 10, SOV_CKPT_F32};
-    s.buffers[1] = (sov_ckpt_buffer){"big", big, NF, SOV_CKPT_F32};
+    sov_ckpt_tensor ts[2] = {flat("tiny", SOV_I32, tiny, 10), flat("big", SOV_F32, big, NF)};
+    sov_ckpt_state s = {.step = 81, .num_tensors = 2, .tensors = ts};
     char path[4200];
     assert_int_equal(sov_ckpt_writer_open(&w, dir, 0, 1, &o), SOV_OK);
     assert_int_equal(sov_ckpt_save(w, &s, 100, NULL, NULL), SOV_OK);
@@ -288,13 +332,13 @@ static void reads_of_growing_chunks(void **state) {
     sov_ckpt_writer_close(w);
     sov_ckpt *c;
     assert_int_equal(sov_ckpt_open(path, &c), SOV_OK);
-    assert_int_equal(sov_ckpt_read_buffer(c, "tiny", SOV_CKPT_F32, tiny_back, 10), SOV_OK);
+    assert_int_equal(sov_ckpt_read(c, "tiny", SOV_I32, tiny_back), SOV_OK);
     assert_memory_equal(tiny, tiny_back, sizeof tiny);
-    assert_int_equal(sov_ckpt_read_buffer(c, "big", SOV_CKPT_F32, big_back, NF), SOV_OK);
+    assert_int_equal(sov_ckpt_read(c, "big", SOV_F32, big_back), SOV_OK);
     assert_memory_equal(big, big_back, NF * sizeof *big);
     assert_int_equal(sov_ckpt_verify(c), SOV_OK);
     memset(tiny_back, 0, sizeof tiny_back);
-    assert_int_equal(sov_ckpt_read_buffer(c, "tiny", SOV_CKPT_F32, tiny_back, 10), SOV_OK);
+    assert_int_equal(sov_ckpt_read(c, "tiny", SOV_I32, tiny_back), SOV_OK);
     assert_memory_equal(tiny, tiny_back, sizeof tiny);
     sov_ckpt_close(c);
     free(big), free(big_back), free(unused);
@@ -341,7 +385,7 @@ static void padding_and_layout_are_checked(void **state) {
     snprintf(byte, sizeof byte, "byte %zu is damaged", pad_at + pad_len - 1);
     assert_non_null(strstr(sov_last_error(), byte));
     float *f = malloc(NF * sizeof *f);
-    assert_int_equal(sov_ckpt_read_buffer(c, "params", SOV_CKPT_F32, f, NF), SOV_ERR_FORMAT);
+    assert_int_equal(sov_ckpt_read(c, "params", SOV_F32, f), SOV_ERR_FORMAT);
     free(f);
     sov_ckpt_close(c);
 

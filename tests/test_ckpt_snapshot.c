@@ -12,6 +12,8 @@
 #include <cmocka.h>
 
 #include <sovtrain/ckpt.h>
+
+#include <jansson.h>
 #include "copy.h"
 #include "fsio.h"
 #include "snapshot.h"
@@ -26,6 +28,11 @@
 
 /* Larger than one snapshot block (64 MiB), so that the writer starts before the second piece is copied. */
 enum { BIG = (64 << 20) / 4 + 1024, SMALL = 1000 };
+
+/* A 1-D tensor of count elements: how these tests hand the writer a flat buffer. */
+static sov_ckpt_tensor flat(const char *name, sov_dtype dtype, const void *data, size_t count) {
+    return (sov_ckpt_tensor){.name = name, .dtype = dtype, .ndim = 1, .shape = {(int64_t)count}, .data = data};
+}
 
 static char dir[256];
 static int copies_left; /* copy_to_host fails when this reaches 0; -1: never */
@@ -67,9 +74,8 @@ static void failure_after_the_writer_started(void **state) {
     sov_ckpt_options o = {.keep = 2, .threads = 2, .commit_timeout_s = 30, .copy_to_host = copy_or_fail};
     sov_ckpt_writer *w;
     assert_int_equal(sov_ckpt_writer_open(&w, dir, 0, 1, &o), SOV_OK);
-    sov_ckpt_state s = {.step = 1, .num_buffers = 2};
-    s.buffers[0] = (sov_ckpt_buffer){"params", big, BIG, SOV_CKPT_F32};
-    s.buffers[1] = (sov_ckpt_buffer){"adamw.m", small, SMALL, SOV_CKPT_F32};
+    sov_ckpt_tensor ts[2] = {flat("params", SOV_F32, big, BIG), flat("adamw.m", SOV_F32, small, SMALL)};
+    sov_ckpt_state s = {.step = 1, .num_tensors = 2, .tensors = ts};
     char path[4200], want[4400];
     copies_left = -1;
     assert_int_equal(sov_ckpt_save(w, &s, 1, NULL, NULL), SOV_OK);
@@ -95,7 +101,7 @@ static void failure_after_the_writer_started(void **state) {
     sov_ckpt *c;
     assert_int_equal(sov_ckpt_open(path, &c), SOV_OK);
     assert_int_equal(sov_ckpt_step(c), 3);
-    assert_int_equal(sov_ckpt_read_buffer(c, "adamw.m", SOV_CKPT_F32, big, SMALL), SOV_OK);
+    assert_int_equal(sov_ckpt_read(c, "adamw.m", SOV_F32, big), SOV_OK);
     assert_memory_equal(big, small, SMALL * sizeof *small);
     sov_ckpt_close(c);
     free(big);
@@ -109,8 +115,8 @@ static void failure_before_a_writer_started_is_reported_to_rank_0(void **state) 
     sov_ckpt_options o = {.keep = 1, .threads = 1, .commit_timeout_s = 30, .copy_to_host = copy_or_fail};
     sov_ckpt_writer *w;
     assert_int_equal(sov_ckpt_writer_open(&w, dir, 1, 2, &o), SOV_OK); /* rank 1 of 2: rank 0 is elsewhere */
-    sov_ckpt_state s = {.step = 5, .num_buffers = 1};
-    s.buffers[0] = (sov_ckpt_buffer){"params", x, SMALL, SOV_CKPT_F32};
+    sov_ckpt_tensor ts[1] = {flat("params", SOV_F32, x, SMALL)};
+    sov_ckpt_state s = {.step = 5, .num_tensors = 1, .tensors = ts};
     copies_left = 0;
     assert_int_not_equal(sov_ckpt_save(w, &s, 0x55, NULL, NULL), SOV_OK);
     char marker[4400], *text = NULL;
@@ -146,10 +152,8 @@ static void host_state_changed_after_save_comes_back_as_saved(void **state) {
     sov_ckpt_options o = {.keep = 1, .threads = 2, .chunk_bytes = 256 << 10, .commit_timeout_s = 60};
     sov_ckpt_writer *w;
     assert_int_equal(sov_ckpt_writer_open(&w, dir, 0, 1, &o), SOV_OK);
-    sov_ckpt_state s = {.num_buffers = 3};
-    s.buffers[0] = (sov_ckpt_buffer){"params", a, HOST_F32, SOV_CKPT_F32};
-    s.buffers[1] = (sov_ckpt_buffer){"adamw.m", b, HOST_BF16, SOV_CKPT_BF16};
-    s.buffers[2] = (sov_ckpt_buffer){"adamw.v", c, HOST_TAIL, SOV_CKPT_F32};
+    sov_ckpt_tensor ts[3] = {flat("params", SOV_F32, a, HOST_F32), flat("adamw.m", SOV_BF16, b, HOST_BF16), flat("adamw.v", SOV_F32, c, HOST_TAIL)};
+    sov_ckpt_state s = {.num_tensors = 3, .tensors = ts};
     for (unsigned step = 1; step <= 3; step++) {
         fill_state(a, b, c, step);
         memcpy(a0, a, HOST_F32 * sizeof *a);
@@ -164,9 +168,9 @@ static void host_state_changed_after_save_comes_back_as_saved(void **state) {
         assert_int_equal(sov_ckpt_wait(w, path, sizeof path), SOV_OK);
         sov_ckpt *ck;
         assert_int_equal(sov_ckpt_open(path, &ck), SOV_OK);
-        assert_int_equal(sov_ckpt_read_buffer(ck, "params", SOV_CKPT_F32, a, HOST_F32), SOV_OK);
-        assert_int_equal(sov_ckpt_read_buffer(ck, "adamw.m", SOV_CKPT_BF16, b, HOST_BF16), SOV_OK);
-        assert_int_equal(sov_ckpt_read_buffer(ck, "adamw.v", SOV_CKPT_F32, c, HOST_TAIL), SOV_OK);
+        assert_int_equal(sov_ckpt_read(ck, "params", SOV_F32, a), SOV_OK);
+        assert_int_equal(sov_ckpt_read(ck, "adamw.m", SOV_BF16, b), SOV_OK);
+        assert_int_equal(sov_ckpt_read(ck, "adamw.v", SOV_F32, c), SOV_OK);
         sov_ckpt_close(ck);
         assert_memory_equal(a, a0, HOST_F32 * sizeof *a);
         assert_memory_equal(b, b0, HOST_BF16 * sizeof *b);
@@ -194,9 +198,12 @@ typedef struct claimer {
 static void *claim_in_order(void *arg) {
     claimer *c = arg;
     for (size_t k = c->start; k < SNAP_CHUNKS; k++) {
-        const uint8_t *src = sov_snapshot_claim(c->snap, k * SNAP_CHUNK, (k + 1) * SNAP_CHUNK);
+        int gather;
+        const uint8_t *src = sov_snapshot_claim(c->snap, k * SNAP_CHUNK, (k + 1) * SNAP_CHUNK, &gather);
         if (!src)
             break;
+        if (gather)
+            sov_snapshot_gather(c->snap, k * SNAP_CHUNK, (k + 1) * SNAP_CHUNK);
         for (size_t i = 0; i < SNAP_CHUNK; i++)
             c->sum += src[i];
         c->read_from_source[k] = 1;
@@ -227,23 +234,31 @@ static sov_status copy_plain(void *ctx, void *dst, const void *src, size_t bytes
 
 static void snapshot_sides_meet_without_overlap(void **state) {
     (void)state;
-    uint8_t *src = malloc(SNAP_BYTES), *staging = malloc(SNAP_BYTES);
-    assert_true(src && staging);
-    for (size_t i = 0; i < SNAP_BYTES; i++)
-        src[i] = (uint8_t)(i * 2654435761u >> 11);
+    /* three pieces, apart in memory (adjacent ones would be one piece), each a whole number of chunks */
+    uint8_t *mem = malloc(SNAP_BYTES + 2 * SNAP_CHUNK), *src = mem, *staging = malloc(SNAP_BYTES);
+    assert_true(mem && staging);
+    for (size_t i = 0; i < SNAP_BYTES + 2 * SNAP_CHUNK; i++)
+        mem[i] = (uint8_t)(i * 2654435761u >> 11);
+    const uint8_t *piece[3] = {mem, mem + SNAP_BYTES / 3 + SNAP_CHUNK, mem + 2 * (SNAP_BYTES / 3) + 2 * SNAP_CHUNK};
+    src = malloc(SNAP_BYTES); /* what staging must end up holding */
+    memcpy(src, piece[0], SNAP_BYTES / 3);
+    memcpy(src + SNAP_BYTES / 3, piece[1], SNAP_BYTES / 3);
+    memcpy(src + 2 * (SNAP_BYTES / 3), piece[2], SNAP_BYTES - 2 * (SNAP_BYTES / 3));
     sov_snapshot snap;
     sov_snapshot_init(&snap);
     for (int round = 0; round < 20; round++) {
         memset(staging, 0, SNAP_BYTES);
         sov_snapshot_begin(&snap, staging, SNAP_BYTES, 1);
-        assert_int_equal(sov_snapshot_add(&snap, src, SNAP_BYTES / 3), SOV_OK); /* three pieces */
-        assert_int_equal(sov_snapshot_add(&snap, src + SNAP_BYTES / 3, SNAP_BYTES / 3), SOV_OK);
-        assert_int_equal(sov_snapshot_add(&snap, src + 2 * (SNAP_BYTES / 3), SNAP_BYTES - 2 * (SNAP_BYTES / 3)),
-                         SOV_OK);
+        assert_int_equal(sov_snapshot_add(&snap, piece[0], SNAP_BYTES / 3), SOV_OK);
+        assert_int_equal(sov_snapshot_add(&snap, piece[1], SNAP_BYTES / 3), SOV_OK);
+        assert_int_equal(sov_snapshot_add(&snap, piece[2], SNAP_BYTES - 2 * (SNAP_BYTES / 3)), SOV_OK);
+        assert_int_equal(snap.npieces, 3);
         claimer *c = calloc(1, sizeof *c);
         c->snap = &snap;
-        const uint8_t *first = sov_snapshot_claim(&snap, 0, SNAP_CHUNK); /* one claim for certain, before the copy */
-        assert_ptr_equal(first, src);
+        int gather;
+        const uint8_t *first = sov_snapshot_claim(&snap, 0, SNAP_CHUNK, &gather); /* one claim, before the copy */
+        assert_ptr_equal(first, piece[0]);
+        assert_false(gather);
         sov_snapshot_release(&snap);
         c->read_from_source[0] = 1;
         c->start = 1;
@@ -272,8 +287,51 @@ static void snapshot_sides_meet_without_overlap(void **state) {
         free(c);
     }
     sov_snapshot_destroy(&snap);
+    free(mem);
     free(src);
     free(staging);
+}
+
+/* A state larger than a snapshot block, its front many small tensors that share chunks: the encoders take those
+ * chunks from the tensors themselves (each gathering its chunk's pieces into staging) while the caller copies the
+ * big tensor from the back. Every tensor comes back bitwise, save after save. */
+static void small_tensors_of_a_large_state(void **state) {
+    (void)state;
+    enum { SMALL_N = 3000, SMALL_ELEMS = 1531, BIG_ELEMS = 72 << 18 }; /* 18 MB of small ones, 72 MiB */
+    static char names[SMALL_N][16];
+    sov_ckpt_tensor *t = calloc(SMALL_N + 1, sizeof *t);
+    float **data = calloc(SMALL_N + 1, sizeof *data);
+    for (int i = 0; i <= SMALL_N; i++) {
+        size_t n = i < SMALL_N ? SMALL_ELEMS : BIG_ELEMS;
+        data[i] = malloc(n * sizeof(float));
+        for (size_t e = 0; e < n; e++)
+            data[i][e] = (float)(i * 7 + (int)(e % 1000)) * 0.001f;
+        if (i < SMALL_N)
+            snprintf(names[i], sizeof names[i], "s%d", i);
+        t[i] = flat(i < SMALL_N ? names[i] : "big", SOV_F32, data[i], n);
+    }
+    sov_ckpt_state s = {.num_tensors = SMALL_N + 1, .tensors = t};
+    sov_ckpt_options o = {.keep = 1, .threads = 2, .commit_timeout_s = 30};
+    sov_ckpt_writer *w;
+    assert_int_equal(sov_ckpt_writer_open(&w, dir, 0, 1, &o), SOV_OK);
+    char path[4200];
+    float *back = malloc(BIG_ELEMS * sizeof *back);
+    for (int save = 0; save < 2; save++) {
+        s.step = 300 + save;
+        assert_int_equal(sov_ckpt_save(w, &s, 300 + (uint64_t)save, NULL, NULL), SOV_OK);
+        assert_int_equal(sov_ckpt_wait(w, path, sizeof path), SOV_OK);
+        sov_ckpt *ck;
+        assert_int_equal(sov_ckpt_open(path, &ck), SOV_OK);
+        for (int i = 0; i <= SMALL_N; i += i < SMALL_N - 1 ? 97 : 1) { /* a spread of the small ones, and the big */
+            assert_int_equal(sov_ckpt_read(ck, t[i].name, SOV_F32, back), SOV_OK);
+            assert_memory_equal(back, data[i], (size_t)t[i].shape[0] * sizeof(float));
+        }
+        sov_ckpt_close(ck);
+    }
+    sov_ckpt_writer_close(w);
+    for (int i = 0; i <= SMALL_N; i++)
+        free(data[i]);
+    free(data), free(t), free(back);
 }
 
 /* Sizes across the streaming threshold (1 MiB) and around the streamed body's 16 KiB groups, destinations at every
@@ -311,6 +369,7 @@ int main(void) {
         cmocka_unit_test(failure_before_a_writer_started_is_reported_to_rank_0),
         cmocka_unit_test(host_state_changed_after_save_comes_back_as_saved),
         cmocka_unit_test(snapshot_sides_meet_without_overlap),
+        cmocka_unit_test(small_tensors_of_a_large_state),
         cmocka_unit_test(staging_copy_is_exact),
     };
     return cmocka_run_group_tests(tests, setup, teardown);

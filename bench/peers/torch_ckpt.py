@@ -3,8 +3,9 @@
 
     torch_ckpt.py RAW OUT
 
-Reads RAW (a case's raw state, written by bench/ckpt_perf), builds a state dict of one f32 tensor over those bytes
-(bf16 for *bf16*.raw), prints "ready BYTES", then serves one try per line on stdin, so that ckpt_perf can alternate
+Reads RAW (a case's raw state, written by bench/ckpt_perf), builds a state dict of the same tensors as the case
+(RAW.layout: "NAME D0[,D1]" per tensor, in order; f32, or bf16 for *bf16*.raw), prints "ready BYTES", then serves
+one try per line on stdin, so that ckpt_perf can alternate
 them with its own saves and restores and both sample the disk over the same minutes:
   save: torch.save to OUT (on the disk under test), then fsync of the file (the save's durable cost);
   load: torch.load of that file from the disk (its pages are dropped from the page cache first, as bench/ckpt_perf
@@ -40,16 +41,32 @@ def load_once(state, out):
     t0 = time.perf_counter()
     loaded = torch.load(out)
     dt = time.perf_counter() - t0
-    if not torch.equal(loaded["params"], state["params"]):
+    if loaded.keys() != state.keys() or not all(torch.equal(loaded[k], state[k]) for k in state):
         raise RuntimeError(f"{out} does not load back what was saved")
     return dt
 
 
-def serve(raw_path, out):
+def state_of(raw_path):
+    """The case's tensors, each a tensor of its own (as a model's state dict has them), from RAW and RAW.layout."""
     data = bytearray(open(raw_path, "rb").read())
     dtype = torch.bfloat16 if "bf16" in os.path.basename(raw_path) else torch.float32
-    state = {"params": torch.frombuffer(data, dtype=dtype).clone()}
-    del data
+    flat = torch.frombuffer(data, dtype=dtype)
+    state, at = {}, 0
+    for line in open(raw_path + ".layout"):
+        name, dims = line.split()
+        shape = [int(d) for d in dims.split(",")]
+        n = 1
+        for d in shape:
+            n *= d
+        state[name] = flat[at:at + n].clone().reshape(shape)
+        at += n
+    if at != flat.numel():
+        raise RuntimeError(f"{raw_path}.layout describes {at} elements, the file holds {flat.numel()}")
+    return state
+
+
+def serve(raw_path, out):
+    state = state_of(raw_path)
     # the answers go on a copy of stdout; anything else printed there (a library's warning) goes to stderr
     answers = os.fdopen(os.dup(1), "w")
     os.dup2(2, 1)
@@ -57,7 +74,7 @@ def serve(raw_path, out):
     def answer(text):
         print(text, file=answers, flush=True)
 
-    answer(f"ready {state['params'].numel() * state['params'].element_size()}")
+    answer(f"ready {sum(t.numel() * t.element_size() for t in state.values())}")
     try:
         for line in sys.stdin:
             what = line.strip()

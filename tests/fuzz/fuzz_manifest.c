@@ -97,22 +97,32 @@ static void exercise(void) {
     if (sov_ckpt_open(dir, &c) != SOV_OK)
         return;
     (void)sov_ckpt_verify(c);
-    size_t i;
-    json_t *b;
-    json_array_foreach(json_object_get(sov_ckpt_manifest(c), "buffers"), i, b) {
-        const char *name = json_string_value(json_object_get(b, "name"));
-        size_t count = sov_ckpt_buffer_count(c, name);
+    size_t all = 0;
+    for (int i = 0; i < sov_ckpt_num_tensors(c); i++) {
+        sov_ckpt_tensor_info info;
+        if (sov_ckpt_tensor_at(c, i, &info) != SOV_OK)
+            abort(); /* every index below the count is a tensor */
+        size_t count = 1;
+        for (int d = 0; d < info.ndim; d++)
+            count = info.shape[d] > (int64_t)MAX_READ_ELEMS ? MAX_READ_ELEMS + 1 : count * (size_t)info.shape[d];
+        all += count;
         if (count > MAX_READ_ELEMS)
             continue;
-        float *dst = malloc((count ? count : 1) * sizeof *dst);
+        uint64_t *dst = malloc((count ? count : 1) * sizeof *dst); /* room for the widest dtype */
         if (!dst)
             abort();
-        (void)sov_ckpt_read_buffer(c, name, SOV_CKPT_F32, dst, count);
-        (void)sov_ckpt_read_buffer(c, name, SOV_CKPT_BF16, dst, count);
+        (void)sov_ckpt_read(c, info.name, info.dtype, dst);
+        (void)sov_ckpt_read(c, info.name, info.dtype == SOV_F32 ? SOV_BF16 : SOV_F32, dst);
+        if (info.ndim > 0 && info.shape[0] > 1) { /* the back half of the first dimension: a slice */
+            int64_t off[SOV_CKPT_MAX_DIMS] = {0}, shape[SOV_CKPT_MAX_DIMS];
+            memcpy(shape, info.shape, sizeof shape);
+            off[0] = info.shape[0] / 2;
+            shape[0] = info.shape[0] - off[0];
+            (void)sov_ckpt_read_slice(c, info.name, info.dtype, off, shape, dst);
+        }
         free(dst);
     }
-    size_t params = sov_ckpt_buffer_count(c, "params");
-    if (params > 0 && params <= MAX_READ_ELEMS) {
+    if (all > 0 && all <= MAX_READ_ELEMS) {
         char out[512];
         snprintf(out, sizeof out, "%s/export.safetensors", dir);
         (void)sov_ckpt_export_safetensors(c, out);

@@ -12,8 +12,8 @@ install(TARGETS sovtrain_static ARCHIVE DESTINATION ${CMAKE_INSTALL_LIBDIR})
 install(TARGETS sovtrain_cli RUNTIME DESTINATION ${CMAKE_INSTALL_BINDIR})
 
 # pkg-config: `pkg-config --cflags --libs sovtrain` for the shared library; --static adds what libsovtrain.a needs.
-set(SOV_PC_REQUIRES_PRIVATE "libzstd libxxhash jansson openblas libibverbs zlib")
-set(SOV_PC_LIBS_PRIVATE "")
+# The public headers need no other library's, so nothing goes in Requires.private (whose cflags pkg-config adds).
+set(SOV_PC_LIBS_PRIVATE " -lzstd -lxxhash -ljansson -lopenblas -libverbs -lz")
 foreach(lib ${MPI_C_LIBRARIES})
   string(APPEND SOV_PC_LIBS_PRIVATE " ${lib}")
 endforeach()

@@ -1,5 +1,6 @@
 /* codec.c: see codec.h. */
 #include "codec.h"
+#include "bitpack.h"
 #include "checksum.h"
 
 #include <math.h>
@@ -17,11 +18,8 @@
  * restores ran 5-11 % faster (alternated scratch runs, medians of 40). */
 #define NEAR_RANDOM_BITS 7.9
 #define HUFFMAN_MIN_GAIN_BITS 6.75
-/* ... unless the plane is so large a part of the chunk that the gain on the chunk is worth it: a 7-bit plane (the
- * low byte of an all-positive tensor, whose sign bit is constant) saves 1/8 of itself, which is 1/16 of a chunk of
- * 2-byte elements (the second moment of a bf16 job: its ratio fell from 98 % to 96 % of the entropy bound stored
- * raw) but only 1/32 of a chunk of 4-byte ones, where the coding costs more than it saves. */
-#define CHUNK_MIN_GAIN 0.05
+/* Such a plane whose bytes share some bits (an all-positive tensor's low byte: its sign, moved to bit 0) is bit-packed
+ * instead of stored raw (coding 3, bitpack.h): the constant bits go, at the cost of one pass, not a Huffman coder's. */
 /* Decisions are taken on a sample of each plane: SAMPLE_BLOCKS runs of SAMPLE_BLOCK elements spread over the chunk.
  * 16 KiB estimate a plane's entropy to ~0.01 bit (the bias of 256 symbols' plug-in estimate); 64 KiB samples were
  * 1/16 of a 2 MiB chunk's bf16 planes and cost 4-7 % of its encoding (histograms and the sample's transform) for no
@@ -403,7 +401,7 @@ sov_status sov_chunk_parse_header(const void *bytes, sov_chunk_header *h, const 
                    h->planes == (h->transform ? h->elem_size : 1) && h->raw_bytes <= SOV_CHUNK_MAX_RAW &&
                    h->raw_bytes % h->elem_size == 0 && sum == h->stored_bytes;
     for (int k = 0; k < h->planes && shape_ok; k++)
-        shape_ok = h->coding[k] <= 2 && (h->coding[k] != 2 || h->transform == SOV_TRANSFORM_FLOAT) && /* pairs: floats' */
+        shape_ok = h->coding[k] <= 3 && (h->coding[k] != 2 || h->transform == SOV_TRANSFORM_FLOAT) && /* pairs: floats' */
                    (h->coding[k] != 0 || h->plane_bytes[k] == h->raw_bytes / h->planes);
     /* one way to write each header: reserved bytes and unused plane entries are zero */
     for (int k = h->planes; k < SOV_CHUNK_MAX_PLANES && shape_ok; k++)
@@ -448,7 +446,7 @@ static double repeat_rate(const uint8_t *smp, size_t len) {
     return pairs ? (double)same / (double)pairs : 0.0;
 }
 
-enum { CODER_RAW = -1, CODER_LITERAL = 0, CODER_LEVEL1 = 1, CODER_PAIRS = 2 };
+enum { CODER_RAW = -1, CODER_LITERAL = 0, CODER_LEVEL1 = 1, CODER_PAIRS = 2, CODER_BITS = 3 };
 
 /* The first of the 15 consecutive byte values that hold most of the histogram; *inside is how many they hold. */
 static uint8_t pairs_window(const uint32_t hist[256], size_t *inside) {
@@ -473,8 +471,7 @@ static uint8_t pairs_window(const uint32_t hist[256], size_t *inside) {
  * for a weight's exponent plane they do not, and the two trial compressions would cost more than the entropy pass.
  * A plane for literals whose sample lies nearly all in one window of 15 values (*base on) is paired first
  * (coding 2). */
-/* planes: how many the chunk has (its element size, or 1 without a transform). */
-static int choose_coder(sov_codec *c, const uint8_t *smp, size_t len, int planes, uint8_t *base) {
+static int choose_coder(sov_codec *c, const uint8_t *smp, size_t len, uint8_t *base) {
     if (len < 64)
         return CODER_RAW;
     uint32_t hist[256];
@@ -491,8 +488,11 @@ static int choose_coder(sov_codec *c, const uint8_t *smp, size_t len, int planes
         if (!ZSTD_isError(lit) && !ZSTD_isError(lz) && lz < lit)
             return CODER_LEVEL1;
     }
-    if (bits >= HUFFMAN_MIN_GAIN_BITS && (8.0 - bits) / 8.0 / planes < CHUNK_MIN_GAIN)
-        return CODER_RAW;
+    if (bits >= HUFFMAN_MIN_GAIN_BITS) {
+        uint8_t mask, value;
+        sov_bitpack_constant(smp, len, &mask, &value);
+        return mask ? CODER_BITS : CODER_RAW;
+    }
     size_t inside = 0;
     *base = pairs_window(hist, &inside);
     return len >= PAIRS_MIN_PLANE && len - inside <= len / PAIRS_MAX_OUTSIDE ? CODER_PAIRS : CODER_LITERAL;
@@ -540,6 +540,15 @@ static size_t store_plane(sov_codec *c, int coder, uint8_t *plane, size_t n, uin
          * found at most 1/16 outside the window; it takes a plane that is nearly all escapes elsewhere.) */
         unpack_pairs(c->pairs, n, c->pair_base, c->pairs + (n + 1) / 2, c->pair_escapes, plane);
         coder = CODER_LITERAL;
+    }
+    if (coder == CODER_BITS) { /* the sample's constant bits, checked on the whole plane */
+        uint8_t mask, value;
+        sov_bitpack_constant(plane, n, &mask, &value);
+        if (mask && sov_bitpack_bytes(n, mask) < n) {
+            *coding = 3;
+            return sov_bitpack_encode(plane, n, mask, value, out, n);
+        }
+        coder = CODER_RAW;
     }
     if (coder != CODER_RAW) {
         size_t r = ZSTD_compress2(coder == CODER_LEVEL1 ? c->level1 : c->literal, out, n - 1, plane, n);
@@ -616,7 +625,7 @@ sov_status sov_chunk_encode(sov_codec *c, const void *raw, size_t raw_bytes, int
     if (h.transform) {
         size_t len = gather_samples(c, raw, plane_n, elem_size, transform);
         for (int k = 0; k < h.planes; k++) { /* pairs only for a float's last plane, the exponent's: split_to_places */
-            coder[k] = choose_coder(c, c->samples + (size_t)k * SAMPLE_BYTES, len, h.planes, &base);
+            coder[k] = choose_coder(c, c->samples + (size_t)k * SAMPLE_BYTES, len, &base);
             int pairs_fit = k == h.planes - 1 && transform == SOV_TRANSFORM_FLOAT;
             if (coder[k] == CODER_PAIRS && (!pairs_fit || !pairs_ready(c)))
                 coder[k] = CODER_LITERAL;
@@ -627,7 +636,7 @@ sov_status sov_chunk_encode(sov_codec *c, const void *raw, size_t raw_bytes, int
     } else {
         h.xxh3_raw = sov_xxh3(raw, raw_bytes);
         /* one-byte elements (u8, i8, bool): judged on the chunk's first bytes */
-        coder[0] = choose_coder(c, raw, raw_bytes < SAMPLE_BYTES ? raw_bytes : SAMPLE_BYTES, 1, &base);
+        coder[0] = choose_coder(c, raw, raw_bytes < SAMPLE_BYTES ? raw_bytes : SAMPLE_BYTES, &base);
         if (coder[0] == CODER_PAIRS) /* pairs are for the planes of a transform */
             coder[0] = CODER_LITERAL;
     }
@@ -721,6 +730,9 @@ sov_status sov_chunk_decode(sov_codec *c, const void *chunk, size_t bytes, void 
             plane[k] = payload + pos;
             if (!h.transform)
                 memcpy(dst, payload + pos, plane_n);
+        } else if (h.coding[k] == 3) {
+            SOV_CHECK(sov_bitpack_decode(payload + pos, h.plane_bytes[k], dst, plane_n, where, k));
+            plane[k] = dst;
         } else if (h.coding[k] == 2) {
             SOV_CHECK(load_pairs(c, payload + pos, h.plane_bytes[k], raw, dst, plane_n, where, k));
             plane[k] = dst;

@@ -27,7 +27,7 @@ typedef struct sov_chunk_header {
     uint64_t stored_bytes; /* payload after the header */
     uint64_t xxh3_raw;
     uint64_t xxh3_stored;
-    uint8_t coding[SOV_CHUNK_MAX_PLANES];       /* 0 raw, 1 zstd */
+    uint8_t coding[SOV_CHUNK_MAX_PLANES];       /* 0 raw, 1 zstd, 2 nibble pairs, 3 constant bits packed */
     uint32_t plane_bytes[SOV_CHUNK_MAX_PLANES]; /* stored size of each plane */
     uint64_t xxh3_header; /* of the serialised header's first 104 bytes */
 } sov_chunk_header;

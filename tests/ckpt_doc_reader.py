@@ -133,6 +133,24 @@ def unzstd(s, n, what):
     return np.frombuffer(out, np.uint8)
 
 
+def unpack_bits(s, n, k):
+    """Coding 3: the constant bits once, the other bits of each byte packed (section 4)."""
+    w = f"plane {k} (coding 3)"
+    need(len(s) >= 4 and s[0] not in (0, 255) and s[1] & ~s[0] & 255 == 0 and s[2] == 0 and s[3] == 0,
+         f"{w}: bad header")
+    mask, value = s[0], s[1]
+    free = [b for b in range(8) if not mask >> b & 1]
+    nbits = n * len(free)
+    need(len(s) == 4 + (nbits + 7) // 8, f"{w}: {len(s)} bytes, expected {4 + (nbits + 7) // 8}")
+    bits = np.unpackbits(np.frombuffer(bytes(s[4:]), np.uint8), bitorder="little")
+    need(not bits[nbits:].any(), f"{w}: the unused bits of the last byte are not 0")
+    bits = bits[:nbits].reshape(n, len(free)).astype(np.uint8)
+    out = np.full(n, value, np.uint8)
+    for j, b in enumerate(free):
+        out |= bits[:, j] << np.uint8(b)
+    return out
+
+
 def unpair(s, n, k):
     w = f"plane {k} (coding 2)"
     need(len(s) >= 12, f"{w}: plane_bytes < 12")
@@ -170,7 +188,7 @@ def decode_chunk(blob, c, size, codings):
          f"header shape: elem_size {es}, transform {tr}, planes {planes}")
     need(raw_b <= 1 << 30 and raw_b % es == 0, f"header shape: raw_bytes {raw_b}")
     need(sum(pb[:planes]) == st_b, "header shape: plane_bytes do not sum to stored_bytes")
-    need(all(x <= 2 for x in coding) and (tr == 1 or 2 not in coding), f"header shape: codings {list(coding)}")
+    need(all(x <= 3 for x in coding) and (tr == 1 or 2 not in coding), f"header shape: codings {list(coding)}")
     need(_r == 0 and not any(blob[80:104]) and not any(coding[planes:]) and not any(pb[planes:]),
          "header shape: a reserved byte or an unused plane entry is not zero")
     n = raw_b // planes
@@ -188,8 +206,10 @@ def decode_chunk(blob, c, size, codings):
             ps.append(np.frombuffer(s, np.uint8))
         elif coding[k] == 1:
             ps.append(unzstd(s, n, f"plane {k} (coding 1)"))
-        else:
+        elif coding[k] == 2:
             ps.append(unpair(s, n, k))
+        else:
+            ps.append(unpack_bits(s, n, k))
     if tr == 0:
         raw = ps[0].tobytes()
     else:
@@ -282,7 +302,7 @@ def read_checkpoint(ckpt):
         raise Bad("manifest.json", str(e))
     size = {b["name"]: SIZES[b["dtype"]] for b in m["buffers"]}  # bytes per element, as the pseudocode says
     out = {b["name"]: bytearray(size[b["name"]] * b["count"]) for b in m["buffers"]}
-    codings, nchunks = {0: 0, 1: 0, 2: 0}, 0
+    codings, nchunks = {0: 0, 1: 0, 2: 0, 3: 0}, 0
     for f in m["files"]:  # section 4.2 step 3: every file exists with its exact size, before any decoding
         try:
             fsize = os.stat(os.path.join(ckpt, f["file"])).st_size

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The checkpoint format document is enough to read a checkpoint: tests/ckpt_doc_reader.py, written from
-# docs/checkpoint-format.md alone, decodes a real 2-rank checkpoint (codings 0, 1 and 2) and its tensors, agrees
+# docs/checkpoint-format.md alone, decodes a real 2-rank checkpoint (codings 0 to 3) and its tensors, agrees
 # with `sovtrain ckpt export`, reads the format-3 checkpoint kept in tests/fixtures as its export had it, and
 # rejects a flipped padding byte, as `sovtrain ckpt verify` does; padded files declared as version 2 break that
 # version's layout, and version 5 is called unsupported.
@@ -29,7 +29,7 @@ mkdir -p "$tmp/dump"
 import json, re, sys, xxhash
 r = json.load(open(sys.argv[1]))
 assert r["ok"] is True and r["format_version"] == 4, r
-assert all(r["codings"][k] >= 1 for k in ("0", "1", "2")), f"not every coding used: {r['codings']}"
+assert all(r["codings"][k] >= 1 for k in ("0", "1", "2", "3")), f"not every coding used: {r['codings']}"
 assert set(r["buffers"]) == {"replicated.f32"}, r["buffers"]
 assert r["order"][-2:] == ["adamw.m", "adamw.v"] and len(r["order"]) == 6, r["order"]
 m = re.search(r"parameters identical on all 2 ranks \(xxh3 ([0-9a-f]{16})\)", open(sys.argv[2]).read())

@@ -222,8 +222,9 @@ static void positive_weights(float *x, size_t n, uint64_t seed, int runs) {
 }
 
 /* An all-positive buffer (AdamW's second moment) has a constant sign bit in plane 0: 7 bits per byte, which a
- * Huffman pass would cut by only 1/8 for its cost at both ends, so the plane is stored raw. With runs of zeros in
- * it (1/16 of the elements: entropy ~6.9 bits, still above the 6.75 cut) level 1's matches pay, and it is coded. */
+ * Huffman pass would cut by only 1/8 for its cost at both ends, so the plane is bit-packed instead (coding 3: the
+ * constant bit dropped, 7/8 of the plane). With runs of zeros in it (1/16 of the elements: entropy ~6.9 bits, still
+ * above the 6.75 cut) level 1's matches pay, and it is zstd-coded. */
 static void low_gain_planes_stay_raw_unless_runs_pay(void **state) {
     (void)state;
     static float x[MAX / 4];
@@ -231,9 +232,10 @@ static void low_gain_planes_stay_raw_unless_runs_pay(void **state) {
     positive_weights(x, MAX / 4, 11, 0);
     round_trip(x, sizeof x, 4);
     assert_int_equal(sov_chunk_parse_header(out, &h, "test"), SOV_OK);
-    double bits = sov_entropy_bits(out + SOV_CHUNK_HEADER_BYTES, MAX / 4); /* plane 0, stored as it is */
-    assert_true(bits > 6.9 && bits < 7.1);
-    assert_int_equal(h.coding[0], 0);
+    assert_int_equal(h.coding[0], 3);
+    assert_int_equal(h.plane_bytes[0], 4 + (MAX / 4) * 7 / 8);
+    assert_int_equal(out[SOV_CHUNK_HEADER_BYTES], 0x01); /* the mask: bit 0, the sign */
+    assert_int_equal(h.coding[1], 0);                    /* a mantissa byte: raw */
     assert_int_equal(h.coding[3], 2);
     positive_weights(x, MAX / 4, 11, 1);
     round_trip(x, sizeof x, 4);
@@ -419,6 +421,50 @@ static void every_dtype_round_trips(void **state) {
     assert_non_null(strstr(sov_last_error(), "inconsistent chunk header"));
 }
 
+/* Coding 3 on its own: bytes whose top bit is always clear, or whose bit 0 always set (7 free bits: the second
+ * moment's low byte), and bytes whose middle bits are fixed (3 free bits), of lengths that end mid-group and
+ * mid-byte, packed to k/8 of their size and back bitwise; a damaged
+ * packing header, or a set bit past the last packed one, resealed, is refused. */
+static void constant_bits_are_packed(void **state) {
+    (void)state;
+    static uint8_t b[MAX];
+    sov_rng rng;
+    sov_rng_seed(&rng, 31, 0);
+    const size_t lens[] = {MAX, MAX - 5, 4099, 1001};
+    for (size_t l = 0; l < sizeof lens / sizeof lens[0]; l++)
+        for (int shape = 0; shape < 3; shape++) {
+            for (size_t i = 0; i < lens[l]; i++) {
+                uint8_t r = (uint8_t)sov_rng_next(&rng);
+                b[i] = shape == 2 ? (uint8_t)((r & 0x07) | 0x50) : shape == 1 ? (uint8_t)(r | 0x01) : (uint8_t)(r & 0x7f);
+            }
+            size_t n = 0, got;
+            assert_int_equal(sov_chunk_encode(codec, b, lens[l], 1, SOV_TRANSFORM_NONE, out, &n), SOV_OK);
+            sov_chunk_header h;
+            assert_int_equal(sov_chunk_parse_header(out, &h, "test"), SOV_OK);
+            if (shape < 2) { /* 7 bits of entropy: packed; 3 bits: Huffman does better than packing */
+                assert_int_equal(h.coding[0], 3);
+                assert_int_equal(h.plane_bytes[0], 4 + (lens[l] * 7 + 7) / 8);
+            }
+            assert_int_equal(sov_chunk_decode(codec, out, n, back, sizeof back, &got, "test"), SOV_OK);
+            assert_int_equal(got, lens[l]);
+            assert_memory_equal(b, back, lens[l]);
+        }
+    size_t n, got; /* 1001 bytes of 7 bits: 876.75 packed bytes, so the last one has one unused bit */
+    for (size_t i = 0; i < 1001; i++)
+        b[i] = (uint8_t)(sov_rng_next(&rng) & 0x7f);
+    assert_int_equal(sov_chunk_encode(codec, b, 1001, 1, SOV_TRANSFORM_NONE, out, &n), SOV_OK);
+    static uint8_t bad[SOV_CHUNK_HEADER_BYTES + MAX];
+    const size_t at[] = {SOV_CHUNK_HEADER_BYTES, SOV_CHUNK_HEADER_BYTES + 1, SOV_CHUNK_HEADER_BYTES + 2, n - 1};
+    const uint8_t set[] = {0xff, 0x80, 0x01, 0x80};
+    for (size_t e = 0; e < sizeof at / sizeof at[0]; e++) {
+        memcpy(bad, out, n);
+        bad[at[e]] |= set[e];
+        reseal(bad, n);
+        if (sov_chunk_decode(codec, bad, n, back, sizeof back, &got, "test") == SOV_OK)
+            fail_msg("a packed plane with byte %zu |= 0x%02x was accepted", at[e], set[e]);
+    }
+}
+
 /* A header with a reserved byte or an unused plane entry set, resealed: refused, so each chunk has one header. */
 static void non_canonical_headers_are_refused(void **state) {
     (void)state;
@@ -478,6 +524,7 @@ int main(void) {
         cmocka_unit_test(corruption_of_a_paired_chunk_is_detected),
         cmocka_unit_test(entropy_of_known_bytes),
         cmocka_unit_test(every_dtype_round_trips),
+        cmocka_unit_test(constant_bits_are_packed),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

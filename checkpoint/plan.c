@@ -216,8 +216,8 @@ size_t sov_plan_chunk_end(const sov_plan *p, int i, size_t from, size_t chunk_el
     for (int r = 0; r < src->n && at < limit; r++) { /* run r holds the buffer's elements [at, next) */
         size_t next = at + src->runs[r].count;
         if (src->runs[r].count >= large) {
-            if (at > from)
-                return at < limit ? at : limit; /* a large tensor starts its own chunk */
+            if (at > from && at - from >= large / 2) /* a large tensor starts its own chunk, unless little */
+                return at < limit ? at : limit;     /* precedes it: that joins the tensor's first chunk */
             if (next > from && next < limit)
                 return next; /* and ends it */
         }

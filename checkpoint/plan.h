@@ -49,8 +49,9 @@ sov_status sov_plan_sources_of(const sov_plan *p, int i,
                                sov_status (*add)(void *ctx, const void *src, size_t at, size_t bytes), void *ctx);
 
 /* Where the chunk of piece i that starts at buffer element `from` ends (exclusive): after at most chunk_elems
- * elements, at the piece's end, or at the edge of a large tensor (a quarter chunk or more). Large tensors then fill
- * chunks of their own: the coder's decisions, taken per chunk and plane, see one tensor's statistics (a chunk that
+ * elements, at the piece's end, or at the edge of a large tensor (a quarter chunk or more; at its start only when
+ * an eighth of a chunk or more lies before it, so that no tiny chunk is cut off). Large tensors then fill chunks
+ * of their own: the coder's decisions, taken per chunk and plane, see one tensor's statistics (a chunk that
  * mixed weights and a second moment coded worse than either), and encoders can read a chunk straight from the
  * tensor's memory. Small tensors stay packed together. */
 size_t sov_plan_chunk_end(const sov_plan *p, int i, size_t from, size_t chunk_elems);

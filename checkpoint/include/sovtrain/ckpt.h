@@ -126,7 +126,8 @@ SOV_API sov_status sov_ckpt_tensor_at(const sov_ckpt *c, int index, sov_ckpt_ten
 SOV_API sov_status sov_ckpt_tensor_find(const sov_ckpt *c, const char *name, sov_ckpt_tensor_info *info);
 
 /* One read: the box [offset, offset + shape) of tensor `name` (both NULL: the whole tensor) into dst, row-major,
- * as elements of `dtype`, which must be the tensor's. */
+ * as elements of `dtype`, which must be the tensor's. dst must hold the box's elements: find a tensor's shape with
+ * sov_ckpt_tensor_find before reading it whole. */
 typedef struct sov_ckpt_read_request {
     const char *name;
     sov_dtype dtype;

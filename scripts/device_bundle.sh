@@ -118,13 +118,15 @@ owner_package() {
 }
 
 # packages_for_libs: reads library paths on stdin, prints the owning packages (deduplicated), minus the
-# excluded ones and CUDA/NCCL. Unowned non-CUDA paths are reported.
+# excluded ones and CUDA/NCCL. Unowned non-CUDA paths are reported, except libsovtrain itself, which travels with
+# the build directory (the executables find it there by their $ORIGIN run path).
 packages_for_libs() {
     local path pkg
     sort -u | while read -r path; do
         if is_cuda_path "$path"; then
             continue
         fi
+        case "$path" in */libsovtrain.so*) continue ;; esac
         pkg=$(owner_package "$path")
         if [ -z "$pkg" ]; then
             log "warning: $path belongs to no Debian package; not bundled"

@@ -2,7 +2,8 @@
 """bench/ckpt: checkpoint performance, everything from one run.
 
 Trains the MLP briefly (AdamW) to get a real state, then runs bench/ckpt_perf on (a) that state, (b) a synthetic
-f32 state (Gaussian, sigma 0.02) and (c) its bf16 cast, with the torch.save / torch.load peer on the same bytes
+f32 state (Gaussian, sigma 0.02), (c) its bf16 cast, (d) a state of many tensors shaped like GPT-2 124M with its
+AdamW moments (444 f32 tensors) and (e) its bf16 cast, with the torch.save / torch.load peer on the same tensors
 (bench/peers/torch_ckpt.py, Debian's python3-torch). ckpt_perf alternates every timed figure try by try (the disk's
 bound, our save, torch.save; our restore, torch.load), so that all sample the disk over the same minutes; --rounds
 runs it again, and each figure keeps its best over all of them, ours and the peer's alike. Prints one table with the

@@ -78,7 +78,7 @@ typedef struct sov_ckpt_writer sov_ckpt_writer;
 SOV_API sov_status sov_ckpt_writer_open(sov_ckpt_writer **out, const char *dir, int rank, int world_size,
                                         const sov_ckpt_options *options);
 /* Allocates the snapshot's staging memory for saves of `state`'s shape now, so that the first save does not pay
- * for it (pinned memory of a GPU job takes ~0.7 ms per MB to allocate). Optional; not while a save is running. */
+ * for it (pinned memory for a GPU job is slow to allocate). Optional; not while a save is running. */
 SOV_API sov_status sov_ckpt_writer_reserve(sov_ckpt_writer *w, const sov_ckpt_state *state);
 /* Waits for the previous save (its wait in *waited_s), snapshots this rank's share (its time in *stall_s) and
  * starts writing. When the previous save failed, returns its error and starts nothing (call sov_ckpt_wait first

@@ -39,12 +39,16 @@ const sov_model_ops *sov_model_find_cuda(const char *name) {
     return NULL;
 }
 
-void sov_model_names(int cuda, char *out, size_t cap) {
+int sov_model_has_cuda(const sov_model_ops *ops) { return sov_model_find_cuda(ops->name) != NULL; }
+
+int sov_model_generates(const sov_model_ops *ops) { return ops->kind == SOV_MODEL_LANGUAGE && ops->next_logits; }
+
+void sov_model_names(int (*keep)(const sov_model_ops *ops), char *out, size_t cap) {
     size_t len = 0;
     out[0] = '\0';
     for (int i = 0; sov_model_builtin(i); i++) {
         const char *name = sov_model_builtin(i)->name;
-        if (cuda && !sov_model_find_cuda(name))
+        if (keep && !keep(sov_model_builtin(i)))
             continue;
         int n = snprintf(out + len, cap - len, "%s%s", len ? ", " : "", name);
         if (n < 0 || (size_t)n >= cap - len)
@@ -75,11 +79,11 @@ static const char **settings_or_defaults(const sov_model_ops *ops, const sov_mod
 static sov_status find_ops(const char *name, const sov_model_config *cfg, const sov_model_ops **out) {
     char names[256];
     if (!(*out = sov_model_find(name))) {
-        sov_model_names(0, names, sizeof names);
+        sov_model_names(NULL, names, sizeof names);
         return sov_fail(SOV_ERR_INVALID, "unknown model \"%s\" (built-in: %s)", name, names);
     }
     if (cfg->device && !(*out = sov_model_find_cuda(name))) {
-        sov_model_names(1, names, sizeof names);
+        sov_model_names(sov_model_has_cuda, names, sizeof names);
         return sov_fail(SOV_ERR_UNSUPPORTED, "the %s model has no CUDA implementation yet (models with one: %s); "
                         "train it with --device cpu", name, names);
     }

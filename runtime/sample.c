@@ -2,6 +2,7 @@
  * the model learned. */
 #include "device.h"
 #include "model_ckpt.h"
+#include "registry.h"
 #include "rng.h"
 #include <sovtrain/ckpt.h>
 #include <sovtrain/runtime.h>
@@ -97,24 +98,15 @@ static int config_int(const json_t *cfg, const char *key) {
                : 0;
 }
 
-/* The built-in language models' names, ", "-separated. */
-static void language_models(char *out, size_t cap) {
-    size_t len = 0;
-    out[0] = '\0';
-    for (int i = 0; sov_model_builtin(i) && len < cap; i++)
-        if (sov_model_builtin(i)->kind == SOV_MODEL_LANGUAGE)
-            len += (size_t)snprintf(out + len, cap - len, "%s%s", len ? ", " : "", sov_model_builtin(i)->name);
-}
-
 /* The model meta.config names, when it generates text: a language model, with next_logits. */
 static sov_status find_language_model(const char *path, const char *name, const sov_model_ops **out) {
     const sov_model_ops *ops = name ? sov_model_find(name) : NULL;
-    if (ops && ops->kind == SOV_MODEL_LANGUAGE && ops->next_logits) {
+    if (ops && sov_model_generates(ops)) {
         *out = ops;
         return SOV_OK;
     }
     char names[256];
-    language_models(names, sizeof names);
+    sov_model_names(sov_model_generates, names, sizeof names);
     return sov_fail(SOV_ERR_INVALID, "%s holds a%s %s model, which does not generate text; sample from a checkpoint of "
                     "a language model (`sovtrain train --model NAME`, NAME one of: %s)", path,
                     name && strchr("aeiou", name[0]) ? "n" : "", name ? name : "unnamed", names);

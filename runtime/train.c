@@ -457,7 +457,7 @@ static sov_status choose_device(trainer *t) {
         return sov_device_open(&t->dev, t->world.local_rank); /* fails, saying this build has no CUDA */
     if (!sov_model_find_cuda(t->args.model)) {
         char names[256];
-        sov_model_names(1, names, sizeof names);
+        sov_model_names(sov_model_has_cuda, names, sizeof names);
         return sov_fail(SOV_ERR_INVALID, "--device cuda: the %s model has no CUDA implementation yet (models with "
                         "one: %s); use --device cpu", t->args.model, names);
     }

@@ -46,7 +46,7 @@ void sov_train_usage(FILE *out) {
             "  --model NAME          built-in model (default mlp):\n");
     usage_models(out);
     char cuda_models[256];
-    sov_model_names(1, cuda_models, sizeof cuda_models);
+    sov_model_names(sov_model_has_cuda, cuda_models, sizeof cuda_models);
     if (!cuda_models[0])
         snprintf(cuda_models, sizeof cuda_models, "none in this build");
     fprintf(out,
@@ -344,7 +344,7 @@ static sov_status parse_flags(int argc, char **argv, setting_flags *f, sov_train
 static sov_status choose_model(const setting_flags *f, sov_train_args *a) {
     if (!(a->ops = sov_model_find(a->model))) {
         char names[256];
-        sov_model_names(0, names, sizeof names);
+        sov_model_names(NULL, names, sizeof names);
         return sov_fail(SOV_ERR_INVALID, "unknown model \"%s\" (built-in: %s)", a->model, names);
     }
     SOV_CHECK(resolve_settings(f, a));

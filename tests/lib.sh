@@ -68,6 +68,32 @@ need_gpu() {
     esac
 }
 
+# The PyTorch test venv (PyPI's torch, made by scripts/setup.sh).
+TORCH_VENV=${SOVTRAIN_TORCH_VENV:-$HOME/.local/share/sovtrain/torch-2.15.0}
+
+# need_torch: skip (exit 77) unless the test venv's Python imports torch; $TORCH_PY is that Python.
+need_torch() {
+    TORCH_PY=$TORCH_VENV/bin/python
+    if ! "$TORCH_PY" -c "import torch, numpy" >/dev/null 2>&1; then
+        echo "SKIP: no PyTorch test venv at $TORCH_VENV (scripts/setup.sh makes it; it needs PyPI and ~6 GB of disk)"
+        exit 77
+    fi
+}
+
+# install_python BUILD: installs libsovtrain from BUILD into $tmp/prefix and the sovtrain Python package into
+# $tmp/site (pip install ./python, with the venv's pip), the way a user does; the package finds the library
+# through pkg-config.
+install_python() {
+    cmake --install "$1" --prefix "$tmp/prefix" >/dev/null || { echo "FAIL: cmake --install $1"; exit 1; }
+    "$TORCH_VENV/bin/pip" install -q --no-deps --no-build-isolation --target "$tmp/site" "$TESTS/../python" \
+        >"$tmp/pip.log" 2>&1 || { echo "FAIL: pip install ./python: $(cat "$tmp/pip.log")"; exit 1; }
+    local pc
+    pc=$(dirname "$(find "$tmp/prefix" -name sovtrain.pc | head -n 1)")
+    export PKG_CONFIG_PATH="$pc${PKG_CONFIG_PATH:+:$PKG_CONFIG_PATH}"
+    export PYTHONPATH="$tmp/site"
+    unset SOVTRAIN_LIB
+}
+
 finish() {
     if [ "$failures" -ne 0 ]; then
         echo "$failures check(s) failed"

@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# The sovtrain Python package, installed the way a user installs it (libsovtrain by cmake --install, the package by
+# pip install ./python), with PyPI's torch in the test venv:
+#  - its unit tests, with numpy alone (torch's import blocked) and with torch;
+#  - one format: tests/ckpt_state_check.c's general state (1100 tensors, every dtype, replicated and sharded)
+#    saved from Python by 1, 2 and 3 ranks (gloo) loads bitwise in C at 1 and 2 ranks and verifies with
+#    `sovtrain ckpt`; saved by C at 1, 2 and 3 ranks it loads bitwise in Python at 1 and 2 ranks, and at 1 rank
+#    with numpy alone.
+# usage: python_ckpt.sh SOVTRAIN BUILD_DIR CKPT_STATE_CHECK
+. "$(dirname "$0")/lib.sh"
+CHECK=$(realpath "$3")
+need_torch
+install_python "$2"
+STATE=$TESTS/python/state_check.py
+
+for py in "$TORCH_PY" "no-torch"; do
+    if [ "$py" = no-torch ]; then
+        run=(env SOVTRAIN_TEST_NO_TORCH=1 "$TORCH_PY")
+    else
+        run=("$py")
+    fi
+    if "${run[@]}" "$TESTS/python/test_checkpoint.py" >"$tmp/unit.log" 2>&1; then
+        echo "ok: unit tests ($py): $(tail -n 1 "$tmp/unit.log")"
+    else
+        fail "unit tests ($py): $(cat "$tmp/unit.log")"
+    fi
+done
+
+for saved in 1 2 3; do
+    dir=$tmp/py-$saved
+    if ! launch -np "$saved" -- "$TORCH_PY" "$STATE" save "$dir" >"$tmp/save.log" 2>&1; then
+        fail "Python saving from $saved ranks: $(cat "$tmp/save.log")"
+        continue
+    fi
+    "$SOV" ckpt verify "$dir/step-1" >"$tmp/verify.log" 2>&1 || fail "verify a Python checkpoint: $(cat "$tmp/verify.log")"
+    for loading in 1 2; do
+        if launch -np "$loading" -- "$CHECK" load "$dir/step-1" >"$tmp/load.log" 2>&1; then
+            echo "ok: saved by Python at $saved ranks, loaded by C at $loading: $(grep -c 'bitwise equal' "$tmp/load.log") ranks checked"
+        else
+            fail "saved by Python at $saved ranks, loaded by C at $loading: $(cat "$tmp/load.log")"
+        fi
+    done
+done
+"$SOV" ckpt ls "$tmp/py-3" | grep -q "step-1 .* ok" || fail "sovtrain ckpt ls: $("$SOV" ckpt ls "$tmp/py-3" 2>&1)"
+"$SOV" ckpt export "$tmp/py-2/step-1" --format safetensors -o "$tmp/py.safetensors" >"$tmp/export.log" 2>&1 ||
+    fail "export of a Python checkpoint: $(cat "$tmp/export.log")"
+
+for saved in 1 2 3; do
+    dir=$tmp/c-$saved
+    if ! launch -np "$saved" -- "$CHECK" save "$dir" >"$tmp/save.log" 2>&1; then
+        fail "C saving from $saved ranks: $(cat "$tmp/save.log")"
+        continue
+    fi
+    for loading in 1 2; do
+        if launch -np "$loading" -- "$TORCH_PY" "$STATE" load "$dir/step-1" >"$tmp/load.log" 2>&1; then
+            echo "ok: saved by C at $saved ranks, loaded by Python at $loading: $(grep -c 'bitwise equal' "$tmp/load.log") ranks checked"
+        else
+            fail "saved by C at $saved ranks, loaded by Python at $loading: $(cat "$tmp/load.log")"
+        fi
+    done
+done
+if SOVTRAIN_TEST_NO_TORCH=1 "$TORCH_PY" "$STATE" load "$tmp/c-2/step-1" >"$tmp/load.log" 2>&1; then
+    echo "ok: saved by C, loaded by Python with numpy alone"
+else
+    fail "saved by C, loaded by Python with numpy alone: $(cat "$tmp/load.log")"
+fi
+finish

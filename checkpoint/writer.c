@@ -48,6 +48,13 @@ struct sov_ckpt_writer {
     double started;      /* when the save in flight was called */
     sov_snapshot snap;   /* the copy into staging, which the encoders follow (snapshot.h) */
     double save_seconds; /* the last save's time to durable (sov_ckpt_save_seconds) */
+    /* metadata given after the data (sov_ckpt_defer_meta): rank 0's commit waits for it */
+    int defer_next;       /* the next save's metadata comes later */
+    int meta_deferred;    /* the save in flight's does */
+    json_t *meta_given;   /* what sov_ckpt_commit_meta gave, until the commit takes it */
+    int meta_abandoned;   /* closing: the commit stops waiting */
+    pthread_mutex_t meta_lock;
+    pthread_cond_t meta_changed;
 };
 
 static void step_paths(const sov_ckpt_writer *w, char *partial, char *final, size_t cap) {
@@ -331,6 +338,29 @@ static void test_hold(int rank) {
         nanosleep(&(struct timespec){.tv_nsec = 10 * 1000 * 1000}, NULL);
 }
 
+/* Rank 0, a save whose metadata comes later: waits for sov_ckpt_commit_meta (as long as for the other ranks'
+ * parts), then puts the metadata into the manifest. */
+static sov_status await_meta(sov_ckpt_writer *w) {
+    if (!w->meta_deferred)
+        return SOV_OK;
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_sec += (time_t)w->opt.commit_timeout_s;
+    pthread_mutex_lock(&w->meta_lock);
+    int timed_out = 0;
+    while (!w->meta_given && !w->meta_abandoned && !timed_out)
+        timed_out = pthread_cond_timedwait(&w->meta_changed, &w->meta_lock, &until) == ETIMEDOUT;
+    json_t *meta = w->meta_given;
+    w->meta_given = NULL;
+    pthread_mutex_unlock(&w->meta_lock);
+    if (!meta)
+        return sov_fail(SOV_ERR_INVALID, "rank 0: the checkpoint of step %ld: its metadata %s (sov_ckpt_commit_meta); "
+                        "the previous checkpoint stays latest", w->step,
+                        w->meta_abandoned ? "never came: the writer was closed" : "did not come in time");
+    json_object_set_new(w->manifest_base, "meta", meta);
+    return SOV_OK;
+}
+
 static void *writer_main(void *arg) {
     sov_ckpt_writer *w = arg;
     char partial[4200], final[4200];
@@ -346,6 +376,8 @@ static void *writer_main(void *arg) {
         st = w->rank == 0 ? SOV_OK : sov_commit_report(&c, marker);
     if (st != SOV_OK && w->rank != 0)
         sov_commit_report_failure(&c, sov_last_error());
+    if (st == SOV_OK && w->rank == 0)
+        st = await_meta(w);
     if (st == SOV_OK && w->rank == 0)
         st = sov_commit_publish(&c, w->manifest_base, marker);
     json_decref(marker);
@@ -370,6 +402,8 @@ sov_status sov_ckpt_writer_open(sov_ckpt_writer **out, const char *dir, int rank
     if (!w)
         return SOV_ERR_NOMEM;
     sov_snapshot_init(&w->snap);
+    pthread_mutex_init(&w->meta_lock, NULL);
+    pthread_cond_init(&w->meta_changed, NULL);
     snprintf(w->dir, sizeof w->dir, "%s", dir);
     w->rank = rank;
     w->world = world;
@@ -411,6 +445,39 @@ sov_status sov_ckpt_wait(sov_ckpt_writer *w, char *path, size_t cap) {
 }
 
 double sov_ckpt_save_seconds(const sov_ckpt_writer *w) { return w->save_seconds; }
+
+sov_status sov_ckpt_defer_meta(sov_ckpt_writer *w) {
+    if (w->running)
+        return sov_fail(SOV_ERR_INVALID, "rank %d: checkpoint: defer_meta while a save is in flight (wait first)",
+                        w->rank);
+    w->defer_next = 1;
+    return SOV_OK;
+}
+
+sov_status sov_ckpt_commit_meta(sov_ckpt_writer *w, const char *meta_json) {
+    if (w->rank != 0)
+        return SOV_OK; /* only rank 0's metadata goes into the manifest */
+    json_error_t err;
+    json_t *meta = json_loads(meta_json ? meta_json : "", 0, &err);
+    if (!json_is_object(meta)) {
+        json_decref(meta);
+        return sov_fail(SOV_ERR_INVALID, "rank %d: checkpoint of step %ld: the metadata is not a JSON object (%s)",
+                        w->rank, w->step, err.text);
+    }
+    pthread_mutex_lock(&w->meta_lock);
+    int expected = w->meta_deferred && !w->meta_given;
+    if (expected) {
+        w->meta_given = meta;
+        pthread_cond_broadcast(&w->meta_changed);
+    }
+    pthread_mutex_unlock(&w->meta_lock);
+    if (!expected) {
+        json_decref(meta);
+        return sov_fail(SOV_ERR_INVALID, "rank %d: checkpoint: commit_meta without a save started after "
+                        "sov_ckpt_defer_meta, or twice for one save", w->rank);
+    }
+    return SOV_OK;
+}
 
 /* Rank 0's part of the manifest: all but the ranks' own buffers, shards and files, which their markers bring. */
 static sov_status manifest_base(const sov_ckpt_writer *w, const sov_ckpt_state *s, json_t **out) {
@@ -523,6 +590,12 @@ sov_status sov_ckpt_save(sov_ckpt_writer *w, const sov_ckpt_state *s, uint64_t s
     w->started = t1;
     w->step = s->step;
     w->save_id = save_id;
+    pthread_mutex_lock(&w->meta_lock);
+    json_decref(w->meta_given);
+    w->meta_given = NULL;
+    w->meta_deferred = w->defer_next && w->rank == 0;
+    w->defer_next = 0;
+    pthread_mutex_unlock(&w->meta_lock);
     w->status = SOV_OK;
     w->committed[0] = '\0';
     /* A state this rank cannot save fails the save like a failed snapshot: rank 0 hears of it, not waits for it. */
@@ -559,6 +632,10 @@ sov_status sov_ckpt_save(sov_ckpt_writer *w, const sov_ckpt_state *s, uint64_t s
 void sov_ckpt_writer_close(sov_ckpt_writer *w) {
     if (!w)
         return;
+    pthread_mutex_lock(&w->meta_lock);
+    w->meta_abandoned = 1; /* a commit still waiting for its metadata gives up */
+    pthread_cond_broadcast(&w->meta_changed);
+    pthread_mutex_unlock(&w->meta_lock);
     sov_ckpt_wait(w, NULL, 0);
     for (int i = 0; i < MAX_THREADS; i++)
         sov_codec_destroy(w->codecs[i]);
@@ -567,5 +644,8 @@ void sov_ckpt_writer_close(sov_ckpt_writer *w) {
     sov_plan_free(&w->plan);
     free_staging(w);
     sov_snapshot_destroy(&w->snap);
+    json_decref(w->meta_given);
+    pthread_mutex_destroy(&w->meta_lock);
+    pthread_cond_destroy(&w->meta_changed);
     free(w);
 }

@@ -402,6 +402,45 @@ static void padding_and_layout_are_checked(void **state) {
     assert_non_null(strstr(sov_last_error(), "do not lie where the format puts them"));
 }
 
+/* Metadata given after the data (torch's DCP): nothing is visible before it comes; a writer closed without it
+ * fails the save and the checkpoint before stays the latest. */
+static void metadata_after_the_data(void **state) {
+    (void)state;
+    float f[1000];
+    for (int i = 0; i < 1000; i++)
+        f[i] = (float)i;
+    sov_ckpt_options o = {.keep = 3, .threads = 2, .commit_timeout_s = 30};
+    sov_ckpt_tensor t = flat("w", SOV_F32, f, 1000);
+    sov_ckpt_state s = {.step = 90, .num_tensors = 1, .tensors = &t, .meta_json = "{\"early\": 1}"};
+    sov_ckpt_writer *w;
+    char path[4200], stray[4300];
+    assert_int_equal(sov_ckpt_writer_open(&w, dir, 0, 1, &o), SOV_OK);
+    assert_int_equal(sov_ckpt_commit_meta(w, "{}"), SOV_ERR_INVALID); /* no deferred save in flight */
+    assert_int_equal(sov_ckpt_defer_meta(w), SOV_OK);
+    assert_int_equal(sov_ckpt_save(w, &s, 901, NULL, NULL), SOV_OK);
+    assert_int_equal(sov_ckpt_defer_meta(w), SOV_ERR_INVALID); /* a save is in flight */
+    snprintf(stray, sizeof stray, "%s/step-90/manifest.json", dir);
+    assert_int_not_equal(access(stray, F_OK), 0); /* not committed: waiting for the metadata */
+    assert_int_equal(sov_ckpt_commit_meta(w, "[1, 2]"), SOV_ERR_INVALID);
+    assert_non_null(strstr(sov_last_error(), "not a JSON object"));
+    assert_int_equal(sov_ckpt_commit_meta(w, "{\"late\": {\"x\": [1, 2]}}"), SOV_OK);
+    assert_int_equal(sov_ckpt_wait(w, path, sizeof path), SOV_OK);
+    sov_ckpt *c;
+    assert_int_equal(sov_ckpt_open(path, &c), SOV_OK);
+    assert_string_equal(sov_ckpt_meta_json(c), "{\"late\":{\"x\":[1,2]}}");
+    sov_ckpt_close(c);
+
+    /* closed while the commit waits: the save fails, step 90 stays the latest */
+    s.step = 91;
+    assert_int_equal(sov_ckpt_defer_meta(w), SOV_OK);
+    assert_int_equal(sov_ckpt_save(w, &s, 911, NULL, NULL), SOV_OK);
+    sov_ckpt_writer_close(w);
+    snprintf(stray, sizeof stray, "%s/step-91/manifest.json", dir);
+    assert_int_not_equal(access(stray, F_OK), 0);
+    assert_int_equal(sov_ckpt_find(dir, path, sizeof path, NULL, NULL), SOV_OK);
+    assert_non_null(strstr(path, "step-90"));
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(direct_files),
@@ -412,6 +451,7 @@ int main(void) {
         cmocka_unit_test(padding_and_layout_are_checked),
         cmocka_unit_test(a_rank_with_no_chunks),
         cmocka_unit_test(reads_of_growing_chunks),
+        cmocka_unit_test(metadata_after_the_data),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

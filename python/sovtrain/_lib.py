@@ -70,6 +70,8 @@ _PROTOTYPES = {
     "sov_ckpt_wait": (_S, [_P, ctypes.c_char_p, ctypes.c_size_t]),
     "sov_ckpt_save_seconds": (ctypes.c_double, [_P]),
     "sov_ckpt_writer_close": (None, [_P]),
+    "sov_ckpt_defer_meta": (_S, [_P]),
+    "sov_ckpt_commit_meta": (_S, [_P, ctypes.c_char_p]),
     "sov_ckpt_open": (_S, [ctypes.c_char_p, ctypes.POINTER(_P)]),
     "sov_ckpt_close": (None, [_P]),
     "sov_ckpt_step": (ctypes.c_long, [_P]),

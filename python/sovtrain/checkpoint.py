@@ -165,15 +165,25 @@ def save(state, dir, step, *, keep=3, threads=None, blocking=False, comm=None):
         raise SovError(_lib.ERR_IO, "sovtrain: save of step %d not started: the previous save failed (%s)" % (
             step, "; ".join(f"rank {r}: {e}" for r, e in failed)))
 
-    array, keep_alive = _c_tensors(tensors)
-    c_state = _lib.State(step=step, num_tensors=len(tensors), tensors=array, meta_json=meta.encode())
-    stall, waited = ctypes.c_double(), ctypes.c_double()
-    _lib.check(_lib.lib.sov_ckpt_save(writer.ptr, ctypes.byref(c_state), everyone[0][1], ctypes.byref(stall),
-                                      ctypes.byref(waited)), f"sovtrain: save of step {step} in {dir}")
-    del keep_alive  # copied: the state may change now
-    handle = writer.current = SaveHandle(writer, step, stall.value)
+    handle = _start(writer, tensors, step, everyone[0][1], meta, dir)
     if blocking:
         handle.wait()
+    return handle
+
+
+def _start(writer, tensors, step, save_id, meta_json, directory, meta_later=False):
+    """Starts a save of [(name, tensor or Shard)] on this rank; returns its SaveHandle once the state is copied.
+    meta_later: the metadata comes with commit_meta (sov_ckpt_defer_meta)."""
+    array, keep_alive = _c_tensors(tensors)
+    if meta_later:
+        _lib.check(_lib.lib.sov_ckpt_defer_meta(writer.ptr), f"sovtrain: save of step {step} in {directory}")
+    c_state = _lib.State(step=step, num_tensors=len(tensors), tensors=array,
+                         meta_json=meta_json.encode() if meta_json else None)
+    stall, waited = ctypes.c_double(), ctypes.c_double()
+    _lib.check(_lib.lib.sov_ckpt_save(writer.ptr, ctypes.byref(c_state), save_id, ctypes.byref(stall),
+                                      ctypes.byref(waited)), f"sovtrain: save of step {step} in {directory}")
+    del keep_alive  # copied: the state may change now
+    handle = writer.current = SaveHandle(writer, step, stall.value)
     return handle
 
 
@@ -334,6 +344,12 @@ def _merge(into, state):
                 into[i] = _merge(into[i], v)
         return into
     return into if _tensors.is_mutable(into) else state
+
+
+def resolve(path_or_dir):
+    """The checkpoints that `path_or_dir` names, in the order to try them: itself when it is one, else those of a
+    checkpoint directory (DIR/latest first, then newest first)."""
+    return [path_or_dir] if _is_checkpoint(path_or_dir) else _candidates(path_or_dir)
 
 
 def _candidates(directory):

@@ -96,6 +96,14 @@ SOV_API sov_status sov_ckpt_wait(sov_ckpt_writer *w, char *path, size_t cap);
 SOV_API double sov_ckpt_save_seconds(const sov_ckpt_writer *w);
 SOV_API void sov_ckpt_writer_close(sov_ckpt_writer *w); /* waits, then frees */
 
+/* Metadata known only once every rank has written (torch's Distributed Checkpoint learns its metadata then).
+ * sov_ckpt_defer_meta, before sov_ckpt_save: that save's commit on rank 0 waits (up to commit_timeout_s) for
+ * sov_ckpt_commit_meta, whose JSON object the manifest keeps instead of the state's meta_json. Nothing is visible
+ * before: a save whose metadata never comes leaves the previous checkpoint the latest. Other ranks may call both;
+ * only rank 0's metadata counts. Closing the writer first fails the save. */
+SOV_API sov_status sov_ckpt_defer_meta(sov_ckpt_writer *w);
+SOV_API sov_status sov_ckpt_commit_meta(sov_ckpt_writer *w, const char *meta_json);
+
 /* ---- reading ---- */
 typedef struct sov_ckpt sov_ckpt;
 

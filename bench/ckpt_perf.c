@@ -534,19 +534,20 @@ static void gaussian(float *x, size_t n) {
 }
 
 int main(int argc, char **argv) {
-    const char *from = NULL, *dir = "/tmp", *peer_script = NULL;
+    const char *from = NULL, *from_case = "mlp-adamw", *dir = "/tmp", *peer_script = NULL;
     size_t mib = 512;
     int threads = 2, gpt2_width = 768;
     for (int i = 1; i + 1 < argc; i += 2) {
         if (!strcmp(argv[i], "--from")) from = argv[i + 1];
+        else if (!strcmp(argv[i], "--from-case")) from_case = argv[i + 1];
         else if (!strcmp(argv[i], "--dir")) dir = argv[i + 1];
         else if (!strcmp(argv[i], "--mib")) mib = strtoull(argv[i + 1], NULL, 10);
         else if (!strcmp(argv[i], "--threads")) threads = atoi(argv[i + 1]);
         else if (!strcmp(argv[i], "--peer")) peer_script = argv[i + 1];
         else if (!strcmp(argv[i], "--gpt2")) gpt2_width = atoi(argv[i + 1]);
         else {
-            fprintf(stderr, "usage: ckpt_perf [--from CKPT] [--dir DIR] [--mib N] [--threads N] [--peer SCRIPT] "
-                            "[--gpt2 WIDTH]\n");
+            fprintf(stderr, "usage: ckpt_perf [--from CKPT [--from-case NAME]] [--dir DIR] [--mib N (0: none)] "
+                            "[--threads N] [--peer SCRIPT] [--gpt2 WIDTH (0: none)]\n");
             return 2;
         }
     }
@@ -556,29 +557,32 @@ int main(int argc, char **argv) {
         sov_ckpt *ck;
         if (sov_ckpt_open(from, &ck) != SOV_OK)
             die(from);
-        bench_case *c = &cases[ncase++]; /* every tensor of the trained job, as it saved them */
-        *c = new_case("mlp-adamw", 4, sov_ckpt_num_tensors(ck));
+        bench_case *c = &cases[ncase++]; /* every tensor of the saved state, as it saved them (a scalar as 1-D) */
+        *c = new_case(from_case, 4, sov_ckpt_num_tensors(ck));
         for (int b = 0; b < c->ntensors; b++) {
             sov_ckpt_tensor_info info;
-            if (sov_ckpt_tensor_at(ck, b, &info) != SOV_OK || info.dtype != SOV_F32 || info.ndim < 1 || info.ndim > 2)
-                die("the trained state holds a tensor that is not a 1-D or 2-D f32");
-            set_tensor(c, b, info.name, NULL, info.ndim, info.shape[0], info.shape[1]);
+            if (sov_ckpt_tensor_at(ck, b, &info) != SOV_OK || info.dtype != SOV_F32 || info.ndim > 2)
+                die("the saved state holds a tensor that is not a 0-D, 1-D or 2-D f32");
+            set_tensor(c, b, info.name, NULL, info.ndim ? info.ndim : 1, info.ndim ? info.shape[0] : 1,
+                       info.ndim > 1 ? info.shape[1] : 1);
             c->data[b] = malloc(c->bytes[b]);
             if (sov_ckpt_read(ck, info.name, SOV_F32, c->data[b]) != SOV_OK)
                 die("reading the trained state");
         }
         sov_ckpt_close(ck);
     }
-    size_t n = mib << 18; /* floats in mib MiB */
-    float *g = malloc(n * 4);
-    gaussian(g, n);
-    cases[ncase] = new_case("gauss-f32", 4, 1);
-    set_tensor(&cases[ncase++], 0, "params", g, 1, (int64_t)n, 1);
-    uint16_t *h = malloc(n * 2);
-    for (size_t i = 0; i < n; i++)
-        h[i] = sov_f32_to_bf16(g[i]);
-    cases[ncase] = new_case("gauss-bf16", 2, 1);
-    set_tensor(&cases[ncase++], 0, "params", h, 1, (int64_t)n, 1);
+    if (mib > 0) {
+        size_t n = mib << 18; /* floats in mib MiB */
+        float *g = malloc(n * 4);
+        gaussian(g, n);
+        cases[ncase] = new_case("gauss-f32", 4, 1);
+        set_tensor(&cases[ncase++], 0, "params", g, 1, (int64_t)n, 1);
+        uint16_t *h = malloc(n * 2);
+        for (size_t i = 0; i < n; i++)
+            h[i] = sov_f32_to_bf16(g[i]);
+        cases[ncase] = new_case("gauss-bf16", 2, 1);
+        set_tensor(&cases[ncase++], 0, "params", h, 1, (int64_t)n, 1);
+    }
     if (gpt2_width > 0) {
         gpt2_cases(gpt2_width, &cases[ncase], &cases[ncase + 1]);
         ncase += 2;

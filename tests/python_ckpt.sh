@@ -35,7 +35,7 @@ for saved in 1 2 3; do
     "$SOV" ckpt verify "$dir/step-1" >"$tmp/verify.log" 2>&1 || fail "verify a Python checkpoint: $(cat "$tmp/verify.log")"
     for loading in 1 2; do
         if launch -np "$loading" -- "$CHECK" load "$dir/step-1" >"$tmp/load.log" 2>&1; then
-            echo "ok: saved by Python at $saved ranks, loaded by C at $loading: $(grep -c 'bitwise equal' "$tmp/load.log") ranks checked"
+            echo "ok: saved by Python at $saved ranks, loaded by C at $loading: $(grep -o 'rank [0-9] of [0-9]: [0-9]* tensors saved by [0-9] ranks read whole and by box, bitwise equal' "$tmp/load.log" | wc -l) ranks checked"
         else
             fail "saved by Python at $saved ranks, loaded by C at $loading: $(cat "$tmp/load.log")"
         fi
@@ -53,7 +53,7 @@ for saved in 1 2 3; do
     fi
     for loading in 1 2; do
         if launch -np "$loading" -- "$TORCH_PY" "$STATE" load "$dir/step-1" >"$tmp/load.log" 2>&1; then
-            echo "ok: saved by C at $saved ranks, loaded by Python at $loading: $(grep -c 'bitwise equal' "$tmp/load.log") ranks checked"
+            echo "ok: saved by C at $saved ranks, loaded by Python at $loading: $(grep -o 'rank [0-9] of [0-9]: [0-9]* tensors saved by [0-9] ranks read whole and by box, bitwise equal' "$tmp/load.log" | wc -l) ranks checked"
         else
             fail "saved by C at $saved ranks, loaded by Python at $loading: $(cat "$tmp/load.log")"
         fi

@@ -106,12 +106,23 @@ def _default_threads():
 
 
 def _writer(directory, rank, size, keep, threads):
+    """The writer for saves to `directory` with these settings: one per process, kept (with its staging memory,
+    whose first allocation costs a save more than its copy does) until the program ends or it is dropped."""
     key = (os.path.realpath(directory), rank, size, keep, threads)
     with _writers_lock:
         w = _writers.get(key)
         if w is None:
             w = _writers[key] = _Writer(directory, rank, size, keep, threads)
+            w.key = key
         return w
+
+
+def _drop_writer(w):
+    """Closes a writer (a save still waiting for its metadata fails) and forgets it."""
+    with _writers_lock:
+        if _writers.get(getattr(w, "key", None)) is w:
+            del _writers[w.key]
+    w.close()
 
 
 def _c_tensors(tensors):

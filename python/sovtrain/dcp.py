@@ -13,7 +13,6 @@ manifest (never pickled), and the commit is sovtrain's: nothing is visible befor
 moves last. The metadata reaches the manifest through sov_ckpt_defer_meta / sov_ckpt_commit_meta, because DCP
 knows it only after every rank has written."""
 
-import ctypes
 import dataclasses
 import hashlib
 import io
@@ -24,13 +23,12 @@ import secrets
 
 import torch
 from torch.distributed.checkpoint import StorageReader as _Reader, StorageWriter as _Writer
-from torch.distributed.checkpoint.metadata import (BytesStorageMetadata, ChunkStorageMetadata, Metadata,
-                                                   MetadataIndex, StorageMeta, TensorProperties, TensorStorageMetadata)
+from torch.distributed.checkpoint.metadata import StorageMeta
 from torch.distributed.checkpoint.planner import LoadItemType, WriteItemType
 from torch.distributed.checkpoint.storage import WriteResult
 from torch.futures import Future
 
-from . import _lib, _tensors, _tree
+from . import _dcp_metadata, _lib, _tensors, _tree
 from . import checkpoint as _ckpt
 
 __all__ = ["StorageWriter", "StorageReader"]
@@ -67,7 +65,7 @@ class StorageWriter(_Writer):
     def __init__(self, dir=None, step=None, *, keep=3, threads=None):
         super().__init__()
         self.dir, self.step, self.keep, self.threads = dir, step, keep, threads
-        self._writer, self._handle, self._key = None, None, None
+        self._writer, self._handle = None, None
         self.checkpoint_id = os.path.join(dir, f"step-{step}") if dir is not None and step is not None else None
 
     def reset(self, checkpoint_id=None):
@@ -77,13 +75,6 @@ class StorageWriter(_Writer):
         if self.dir is None or self.step is None:
             raise ValueError("sovtrain.dcp: StorageWriter needs a directory and a step: StorageWriter(dir, step=N), "
                              "or dcp.save(..., checkpoint_id='DIR/step-N')")
-        if self._handle is not None and not self._handle.done():
-            self._abandon()  # a save DCP gave up on (its finish never came)
-
-    def _abandon(self):
-        if self._writer is not None:
-            self._writer.close()
-        self._writer, self._handle, self._key = None, None, None
 
     def set_up_storage_writer(self, is_coordinator, *args, **kwargs):
         self.is_coordinator = is_coordinator
@@ -113,13 +104,16 @@ class StorageWriter(_Writer):
         return [dataclasses.replace(plan, storage_data=shared) for plan in plans]
 
     def _open_writer(self):
-        key = (os.path.realpath(self.dir), self.rank, self.world)
-        if self._key != key:
-            self._abandon()
-            self._writer = _ckpt._Writer(self.dir, self.rank, self.world, self.keep,
-                                         self.threads or _ckpt._default_threads())
-            self._key = key
-        return self._writer
+        """The process's writer for this directory (sovtrain.checkpoint's, kept between saves). One whose last
+        save still waits for DCP's metadata belongs to a save that DCP gave up on (its finish never came): it is
+        closed, which fails that save, and a new one is opened."""
+        args = (self.dir, self.rank, self.world, self.keep, self.threads or _ckpt._default_threads())
+        writer = _ckpt._writer(*args)
+        if getattr(writer, "awaiting_meta", False):
+            _ckpt._drop_writer(writer)
+            writer = _ckpt._writer(*args)
+        self._writer = writer
+        return writer
 
     def write_data(self, plan, planner):
         split = set(plan.storage_data["split"])
@@ -149,6 +143,7 @@ class StorageWriter(_Writer):
             raise previous
         self._handle = _ckpt._start(writer, tensors, self.step, plan.storage_data["save_id"], None, self.dir,
                                     meta_later=True)
+        writer.awaiting_meta = self.is_coordinator
         if not self.is_coordinator:
             self._handle.wait()  # this rank's part is durable (rank 0's commit waits for it)
         future = Future()
@@ -157,11 +152,12 @@ class StorageWriter(_Writer):
 
     def finish(self, metadata, results):
         """The coordinator: DCP's metadata, as JSON, into the manifest, and the commit."""
-        storage = [[r.index.fqn, None if r.index.offset is None else list(r.index.offset), r.storage_data]
-                   for rank_results in results for r in rank_results]
-        meta = json.dumps({META_KEY: _metadata_to_json(metadata, storage)}, allow_nan=False)
+        where_of = {r.index: r.storage_data for rank_results in results for r in rank_results}
+        meta = json.dumps({META_KEY: _dcp_metadata.to_json(metadata, where_of, _stored_name)}, allow_nan=False,
+                          separators=(",", ":"))
         _lib.check(_lib.lib.sov_ckpt_commit_meta(self._writer.ptr, meta.encode()),
                    f"sovtrain.dcp: commit of step {self.step} in {self.dir}")
+        self._writer.awaiting_meta = False
         self._handle.wait()
 
     def storage_meta(self):
@@ -207,7 +203,7 @@ class StorageReader(_Reader):
     def read_metadata(self, *args, **kwargs):
         if kwargs.get("rank") is not None:
             raise FileNotFoundError("sovtrain.dcp: no rank-local metadata: one manifest serves every rank")
-        return _metadata_from_json(self._open().meta[META_KEY])
+        return _dcp_metadata.from_json(self._open().meta[META_KEY], _stored_name)
 
     def set_up_storage_reader(self, metadata, is_coordinator, *args, **kwargs):
         self.storage = metadata.storage_data
@@ -256,66 +252,3 @@ class StorageReader(_Reader):
     @classmethod
     def validate_checkpoint_id(cls, checkpoint_id):
         return os.path.isdir(os.fspath(checkpoint_id))
-
-
-# ---- DCP's metadata as JSON ----
-
-def _dtype_name(dtype):
-    return str(dtype).removeprefix("torch.")
-
-
-def _properties_to_json(p):
-    memory_format = {torch.contiguous_format: "contiguous", torch.channels_last: "channels_last",
-                     torch.preserve_format: "preserve"}[p.memory_format]
-    return {"dtype": _dtype_name(p.dtype), "layout": str(p.layout).removeprefix("torch."),
-            "requires_grad": p.requires_grad, "memory_format": memory_format, "pin_memory": p.pin_memory,
-            "strides": list(p.strides) if p.strides is not None else None}
-
-
-def _properties_from_json(j):
-    memory_format = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last,
-                     "preserve": torch.preserve_format}[j["memory_format"]]
-    return TensorProperties(dtype=getattr(torch, j["dtype"]), layout=getattr(torch, j["layout"]),
-                            requires_grad=j["requires_grad"], memory_format=memory_format,
-                            pin_memory=j["pin_memory"], strides=tuple(j["strides"]) if j["strides"] else None)
-
-
-def _plain(value, what):
-    """A planner's or storage's own data as JSON (tuples and non-string keys kept, see _tree); no tensors."""
-    tree, tensors = _tree.flatten(value)
-    if tensors:
-        raise TypeError(f"sovtrain.dcp: DCP's {what} holds tensors, which its metadata cannot keep as JSON")
-    return tree
-
-
-def _metadata_to_json(md, storage):
-    entries = {}
-    for fqn, m in md.state_dict_metadata.items():
-        if isinstance(m, BytesStorageMetadata):
-            entries[fqn] = {"type": "bytes"}
-        else:
-            entries[fqn] = {"type": "tensor", "properties": _properties_to_json(m.properties), "size": list(m.size),
-                            "chunks": [{"offsets": list(c.offsets), "sizes": list(c.sizes)} for c in m.chunks]}
-    sm = md.storage_meta
-    return {"version": md.version, "state_dict_metadata": entries, "storage_data": storage,
-            "planner_data": _plain(md.planner_data, "planner data"),
-            "storage_meta": None if sm is None else {
-                "checkpoint_id": None if sm.checkpoint_id is None else os.fspath(sm.checkpoint_id),
-                "save_id": sm.save_id, "load_id": sm.load_id, "modules": list(sm.modules)}}
-
-
-def _metadata_from_json(j):
-    entries = {}
-    for fqn, e in j["state_dict_metadata"].items():
-        if e["type"] == "bytes":
-            entries[fqn] = BytesStorageMetadata()
-        else:
-            entries[fqn] = TensorStorageMetadata(
-                properties=_properties_from_json(e["properties"]), size=torch.Size(e["size"]),
-                chunks=[ChunkStorageMetadata(offsets=torch.Size(c["offsets"]), sizes=torch.Size(c["sizes"]))
-                        for c in e["chunks"]])
-    storage = {MetadataIndex(fqn, offset): where for fqn, offset, where in j["storage_data"]}
-    sm = j.get("storage_meta")
-    return Metadata(state_dict_metadata=entries, planner_data=_tree.unflatten(j["planner_data"], None),
-                    storage_data=storage, version=j.get("version"),
-                    storage_meta=None if sm is None else StorageMeta(**sm))

@@ -53,6 +53,13 @@ static void close_logs(void) {
     launcher_log = NULL;
 }
 
+/* A rank's text since its last newline. mpirun tags what it reads from a rank, not lines: one line may arrive as
+ * several tagged pieces, and a piece may end mid-line with another rank's piece right after it. */
+typedef struct partial_line {
+    char *text;
+    size_t len, cap;
+} partial_line;
+
 typedef struct stream {
     int fd;
     FILE *out;
@@ -60,6 +67,8 @@ typedef struct stream {
     size_t len;
     job_failure *failure; /* mpirun's own lines on stderr are read for what failed */
     job_timeouts *timeouts; /* and the ranks' watchdog reports */
+    partial_line *ranks;    /* by rank, grown as ranks appear */
+    int nranks;
 } stream;
 
 /* A rank's collective watchdog: "error: rank R: OP #SEQ (BACKEND backend) did not complete within ...". */
@@ -99,37 +108,120 @@ static void read_failure(job_failure *f, const char *line) {
     }
 }
 
-/* Writes one line, rewriting Open MPI's "[job,rank]<stdout>:" tag to "[rank N] ". */
-static void relay_line(stream *s, const char *line, size_t len) {
-    unsigned job, rank;
-    char kind[8];
-    int consumed = 0;
-    if (len > 0 && line[0] == '[' && sscanf(line, "[%u,%u]<%7[a-z]>:%n", &job, &rank, kind, &consumed) == 3 &&
-        consumed > 0) {
-        fprintf(s->out, "[rank %u] %.*s", rank, (int)(len - (size_t)consumed), line + consumed);
-        FILE *log = log_of((int)rank);
-        if (log) {
-            fwrite(line + consumed, 1, len - (size_t)consumed, log);
-            fflush(log);
-        }
-    } else {
-        fwrite(line, 1, len, s->out);
-        FILE *log = log_of(-1);
-        if (log) {
-            fwrite(line, 1, len, log);
-            fflush(log);
-        }
-        if (s->failure) {
-            char copy[512];
-            snprintf(copy, sizeof copy, "%.*s", (int)(len < 511 ? len : 511), line);
-            read_failure(s->failure, copy);
-        }
+static void scan_line(stream *s, const char *line, size_t len) {
+    if (!s->timeouts)
+        return;
+    char copy[512];
+    snprintf(copy, sizeof copy, "%.*s", (int)(len < 511 ? len : 511), line);
+    read_timeout(s->timeouts, copy);
+}
+
+/* An untagged line: mpirun's own. */
+static void relay_untagged(stream *s, const char *line, size_t len) {
+    fwrite(line, 1, len, s->out);
+    FILE *log = log_of(-1);
+    if (log) {
+        fwrite(line, 1, len, log);
+        fflush(log);
     }
-    if (s->timeouts) {
+    if (s->failure) {
         char copy[512];
         snprintf(copy, sizeof copy, "%.*s", (int)(len < 511 ? len : 511), line);
-        read_timeout(s->timeouts, copy);
+        read_failure(s->failure, copy);
     }
+    scan_line(s, line, len);
+}
+
+/* Rank `rank`'s line, whole, as "[rank N] ..." (and into its log). */
+static void emit_rank_line(stream *s, int rank) {
+    partial_line *p = &s->ranks[rank];
+    fprintf(s->out, "[rank %d] %.*s", rank, (int)p->len, p->text);
+    FILE *log = log_of(rank);
+    if (log) {
+        fwrite(p->text, 1, p->len, log);
+        fflush(log);
+    }
+    scan_line(s, p->text, p->len);
+    p->len = 0;
+}
+
+static void append_piece(stream *s, int rank, const char *text, size_t len) {
+    if (rank >= s->nranks) {
+        int n = rank + 64;
+        partial_line *grown = realloc(s->ranks, (size_t)n * sizeof *grown);
+        if (!grown) { /* no memory to assemble it: the piece goes out on a line of its own */
+            fprintf(s->out, "[rank %d] %.*s\n", rank, (int)len, text);
+            return;
+        }
+        memset(grown + s->nranks, 0, (size_t)(n - s->nranks) * sizeof *grown);
+        s->ranks = grown, s->nranks = n;
+    }
+    partial_line *p = &s->ranks[rank];
+    if (p->len + len > p->cap) {
+        size_t cap = (p->len + len) * 2;
+        char *t = realloc(p->text, cap);
+        if (!t) {
+            fprintf(s->out, "[rank %d] %.*s%.*s\n", rank, (int)p->len, p->text, (int)len, text);
+            p->len = 0;
+            return;
+        }
+        p->text = t, p->cap = cap;
+    }
+    memcpy(p->text + p->len, text, len);
+    p->len += len;
+}
+
+/* The length of Open MPI's "[job,rank]<stdout>:" tag at `at` (its rank in *rank), or 0 when there is none. */
+static size_t tag_at(const char *at, size_t len, int *rank) {
+    unsigned job, r;
+    char kind[8];
+    int consumed = 0;
+    if (len < 8 || at[0] != '[')
+        return 0;
+    char head[64];
+    snprintf(head, sizeof head, "%.*s", (int)(len < 63 ? len : 63), at);
+    if (sscanf(head, "[%u,%u]<%7[a-z]>:%n", &job, &r, kind, &consumed) != 3 || consumed <= 0 || r > 1u << 20)
+        return 0;
+    *rank = (int)r;
+    return (size_t)consumed;
+}
+
+/* One line of mpirun's output: untagged (mpirun's own), or tagged pieces of the ranks' lines, each added to its
+ * rank's line and written out as "[rank N] ..." once the rank's newline comes. */
+static void relay_line(stream *s, const char *line, size_t len) {
+    int rank;
+    size_t tag = tag_at(line, len, &rank);
+    if (!tag) {
+        relay_untagged(s, line, len);
+        fflush(s->out);
+        return;
+    }
+    size_t at = 0;
+    while (at < len) {
+        size_t start = at + tag, end = start;
+        int next_rank = -1;
+        size_t next_tag = 0;
+        while (end < len && !(line[end] == '[' && (next_tag = tag_at(line + end, len - end, &next_rank)) > 0))
+            end++;
+        append_piece(s, rank, line + start, end - start);
+        if (end > start && line[end - 1] == '\n' && rank < s->nranks)
+            emit_rank_line(s, rank);
+        at = end, rank = next_rank, tag = next_tag;
+    }
+    fflush(s->out);
+}
+
+/* At the end of the stream: what the ranks left without a newline. */
+static void flush_partial_lines(stream *s) {
+    for (int r = 0; r < s->nranks; r++) {
+        if (s->ranks[r].len) {
+            append_piece(s, r, "\n", 1);
+            emit_rank_line(s, r);
+        }
+        free(s->ranks[r].text);
+    }
+    free(s->ranks);
+    s->ranks = NULL, s->nranks = 0;
     fflush(s->out);
 }
 
@@ -142,6 +234,7 @@ static int pump(stream *s) {
         if (s->len)
             relay_line(s, s->buf, s->len);
         s->len = 0;
+        flush_partial_lines(s);
         return 0;
     }
     s->len += (size_t)r;

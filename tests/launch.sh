@@ -36,6 +36,17 @@ for r in 0 1; do
 done
 echo "ok: tagged output"
 
+# A line written in pieces (mpirun tags each piece it reads, not lines) comes out whole, once, under its rank; a
+# last line without a newline too. The ranks write at once: their pieces interleave.
+launch -np 3 -- sh -c 'printf "a%s-" "$OMPI_COMM_WORLD_RANK"; printf "b%s\n" "$OMPI_COMM_WORLD_RANK"
+                       printf "c%s-" "$OMPI_COMM_WORLD_RANK"; printf "d%s" "$OMPI_COMM_WORLD_RANK"' >"$tmp/pieces"
+for r in 0 1 2; do
+    grep -qx "\[rank $r\] a$r-b$r" "$tmp/pieces" && grep -qx "\[rank $r\] c$r-d$r" "$tmp/pieces" ||
+        fail "rank $r's lines in pieces: $(cat "$tmp/pieces")"
+done
+[ "$(wc -l <"$tmp/pieces")" -eq 6 ] && ! grep -q "<stdout>" "$tmp/pieces" || fail "lines in pieces: $(cat "$tmp/pieces")"
+echo "ok: lines written in pieces come out whole under their rank"
+
 # --log-dir: each rank's lines also go to its own file.
 launch -np 2 --log-dir "$tmp/logs" -- sh -c 'echo "hello $OMPI_COMM_WORLD_RANK"' >/dev/null 2>&1
 for r in 0 1; do

@@ -5,7 +5,8 @@
 #  - one format: tests/ckpt_state_check.c's general state (1100 tensors, every dtype, replicated and sharded)
 #    saved from Python by 1, 2 and 3 ranks (gloo) loads bitwise in C at 1 and 2 ranks and verifies with
 #    `sovtrain ckpt`; saved by C at 1, 2 and 3 ranks it loads bitwise in Python at 1 and 2 ranks, and at 1 rank
-#    with numpy alone.
+#    with numpy alone;
+#  - DTensors saved as the ranks' boxes, loaded at other world sizes and into other layouts.
 # usage: python_ckpt.sh SOVTRAIN BUILD_DIR CKPT_STATE_CHECK
 . "$(dirname "$0")/lib.sh"
 CHECK=$(realpath "$3")
@@ -59,6 +60,20 @@ for saved in 1 2 3; do
         fi
     done
 done
+# DTensors (gloo, a CPU mesh): sharded by rows, by columns and replicated, saved at 2 ranks; loaded whole and into
+# DTensors of another layout at 1 and 3 ranks
+if launch -np 2 -- "$TORCH_PY" "$TESTS/python/dtensor_check.py" save "$tmp/dt" >"$tmp/dt.log" 2>&1; then
+    for loading in 1 3; do
+        if launch -np "$loading" -- "$TORCH_PY" "$TESTS/python/dtensor_check.py" load "$tmp/dt/step-1" \
+            >"$tmp/dtl.log" 2>&1; then
+            echo "ok: DTensors saved at 2 ranks, loaded at $loading, whole and resharded"
+        else
+            fail "DTensors loaded at $loading ranks: $(tail -20 "$tmp/dtl.log")"
+        fi
+    done
+else
+    fail "DTensors saved at 2 ranks: $(tail -20 "$tmp/dt.log")"
+fi
 if SOVTRAIN_TEST_NO_TORCH=1 "$TORCH_PY" "$STATE" load "$tmp/c-2/step-1" >"$tmp/load.log" 2>&1; then
     echo "ok: saved by C, loaded by Python with numpy alone"
 else

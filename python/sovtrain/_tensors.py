@@ -32,6 +32,23 @@ class Shard:
         return f"Shard(offset={self.offset}, shape={self.shape}, local={self.local!r})"
 
 
+def dtensor_shard(x):
+    """A torch DTensor as this rank's Shard of the whole tensor, with whether its box duplicates that of another
+    rank (a Replicate placement: only the rank at coordinate 0 of such mesh dimensions saves it). None for
+    anything that is not a DTensor."""
+    if torch is None or type(x).__name__ != "DTensor":
+        return None
+    from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
+    if any(p.is_partial() for p in x.placements):
+        raise ValueError("sovtrain: a DTensor with a Partial placement holds no values yet: reduce it "
+                         "(redistribute to Shard or Replicate) before saving")
+    _, offset = compute_local_shape_and_global_offset(x.shape, x.device_mesh, x.placements)
+    coordinate = x.device_mesh.get_coordinate()
+    duplicate = any(p.is_replicate() and coordinate[d] != 0 for d, p in enumerate(x.placements))
+    local = x.to_local()
+    return Shard(local, offset if local.dim() else (), tuple(x.shape)), duplicate
+
+
 def is_tensor(x):
     return ((torch is not None and isinstance(x, torch.Tensor)) or isinstance(x, (np.ndarray, np.generic, Shard)))
 

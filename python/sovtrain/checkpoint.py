@@ -128,9 +128,16 @@ def _drop_writer(w):
 def _c_tensors(tensors):
     """The sov_ckpt_tensor array for [(name, tensor or Shard)], and the host arrays that must live through the
     save."""
-    array = (_lib.Tensor * max(1, len(tensors)))()
+    given = []
+    for name, x in tensors:
+        dt = _tensors.dtensor_shard(x)
+        if dt is None:
+            given.append((name, x))
+        elif not dt[1]:  # a box that another rank's copy of covers is left to that rank
+            given.append((name, dt[0]))
+    array = (_lib.Tensor * max(1, len(given)))()
     keep_alive = []
-    for i, (name, x) in enumerate(tensors):
+    for i, (name, x) in enumerate(given):
         shard = x if isinstance(x, _tensors.Shard) else None
         sov_dtype, host, widen = _tensors.host(shard.local if shard else x)
         shape = _tensors.shape_of(host)
@@ -148,7 +155,7 @@ def _c_tensors(tensors):
             t.sharded = 1
         for d, n in enumerate(shape):
             t.shape[d], t.shard_offset[d], t.shard_shape[d] = whole[d], offset[d], n
-    return array, keep_alive
+    return array, len(given), keep_alive
 
 
 def save(state, dir, step, *, keep=3, threads=None, blocking=False, comm=None):
@@ -185,10 +192,10 @@ def save(state, dir, step, *, keep=3, threads=None, blocking=False, comm=None):
 def _start(writer, tensors, step, save_id, meta_json, directory, meta_later=False):
     """Starts a save of [(name, tensor or Shard)] on this rank; returns its SaveHandle once the state is copied.
     meta_later: the metadata comes with commit_meta (sov_ckpt_defer_meta)."""
-    array, keep_alive = _c_tensors(tensors)
+    array, count, keep_alive = _c_tensors(tensors)
     if meta_later:
         _lib.check(_lib.lib.sov_ckpt_defer_meta(writer.ptr), f"sovtrain: save of step {step} in {directory}")
-    c_state = _lib.State(step=step, num_tensors=len(tensors), tensors=array,
+    c_state = _lib.State(step=step, num_tensors=count, tensors=array,
                          meta_json=meta_json.encode() if meta_json else None)
     stall, waited = ctypes.c_double(), ctypes.c_double()
     _lib.check(_lib.lib.sov_ckpt_save(writer.ptr, ctypes.byref(c_state), save_id, ctypes.byref(stall),
@@ -274,7 +281,13 @@ class Checkpoint:
         they are contiguous host memory of the same dtype; a Shard gets its own box) and its other values
         replaced. Every tensor is read in one pass (sov_ckpt_read_many)."""
         tree = self._tree()
-        targets = {n: t for n, t in _tree.flatten(into)[1] if _tensors.is_mutable(t)} if into is not None else {}
+        targets = {}
+        for n, t in (_tree.flatten(into)[1] if into is not None else []):
+            dt = _tensors.dtensor_shard(t)
+            if dt is not None:
+                targets[n] = dt[0]  # its local part: this rank's box
+            elif _tensors.is_mutable(t):
+                targets[n] = t
         leaves = {leaf["name"]: leaf for leaf in _tree.leaves(tree)}
         reads = [self._plan_read(leaf, targets.get(name)) for name, leaf in leaves.items()]
         self._read_many(reads)

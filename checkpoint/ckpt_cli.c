@@ -100,6 +100,18 @@ static int cmd_verify(const char *arg) {
     return 0;
 }
 
+/* The state's metadata: whole when it fits a few lines; else its beginning and where to read the rest (a Python
+ * state's tree or DCP's metadata run to hundreds of kB). */
+#define META_SHOWN 400
+static void print_meta(const char *meta, const char *path) {
+    size_t n = strlen(meta);
+    if (n <= META_SHOWN)
+        printf("meta        %s\n", meta);
+    else
+        printf("meta        %.*s... (%.1f kB in all: jq .meta %s/manifest.json)\n", META_SHOWN, meta, (double)n / 1e3,
+               path);
+}
+
 static int cmd_inspect(const char *arg) {
     char path[4200];
     sov_ckpt *c = NULL;
@@ -133,7 +145,8 @@ static int cmd_inspect(const char *arg) {
             printf("%s%d %s", first ? "" : ", ", per_dtype[d], sov_dtype_name((sov_dtype)d));
             first = 0;
         }
-    printf("; %d sharded)\nmeta        %s\n", sharded, sov_ckpt_meta_json(c));
+    printf("; %d sharded)\n", sharded);
+    print_meta(sov_ckpt_meta_json(c), path);
     sov_ckpt_close(c);
     return 0;
 }

@@ -3,8 +3,9 @@
 # under `sovtrain launch`, with PyPI's torch from the test venv:
 #  - kill -9 of rank 1 mid-run (after the step-600 checkpoint): the launcher restarts the job, it resumes from that
 #    checkpoint, and its final weights are bitwise those of an uninterrupted run;
-#  - SIGTERM to the launcher mid-run: every rank saves, the job exits 0 within --grace; a second launch continues
-#    from that checkpoint to the same final weights.
+#  - SIGTERM to the launcher mid-run: every rank saves, the job exits within --grace with the ranks'
+#    stop_exit_code (143, as a Kubernetes indexed Job needs); a second launch continues from that checkpoint to the
+#    same final weights.
 # usage: python_torch.sh SOVTRAIN BUILD_DIR
 . "$(dirname "$0")/lib.sh"
 need_torch
@@ -45,14 +46,15 @@ fi
 
 # --- SIGTERM to the launcher while the ranks wait after step 800
 mkdir -p "$tmp/s"
-"$SOV" launch -np 2 --grace 60 -- "${TRAIN[@]}" --run-dir "$tmp/s" --final "$tmp/s.bin" --pause-at 800 >"$tmp/s.log" 2>&1 &
+"$SOV" launch -np 2 --grace 60 -- "${TRAIN[@]}" --run-dir "$tmp/s" --final "$tmp/s.bin" --pause-at 800 \
+    --stop-exit-code 143 >"$tmp/s.log" 2>&1 &
 job=$!
 wait_paused "$tmp/s" || fail "SIGTERM: the job never reached step 800: $(tail -5 "$tmp/s.log")"
 start=$SECONDS
 kill -TERM "$job"
 wait "$job"
 rc=$?
-[ "$rc" -eq 0 ] || fail "SIGTERM: exit $rc: $(tail -20 "$tmp/s.log")"
+[ "$rc" -eq 143 ] || fail "SIGTERM: exit $rc, not the ranks' --stop-exit-code 143: $(tail -20 "$tmp/s.log")"
 [ $((SECONDS - start)) -le 60 ] || fail "SIGTERM: took $((SECONDS - start)) s, beyond --grace"
 stopped=$(sed -n "s/.*stopping at step \([0-9]*\) on SIGUSR1.*/\1/p" "$tmp/s.log" | head -n 1)
 if [ -z "$stopped" ] || [ ! -e "$tmp/s/checkpoints/step-$stopped/manifest.json" ] || [ -e "$tmp/s.bin" ]; then
@@ -63,7 +65,7 @@ launch -np 2 -- "${TRAIN[@]}" --run-dir "$tmp/s" --final "$tmp/s.bin" >"$tmp/s2.
     fail "the launch after SIGTERM: $(tail -20 "$tmp/s2.log")"
 grep -q "resumed from step $stopped " "$tmp/s2.log" || fail "the launch after SIGTERM did not resume from step $stopped"
 if cmp -s "$tmp/ref.bin" "$tmp/s.bin"; then
-    echo "ok: SIGTERM -> saved at step $stopped, exit 0 in $((SECONDS - start)) s; the next launch resumed there, weights bitwise equal"
+    echo "ok: SIGTERM -> saved at step $stopped, exit 143 (stop_exit_code) in $((SECONDS - start)) s; the next launch resumed there, weights bitwise equal"
 else
     fail "SIGTERM + resume: the final weights differ from the uninterrupted run's"
 fi

@@ -185,6 +185,11 @@ int sov_ckpt_main(int argc, char **argv) {
         usage(argc == 2 && (!strcmp(argv[1], "-h") || !strcmp(argv[1], "--help")) ? stdout : stderr);
         return argc == 2 && (!strcmp(argv[1], "-h") || !strcmp(argv[1], "--help")) ? 0 : 2;
     }
+    for (int i = 2; i < argc; i++)
+        if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) { /* `sovtrain ckpt export --help` */
+            usage(stdout);
+            return 0;
+        }
     const char *cmd = argv[1];
     if (strcmp(cmd, "ls") == 0)
         return cmd_ls(argv[2]);

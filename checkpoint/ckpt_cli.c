@@ -3,6 +3,7 @@
 #include "fsio.h"
 #include <sovtrain/ckpt.h>
 
+#include <errno.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -18,10 +19,36 @@ static void usage(FILE *out) {
                  "                                             or of a format version it does not read)\n"
                  "       sovtrain ckpt inspect PATH            summary of the manifest\n"
                  "       sovtrain ckpt export PATH --format safetensors -o FILE\n"
-                 "PATH is a checkpoint directory (DIR/step-N) or DIR itself, meaning its newest good checkpoint.\n");
+                 "PATH is a checkpoint directory (DIR/step-N), DIR/latest (the one it names), or DIR itself, meaning\n"
+                 "its newest good checkpoint.\n");
 }
 
-/* A checkpoint directory: PATH itself when it has a manifest, else the newest good one under it. */
+/* DIR/latest, the pointer file each commit replaces last ("step-N"): the checkpoint it names. */
+static sov_status resolve_pointer(const char *file, char *path, size_t cap) {
+    char named[64] = "";
+    FILE *f = fopen(file, "r");
+    int ok = f && fgets(named, sizeof named, f) != NULL;
+    if (f)
+        fclose(f);
+    named[strcspn(named, "\n")] = '\0';
+    long step;
+    char extra;
+    if (!ok || sscanf(named, "step-%ld%c", &step, &extra) != 1 || step < 0)
+        return sov_fail(SOV_ERR_FORMAT, "%s: not a checkpoint, nor a latest pointer naming one (\"step-N\")", file);
+    const char *slash = strrchr(file, '/');
+    int dir_len = slash ? (int)(slash - file) : 1;
+    snprintf(path, cap, "%.*s/%s", dir_len, slash ? file : ".", named);
+    char m[4300];
+    struct stat sb;
+    snprintf(m, sizeof m, "%s/manifest.json", path);
+    if (stat(m, &sb) != 0)
+        return sov_fail(SOV_ERR_IO, "%s names %s, which is not a checkpoint (no manifest.json): %s", file, path,
+                        strerror(errno));
+    return SOV_OK;
+}
+
+/* A checkpoint directory: PATH itself when it has a manifest, the one a latest pointer names, else the newest good
+ * one under PATH. */
 static sov_status resolve(const char *arg, char *path, size_t cap) {
     char m[4200];
     struct stat sb;
@@ -30,6 +57,8 @@ static sov_status resolve(const char *arg, char *path, size_t cap) {
         snprintf(path, cap, "%s", arg);
         return SOV_OK;
     }
+    if (stat(arg, &sb) == 0 && S_ISREG(sb.st_mode))
+        return resolve_pointer(arg, path, cap);
     return sov_ckpt_find(arg, path, cap, NULL, NULL);
 }
 

@@ -104,6 +104,12 @@ grep -q "^step        40$" "$tmp/inspect.txt" && grep -q "^world size  2 (writer
     grep -q "^buffers  *replicated.f32\[" "$tmp/inspect.txt" &&
     grep -q "^tensors     8 (8 f32; 0 sharded)$" "$tmp/inspect.txt" ||
     fail "ckpt inspect: $(cat "$tmp/inspect.txt")"
+# the latest pointer is a path every ckpt command takes: the checkpoint it names
+"$SOV" ckpt inspect "$tmp/dc/latest" | grep -q "^checkpoint  $tmp/dc/step-40$" &&
+    "$SOV" ckpt verify "$tmp/dc/latest" | grep -q "step-40: ok" ||
+    fail "ckpt inspect/verify DIR/latest: $("$SOV" ckpt verify "$tmp/dc/latest" 2>&1)"
+echo "junk" >"$tmp/not-a-pointer"
+expect_error 1 "not a checkpoint, nor a latest pointer naming one" "$SOV" ckpt verify "$tmp/not-a-pointer"
 python3 -c "
 import sys; p = sys.argv[1]; b = bytearray(open(p, 'rb').read()); b[len(b) // 2] ^= 0x10; open(p, 'wb').write(b)" \
     "$tmp/dc/step-40/rank-1.bin"

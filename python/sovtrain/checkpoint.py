@@ -211,6 +211,7 @@ class Checkpoint:
 
     def __init__(self, path):
         self._ptr = None
+        path = _pointer_target(path) if os.path.isfile(path) else path
         ptr = ctypes.c_void_p()
         _lib.check(_lib.lib.sov_ckpt_open(os.fsencode(path), ctypes.byref(ptr)), "sovtrain: open")
         self._ptr, self.path = ptr, path
@@ -370,9 +371,21 @@ def _merge(into, state):
     return into if _tensors.is_mutable(into) else state
 
 
+def _pointer_target(path):
+    """The checkpoint that a latest pointer (DIR/latest: "step-N") names."""
+    with open(path) as f:
+        named = f.read().strip()
+    if not named.startswith("step-") or not named[5:].isdigit():
+        raise SovError(_lib.ERR_FORMAT, f"sovtrain: {path}: not a checkpoint, nor a latest pointer naming one "
+                                        '("step-N")')
+    return os.path.join(os.path.dirname(path), named)
+
+
 def resolve(path_or_dir):
-    """The checkpoints that `path_or_dir` names, in the order to try them: itself when it is one, else those of a
-    checkpoint directory (DIR/latest first, then newest first)."""
+    """The checkpoints that `path_or_dir` names, in the order to try them: itself when it is one, the one a latest
+    pointer names, else those of a checkpoint directory (DIR/latest first, then newest first)."""
+    if os.path.isfile(path_or_dir):
+        return [_pointer_target(path_or_dir)]
     return [path_or_dir] if _is_checkpoint(path_or_dir) else _candidates(path_or_dir)
 
 
@@ -400,9 +413,9 @@ def _is_checkpoint(path):
 
 
 def load(path_or_dir, into=None):
-    """The state of checkpoint `path_or_dir` (DIR/step-N), or of the newest checkpoint under a checkpoint
-    directory that loads whole (a damaged one is skipped, saying why on stderr). `into`: see Checkpoint.load."""
-    if _is_checkpoint(path_or_dir):
+    """The state of checkpoint `path_or_dir` (DIR/step-N, or DIR/latest: the one it names), or of the newest
+    checkpoint under a checkpoint directory that loads whole (a damaged one is skipped, saying why on stderr). `into`: see Checkpoint.load."""
+    if _is_checkpoint(path_or_dir) or os.path.isfile(path_or_dir):
         with Checkpoint(path_or_dir) as c:
             return c.load(into)
     candidates = _candidates(path_or_dir)

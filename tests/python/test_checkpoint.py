@@ -98,6 +98,8 @@ class PlainValues(Base):
         self.assertEqual(sorted(os.listdir(self.dir)), ["latest", "step-3", "step-4"])
         self.assertEqual(ckpt.latest(self.dir), os.path.join(self.dir, "step-4"))
         self.assertEqual(ckpt.load(self.dir)["s"][0], 4)
+        self.assertEqual(ckpt.load(os.path.join(self.dir, "latest"))["s"][0], 4)  # the pointer, as a path
+        ckpt.verify(os.path.join(self.dir, "latest"))
 
     def test_checkpoint_reads_boxes_and_exports(self):
         a = np.arange(24, dtype=np.float32).reshape(4, 6)

@@ -32,7 +32,7 @@ install_python_tools() {
 }
 
 # PyTorch from PyPI for the Python package's tests (tests/python_*.sh): torch==2.15.0 and numpy in a venv of their
-# own, kept between runs (about 90 s and 5.4 GB the first time). Debian's python3-torch (1.13) has no
+# own, made once and kept between runs (a download of gigabytes: see docs/python.md). Debian's python3-torch (1.13) has no
 # torch.distributed.checkpoint. Not fatal: without it those tests skip, saying why. SOVTRAIN_NO_TORCH=1 skips it.
 TORCH_VENV=${SOVTRAIN_TORCH_VENV:-$HOME/.local/share/sovtrain/torch-2.15.0}
 install_torch_venv() {

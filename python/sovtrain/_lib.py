@@ -153,7 +153,8 @@ def version():
 
 
 def world_from_env():
-    """(rank, world size) from Open MPI's or torchrun's variables, as libsovtrain reads them."""
+    """This process's sov_world (rank, size, local_rank, local_size) from Open MPI's or torchrun's variables, as
+    libsovtrain reads them."""
     w = World()
     check(lib.sov_world_from_env(ctypes.byref(w)), "sovtrain: the rank's identity from the environment")
-    return w.rank, w.size
+    return w

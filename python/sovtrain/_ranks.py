@@ -6,7 +6,6 @@ between saves (rank 0's commit removes a failed attempt's leftovers, so no rank 
 The exchange runs over torch.distributed when it is initialised, over an mpi4py-style communicator when one is
 given, and is nothing at all for a single rank."""
 
-import os
 
 from . import _lib
 
@@ -51,7 +50,8 @@ def ranks(comm=None):
             return TorchDistributed()
     except ImportError:
         pass
-    rank, size = _lib.world_from_env()
+    world = _lib.world_from_env()
+    rank, size = world.rank, world.size
     if size > 1:
         raise RuntimeError(f"sovtrain: this is rank {rank} of {size} (from the environment), but torch.distributed "
                            "is not initialised and no comm= was given: the ranks of a checkpoint agree on each save "
@@ -61,8 +61,5 @@ def ranks(comm=None):
 
 
 def local_ranks():
-    """How many ranks of the job share this host (the launchers' variables), at least 1."""
-    for var in ("OMPI_COMM_WORLD_LOCAL_SIZE", "LOCAL_WORLD_SIZE"):
-        if os.environ.get(var, "").isdigit():
-            return max(1, int(os.environ[var]))
-    return 1
+    """How many ranks of the job share this host, as libsovtrain reads the launchers' variables."""
+    return max(1, _lib.world_from_env().local_size)

@@ -47,12 +47,13 @@ test-sanitize: setup
 
 # The threads of one process, under ThreadSanitizer: the checkpoint writer's pipeline and snapshot, the reader's
 # decoders, each collectives backend's progress thread beside the thread that issues (one real job per backend;
-# the ranks are processes, which TSan does not follow), and training jobs that overlap allreduces with backward and
-# save checkpoints while they train (and fail one on a full disk). A report fails the test (exit 66). (The whole
-# suite passes under TSan too, in ~15 minutes: too long for every run.)
-TSAN_TARGETS = test_ckpt_snapshot test_ckpt_roundtrip comm_check sovtrain_cli
+# the ranks are processes, which TSan does not follow), training jobs that overlap allreduces with backward and
+# save checkpoints while they train (and fail one on a full disk), encrypted checkpoints (the fetchers decrypt
+# beside the decoders) and signed ones (a thread hashes each file as it is written). A report fails the test
+# (exit 66). (The whole suite passes under TSan too, in ~15 minutes: too long for every run.)
+TSAN_TARGETS = test_ckpt_snapshot test_ckpt_roundtrip comm_check sovtrain_cli ckpt_state_check ckpt_corrupt
 TSAN_TESTS = test_ckpt_snapshot test_ckpt_roundtrip comm_shm_2 comm_hier_4 comm_mpi_2 comm_tcp_2 train_equivalence \
-             ckpt ckpt_full_disk
+             ckpt ckpt_full_disk ckpt_crypto ckpt_sign
 test-tsan: setup
 	@cmake -S . -B $(TSAN_BUILD) -DCMAKE_BUILD_TYPE=Debug -DSOVTRAIN_TSAN=ON -DSOVTRAIN_CUDA=OFF >/dev/null
 	@cmake --build $(TSAN_BUILD) -j $(JOBS) --target $(TSAN_TARGETS)

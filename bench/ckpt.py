@@ -11,7 +11,11 @@ targets' ratios: compression vs the entropy bound and vs zstd -1, save vs torch.
 stall vs one memcpy, restore vs torch.load; and JSON lines {"bench":"ckpt",...}. Beside save vs torch.save it prints
 that figure's ceiling on this machine: disk bandwidth x entropy bound / torch.save, what a save reaching the bound
 and writing at the disk's full speed would get. Where torch.save itself writes near the disk's speed, no save can
-be much faster than it without beating the bound."""
+be much faster than it without beating the bound.
+
+Then encryption at rest and signing: ckpt_perf --crypto 1 saves the trained state and the synthetic ones plain,
+encrypted (AES-256-GCM), and encrypted and signed, and restores them plain and encrypted, try by try; the table gives
+each over plain."""
 import argparse
 import json
 import os
@@ -63,7 +67,7 @@ def main():
     with tempfile.TemporaryDirectory(prefix="sovtrain-ckpt-bench-", dir=args.dir or os.getcwd()) as tmp:
         run([f"{build}/sovtrain", "train", "--hidden", "1024,1024", "--steps", "200", "--threads", "2",
              "--eval-every", "100000", "--log-every", "200", "--run-dir", f"{tmp}/run", "--ckpt-every", "200"])
-        ours = {}
+        ours, sealed = {}, {}
         for rnd in range(args.rounds):
             perf = run([f"{build}/bench/ckpt_perf", "--from", f"{tmp}/run/checkpoints/step-200", "--dir", tmp,
                         "--mib", str(args.mib), "--threads", str(args.threads),
@@ -76,6 +80,14 @@ def main():
                     ours[j["case"]] = best_of(ours.get(j["case"]), j)
                 else:
                     print(f"# {line}")
+            perf = run([f"{build}/bench/ckpt_perf", "--from", f"{tmp}/run/checkpoints/step-200", "--dir", tmp,
+                        "--mib", str(args.mib), "--threads", str(args.threads), "--gpt2", "0", "--crypto", "1"])
+            print(perf.stdout, end="")
+            for line in perf.stderr.splitlines():
+                if line.startswith("{"):
+                    j = json.loads(line)
+                    old = sealed.get(j["case"], {})
+                    sealed[j["case"]] = {k: max(v, old.get(k, 0)) if isinstance(v, float) else v for k, v in j.items()}
     print("# targets: ratio >= 97% of bound and > zstd -1; save >= 2x torch.save and >= 80% of disk x ratio;")
     print("#          stall <= 1.5x memcpy; restore >= torch.load")
     print("# ceiling: the save/torch of a save that reaches the entropy bound and writes at the disk's full speed")
@@ -90,6 +102,13 @@ def main():
         print(f"  {case:<11} {o['ratio'] / o['entropy_bound']:>11.3f} {o['ratio'] / o['zstd1_ratio']:>11.3f} "
               f"{save_t:>10.2f} {ceiling:>8.2f} {o['save_gbs'] / (o['disk_gbs'] * o['ratio']):>11.2f} {stall:>12.2f} "
               f"{rest_t:>13.2f}")
+        print(json.dumps(o), file=sys.stderr)
+    print("# encryption and signing: targets encrypted save >= 0.9x plain, encrypted and signed >= 0.85x plain,")
+    print("#                         restore with decryption >= 0.9x plain")
+    print(f"# {'case':<11} {'encrypted save':>14} {'+ signed':>9} {'restore':>8}   (each x plain)")
+    for case, o in sealed.items():
+        print(f"  {case:<11} {o['encrypted_save_gbs'] / o['save_gbs']:>14.3f} "
+              f"{o['signed_save_gbs'] / o['save_gbs']:>9.3f} {o['decrypted_restore_gbs'] / o['restore_gbs']:>8.3f}")
         print(json.dumps(o), file=sys.stderr)
     if not any("torch_save_gbs" in o for o in ours.values()):
         print("# the torch peer did not run: see its message above (make bench installs python3-torch)")

@@ -33,6 +33,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <openssl/evp.h>
+#include <openssl/pem.h>
 #include <zstd.h>
 
 /* A state to save: its tensors, all of one float dtype. Flat ones are 1-D; a model's keep their shapes. */
@@ -286,7 +288,7 @@ static double cpu_seconds(void) {
 }
 
 /* One restore from the disk into the job's existing memory (torch.load makes new tensors), checked; its seconds. */
-static double restore_once(const bench_case *c, const char *path) {
+static double restore_once(const bench_case *c, const char *path, const sov_ckpt_key *key) {
     void **dst = calloc((size_t)c->ntensors, sizeof *dst);
     sov_ckpt_read_request *want = calloc((size_t)c->ntensors, sizeof *want);
     for (int b = 0; b < c->ntensors; b++) {
@@ -296,7 +298,7 @@ static double restore_once(const bench_case *c, const char *path) {
     }
     sov_ckpt *ck;
     double t0 = sov_now();
-    if (sov_ckpt_open(path, &ck) != SOV_OK)
+    if (sov_ckpt_open_key(path, key, &ck) != SOV_OK)
         die("open");
     if (sov_ckpt_read_many(ck, want, c->ntensors) != SOV_OK)
         die("restore");
@@ -501,7 +503,7 @@ static void restores(const bench_case *c, const char *path, peer *pr, figures *f
     double best = 1e9;
     for (int rep = 0, tries = tries_for(total_bytes(c)); rep < tries; rep++) {
         drop_cached(path);
-        double t = restore_once(c, path);
+        double t = restore_once(c, path, NULL);
         best = t < best ? t : best;
         if (pr)
             peer_try(pr, "load");
@@ -522,6 +524,134 @@ static void restores(const bench_case *c, const char *path, peer *pr, figures *f
     sov_remove_dir(path);
 }
 
+/* ---- encryption: the same saves and restores with and without it, try by try ---- */
+
+typedef struct crypto_figures {
+    double plain_save_s, sealed_save_s, signed_save_s, plain_restore_s, sealed_restore_s;
+} crypto_figures;
+
+/* A save of c's state by writer w at step `step`; its seconds to durable. */
+static double timed_save(sov_ckpt_writer *w, const bench_case *c, long step, char *path, size_t cap) {
+    sov_ckpt_tensor *tensors = tensors_of(c);
+    sov_ckpt_state s = {.step = step, .num_tensors = c->ntensors, .tensors = tensors};
+    if (sov_ckpt_save(w, &s, (uint64_t)step, NULL, NULL) != SOV_OK || sov_ckpt_wait(w, path, cap) != SOV_OK)
+        die("save");
+    free(tensors);
+    return sov_ckpt_save_seconds(w);
+}
+
+static sov_ckpt_writer *bench_writer(const bench_case *c, const char *dir, const char *kind, int threads,
+                                     const sov_ckpt_key *key, const sov_ckpt_signer *signer) {
+    char ckdir[4200];
+    snprintf(ckdir, sizeof ckdir, "%s/ckpt-%s-%s", dir, c->name, kind);
+    sov_ckpt_options o = {.keep = 1, .threads = threads, .chunk_bytes = SOV_CKPT_DEFAULT_CHUNK_BYTES,
+                          .commit_timeout_s = 60, .key = key, .sign = signer != NULL, .signer = signer};
+    sov_ckpt_writer *w;
+    sov_ckpt_tensor *tensors = tensors_of(c);
+    sov_ckpt_state s = {.num_tensors = c->ntensors, .tensors = tensors};
+    if (sov_ckpt_writer_open(&w, ckdir, 0, 1, &o) != SOV_OK || sov_ckpt_writer_reserve(w, &s) != SOV_OK)
+        die("writer");
+    free(tensors);
+    return w;
+}
+
+/* Tries alternating a plain save, an encrypted one and an encrypted and signed one, then a plain restore and a
+ * decrypting one (each from a cold page cache); the best of each. */
+static void crypto_tries(const bench_case *c, const char *dir, int threads, const sov_ckpt_key *key,
+                         const sov_ckpt_signer *signer, crypto_figures *f) {
+    sov_ckpt_writer *plain = bench_writer(c, dir, "plain", threads, NULL, NULL);
+    sov_ckpt_writer *sealed = bench_writer(c, dir, "sealed", threads, key, NULL);
+    sov_ckpt_writer *sealed_signed = bench_writer(c, dir, "signed", threads, key, signer);
+    char plain_path[4200], sealed_path[4200], signed_path[4200];
+    *f = (crypto_figures){1e9, 1e9, 1e9, 1e9, 1e9};
+    int tries = tries_for(total_bytes(c));
+    for (int rep = 0; rep < tries; rep++) {
+        double p = timed_save(plain, c, rep + 1, plain_path, sizeof plain_path);
+        double e = timed_save(sealed, c, rep + 1, sealed_path, sizeof sealed_path);
+        double g = timed_save(sealed_signed, c, rep + 1, signed_path, sizeof signed_path);
+        f->plain_save_s = p < f->plain_save_s ? p : f->plain_save_s;
+        f->sealed_save_s = e < f->sealed_save_s ? e : f->sealed_save_s;
+        f->signed_save_s = g < f->signed_save_s ? g : f->signed_save_s;
+    }
+    sov_ckpt_writer_close(plain);
+    sov_ckpt_writer_close(sealed);
+    sov_ckpt_writer_close(sealed_signed);
+    sov_remove_dir(signed_path);
+    for (int rep = 0; rep < tries; rep++) {
+        drop_cached(plain_path);
+        double p = restore_once(c, plain_path, NULL);
+        drop_cached(sealed_path);
+        double e = restore_once(c, sealed_path, key);
+        f->plain_restore_s = p < f->plain_restore_s ? p : f->plain_restore_s;
+        f->sealed_restore_s = e < f->sealed_restore_s ? e : f->sealed_restore_s;
+    }
+    sov_remove_dir(plain_path);
+    sov_remove_dir(sealed_path);
+}
+
+/* The key of the encrypted tries: a fresh random one in a private file. */
+static sov_ckpt_key *bench_key(const char *dir) {
+    char path[4200];
+    snprintf(path, sizeof path, "%s/bench-key", dir);
+    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    unsigned char k[32];
+    FILE *r = fopen("/dev/urandom", "rb");
+    if (fd < 0 || !r || fread(k, 1, sizeof k, r) != sizeof k || write(fd, k, sizeof k) != (ssize_t)sizeof k)
+        die("making a key file");
+    fclose(r);
+    close(fd);
+    sov_ckpt_key *key;
+    if (sov_ckpt_key_from_file(path, &key) != SOV_OK)
+        die("the key file");
+    unlink(path);
+    return key;
+}
+
+/* The signing key of the signed tries: a fresh P-256 key in a private file. */
+static sov_ckpt_signer *bench_signer(const char *dir) {
+    char path[4200];
+    snprintf(path, sizeof path, "%s/bench-sign.pem", dir);
+    EVP_PKEY *k = EVP_EC_gen("P-256");
+    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    FILE *f = fd >= 0 ? fdopen(fd, "w") : NULL;
+    if (!k || !f || PEM_write_PrivateKey(f, k, NULL, NULL, 0, NULL, NULL) != 1)
+        die("making a signing key");
+    fclose(f);
+    EVP_PKEY_free(k);
+    sov_ckpt_signer *s;
+    if (sov_ckpt_signer_from_pem(path, &s) != SOV_OK)
+        die("the signing key");
+    unlink(path);
+    return s;
+}
+
+static void crypto_rows(bench_case *cases, int ncase, const char *dir, int threads) {
+    sov_ckpt_key *key = bench_key(dir);
+    sov_ckpt_signer *signer = bench_signer(dir);
+    printf("# encryption at rest (AES-256-GCM per chunk) and signing (SHA-256 of each file as written, ECDSA): the "
+           "same state saved\n# and restored plain, encrypted, and encrypted and signed, try by try\n"
+           "# %-11s %9s %11s %7s %11s %7s %9s %11s %7s\n", "case", "save GB/s", "encrypted", "x plain", "+signed",
+           "x plain", "rest GB/s", "decrypted", "x plain");
+    for (int i = 0; i < ncase; i++) {
+        crypto_figures f;
+        double bytes = total_bytes(&cases[i]);
+        crypto_tries(&cases[i], dir, threads, key, signer, &f);
+        printf("  %-11s %9.3f %11.3f %7.3f %11.3f %7.3f %9.3f %11.3f %7.3f\n", cases[i].name,
+               bytes / f.plain_save_s / 1e9, bytes / f.sealed_save_s / 1e9, f.plain_save_s / f.sealed_save_s,
+               bytes / f.signed_save_s / 1e9, f.plain_save_s / f.signed_save_s, bytes / f.plain_restore_s / 1e9,
+               bytes / f.sealed_restore_s / 1e9, f.plain_restore_s / f.sealed_restore_s);
+        fprintf(stderr, "{\"bench\":\"ckpt_crypto\",\"case\":\"%s\",\"bytes\":%.0f,\"save_gbs\":%.4f,"
+                "\"encrypted_save_gbs\":%.4f,\"signed_save_gbs\":%.4f,\"restore_gbs\":%.4f,"
+                "\"decrypted_restore_gbs\":%.4f}\n", cases[i].name, bytes, bytes / f.plain_save_s / 1e9,
+                bytes / f.sealed_save_s / 1e9, bytes / f.signed_save_s / 1e9, bytes / f.plain_restore_s / 1e9,
+                bytes / f.sealed_restore_s / 1e9);
+        fflush(stdout);
+        fflush(stderr);
+    }
+    sov_ckpt_key_free(key);
+    sov_ckpt_signer_free(signer);
+}
+
 static void gaussian(float *x, size_t n) {
     sov_rng rng;
     sov_rng_seed(&rng, 12345, 0);
@@ -536,7 +666,7 @@ static void gaussian(float *x, size_t n) {
 int main(int argc, char **argv) {
     const char *from = NULL, *from_case = "mlp-adamw", *dir = "/tmp", *peer_script = NULL;
     size_t mib = 512;
-    int threads = 2, gpt2_width = 768;
+    int threads = 2, gpt2_width = 768, crypto = 0;
     for (int i = 1; i + 1 < argc; i += 2) {
         if (!strcmp(argv[i], "--from")) from = argv[i + 1];
         else if (!strcmp(argv[i], "--from-case")) from_case = argv[i + 1];
@@ -545,9 +675,11 @@ int main(int argc, char **argv) {
         else if (!strcmp(argv[i], "--threads")) threads = atoi(argv[i + 1]);
         else if (!strcmp(argv[i], "--peer")) peer_script = argv[i + 1];
         else if (!strcmp(argv[i], "--gpt2")) gpt2_width = atoi(argv[i + 1]);
+        else if (!strcmp(argv[i], "--crypto")) crypto = atoi(argv[i + 1]);
         else {
             fprintf(stderr, "usage: ckpt_perf [--from CKPT [--from-case NAME]] [--dir DIR] [--mib N (0: none)] "
-                            "[--threads N] [--peer SCRIPT] [--gpt2 WIDTH (0: none)]\n");
+                            "[--threads N] [--peer SCRIPT] [--gpt2 WIDTH (0: none)] [--crypto 1: plain vs "
+                            "encrypted instead]\n");
             return 2;
         }
     }
@@ -589,6 +721,12 @@ int main(int argc, char **argv) {
     }
     printf("# ckpt_perf: one rank, %d compression threads, chunks of %zu KiB (the trainer's), files in %s\n", threads,
            SOV_CKPT_DEFAULT_CHUNK_BYTES >> 10, dir);
+    if (crypto) {
+        crypto_rows(cases, ncase, dir, threads);
+        for (int i = 0; i < ncase; i++)
+            free_case(&cases[i], 1);
+        return 0;
+    }
     long cpus = sov_usable_cpus(); /* the cores this process may use (taskset, a container), as the encoders count */
     printf("# %-11s %9s %9s %9s %8s %8s %7s %7s %8s %9s %9s %8s %9s %9s %9s\n", "case", "MB", "save GB/s",
            "rest GB/s", "stall ms", "memcpy", "ratio", "bound", "% bound", "zstd -1", "disk GB/s", "% disk", "cores",

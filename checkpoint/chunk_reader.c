@@ -61,6 +61,7 @@ typedef struct run {
     const char *const *files;
     const sov_chunk_ref *refs;
     size_t n;
+    sov_chunk_keys keys;
     pthread_mutex_t lock;
     pthread_cond_t buffer_freed, chunk_read;
     size_t next_fetch;  /* the next chunk to read */
@@ -69,7 +70,8 @@ typedef struct run {
     struct read_chunk {
         int buffer;
         size_t chunk;
-        const uint8_t *data; /* where the chunk starts in its buffer */
+        uint8_t *data; /* where the chunk starts in its buffer */
+        int opened;    /* a sealed chunk the fetcher has authenticated and decrypted already */
     } ready[MAX_BUFFERS];
     int n_ready;
     sov_status status; /* the first failure, with its message */
@@ -91,7 +93,7 @@ static uint8_t *buffer_at(const run *j, int b) { return j->r->memory + (size_t)b
 /* Reads n bytes at offset into buf; *data is where they start. With O_DIRECT (direct) the aligned span around
  * them is read, which a file's end may cut short. */
 static sov_status read_span(int fd, int direct, uint8_t *buf, uint64_t offset, size_t n, const char *path,
-                            const uint8_t **data) {
+                            uint8_t **data) {
     if (!direct) {
         *data = buf;
         return sov_pread_all(fd, buf, n, (off_t)offset, path);
@@ -136,12 +138,24 @@ static sov_status open_data_file(const run *j, size_t file, open_file *f) {
     else if ((f->fd = open(f->path, O_RDONLY | O_CLOEXEC)) >= 0)
         f->direct = 0;
     else
-        return sov_fail(SOV_ERR_IO, "%s: %s", f->path, strerror(errno));
+        return sov_fail(errno == ENOENT ? SOV_ERR_FORMAT : SOV_ERR_IO, "%s: %s", f->path, strerror(errno));
     return SOV_OK;
 }
 
+/* Where chunk c of a run is, for messages. */
+static void chunk_where(const run *j, const sov_chunk_ref *c, char *where, size_t cap) {
+    snprintf(where, cap, "%s/%s chunk at byte %llu", j->dir, j->files[c->file], (unsigned long long)c->file_offset);
+}
+
+/* Authenticates and decrypts a sealed chunk, read into `stored`, in place (crypto.h). */
+static sov_status open_sealed(const run *j, const sov_chunk_ref *c, uint8_t *stored) {
+    char where[4500];
+    chunk_where(j, c, where, sizeof where);
+    return sov_seal_open(&j->keys.file_keys[c->file], stored, (size_t)c->bytes, c->index, c->last, where);
+}
+
 /* Reads chunk i into buffer b; *data is where it starts there. */
-static sov_status fetch_chunk(const run *j, size_t i, int b, open_file *f, const uint8_t **data) {
+static sov_status fetch_chunk(const run *j, size_t i, int b, open_file *f, uint8_t **data) {
     const sov_chunk_ref *c = &j->refs[i];
     SOV_CHECK(open_data_file(j, c->file, f));
     return read_span(f->fd, f->direct, buffer_at(j, b), c->file_offset, (size_t)c->bytes + c->pad, f->path, data);
@@ -159,14 +173,17 @@ static void *fetcher_main(void *arg) {
         size_t i = j->next_fetch++;
         int b = j->free_buffers[--j->n_free];
         pthread_mutex_unlock(&j->lock);
-        const uint8_t *data = NULL;
+        uint8_t *data = NULL;
         sov_status st = fetch_chunk(j, i, b, &f, &data);
+        int opened = st == SOV_OK && j->keys.file_keys;
+        if (opened) /* decrypting here keeps the cores busy while the decoders wait for chunks */
+            st = open_sealed(j, &j->refs[i], data);
         pthread_mutex_lock(&j->lock);
         if (st != SOV_OK) {
             fail_locked(j, st);
             break;
         }
-        j->ready[j->n_ready++] = (struct read_chunk){.buffer = b, .chunk = i, .data = data};
+        j->ready[j->n_ready++] = (struct read_chunk){.buffer = b, .chunk = i, .data = data, .opened = opened};
         pthread_cond_signal(&j->chunk_read);
     }
     pthread_mutex_unlock(&j->lock);
@@ -200,20 +217,50 @@ static void scatter_rows(const sov_box_scatter *b, size_t eo, size_t n, const ui
     }
 }
 
+/* An encrypted checkpoint's chunk, read into `stored`: checked, then (with the keys) decrypted in place, unless
+ * that was done (`opened`). *encoded and *bytes are then the encoded chunk inside it; *only_checked says there is
+ * nothing to decode. */
+static sov_status unseal(const run *j, const sov_chunk_ref *c, uint8_t *stored, int opened, const char *where,
+                         const uint8_t **encoded, size_t *bytes, int *only_checked) {
+    *encoded = stored;
+    *bytes = (size_t)c->bytes;
+    *only_checked = 0;
+    if (!j->keys.sealed)
+        return SOV_OK;
+    if (!j->keys.file_keys) {
+        if (c->nwindows)
+            return sov_fail(SOV_ERR_INTERNAL, "%s: a read of an encrypted checkpoint without its key", where);
+        *only_checked = 1;
+        return sov_seal_check(stored, (size_t)c->bytes, c->index, c->last, where);
+    }
+    if (!opened)
+        SOV_CHECK(open_sealed(j, c, stored));
+    *encoded = stored + SOV_SEAL_HEADER_BYTES;
+    *bytes = (size_t)c->bytes - SOV_SEAL_OVERHEAD;
+    return SOV_OK;
+}
+
 /* Checks chunk c's padding and decodes it, read into `stored`, with decoder d's codec. */
-static sov_status decode_chunk(const run *j, int d, const sov_chunk_ref *c, const uint8_t *stored) {
+static sov_status decode_chunk(const run *j, int d, const sov_chunk_ref *c, uint8_t *stored, int opened) {
     char where[4500];
-    snprintf(where, sizeof where, "%s/%s chunk at byte %llu", j->dir, j->files[c->file],
-             (unsigned long long)c->file_offset);
+    chunk_where(j, c, where, sizeof where);
     for (size_t k = 0; k < c->pad; k++)
         if (stored[c->bytes + k])
             return sov_fail(SOV_ERR_FORMAT, "%s: the %zu bytes of padding after it are not all zero (byte %llu is "
                             "damaged)", where, c->pad, (unsigned long long)(c->file_offset + c->bytes + k));
+    const uint8_t *encoded;
+    size_t encoded_bytes;
+    int only_checked;
+    SOV_CHECK(unseal(j, c, stored, opened, where, &encoded, &encoded_bytes, &only_checked));
+    if (only_checked)
+        return SOV_OK;
     size_t got = 0, want = c->elems * c->elem_bytes;
     int in_place = sov_chunk_in_place(c);
     uint8_t *dst = in_place ? c->windows[0].dst + (c->elem_offset - c->windows[0].lo) * c->elem_bytes
                             : j->r->scratch[d];
-    SOV_CHECK(sov_chunk_decode(j->r->codecs[d], stored, (size_t)c->bytes, dst, want, &got, where));
+    SOV_CHECK((encoded != stored ? sov_chunk_decode_authenticated : sov_chunk_decode)(j->r->codecs[d], encoded,
+                                                                                      encoded_bytes, dst, want, &got,
+                                                                                      where));
     if (got != want)
         return sov_fail(SOV_ERR_FORMAT, "%s: decodes to %zu bytes, the manifest says %zu elements", where, got,
                         c->elems);
@@ -248,7 +295,7 @@ static void *decoder_main(void *arg) {
         if (++j->next_decode == j->n) /* the last chunk: the decoders waiting for one can stop */
             pthread_cond_broadcast(&j->chunk_read);
         pthread_mutex_unlock(&j->lock);
-        sov_status st = decode_chunk(j, d, &j->refs[rc.chunk], rc.data);
+        sov_status st = decode_chunk(j, d, &j->refs[rc.chunk], rc.data, rc.opened);
         pthread_mutex_lock(&j->lock);
         j->free_buffers[j->n_free++] = rc.buffer;
         pthread_cond_signal(&j->buffer_freed);
@@ -266,10 +313,10 @@ static sov_status read_serially(const run *j) {
     open_file f = {.fd = -1};
     sov_status st = SOV_OK;
     for (size_t i = 0; i < j->n && st == SOV_OK; i++) {
-        const uint8_t *data = NULL;
+        uint8_t *data = NULL;
         st = fetch_chunk(j, i, 0, &f, &data);
         if (st == SOV_OK)
-            st = decode_chunk(j, 0, &j->refs[i], data);
+            st = decode_chunk(j, 0, &j->refs[i], data, 0);
     }
     if (f.fd >= 0)
         close(f.fd);
@@ -319,7 +366,7 @@ static sov_status buffers_ready(sov_chunk_reader *r, size_t span) {
 static int at_most(size_t n, int cap) { return n < (size_t)cap ? (n ? (int)n : 1) : cap; }
 
 sov_status sov_chunk_reader_run(sov_chunk_reader *r, const char *dir, const char *const *files,
-                                const sov_chunk_ref *refs, size_t n) {
+                                const sov_chunk_ref *refs, size_t n, const sov_chunk_keys *keys) {
     if (n == 0)
         return SOV_OK;
     int scratch = 0; /* some chunk decodes outside its windows */
@@ -334,6 +381,8 @@ sov_status sov_chunk_reader_run(sov_chunk_reader *r, const char *dir, const char
     SOV_CHECK(codecs_ready(r, decoders, scratch, raw_bytes));
     SOV_CHECK(buffers_ready(r, span));
     run j = {.r = r, .dir = dir, .files = files, .refs = refs, .n = n, .status = SOV_OK};
+    if (keys)
+        j.keys = *keys;
     for (int b = 0; b < r->buffers; b++)
         j.free_buffers[j.n_free++] = b;
     pthread_mutex_init(&j.lock, NULL);

@@ -9,6 +9,7 @@
 #ifndef SOV_CKPT_CHUNK_READER_H
 #define SOV_CKPT_CHUNK_READER_H
 
+#include "crypto.h"
 #include "sov_internal.h"
 #include <sovtrain/ckpt.h>
 
@@ -40,6 +41,8 @@ typedef struct sov_chunk_ref {
     size_t elem_bytes; /* of its buffer */
     uint64_t file_offset, bytes;
     size_t pad; /* bytes of zeros after it in the file (to the next chunk's aligned start), checked */
+    uint64_t index; /* its place among its file's chunks (an encrypted checkpoint's nonce and header name it) */
+    int last;       /* the last chunk of its file */
     /* What the chunk delivers (none: verify only, decoded and dropped). A single window that takes the whole
      * chunk gets it decoded in place; otherwise it is decoded into scratch and each window copies its part. */
     const sov_chunk_window *windows;
@@ -60,10 +63,18 @@ typedef struct sov_chunk_reader sov_chunk_reader;
 sov_status sov_chunk_reader_create(sov_chunk_reader **out);
 void sov_chunk_reader_destroy(sov_chunk_reader *r);
 
+/* An encrypted checkpoint's chunks are sealed (crypto.h): with file_keys (one per file), each is authenticated
+ * and decrypted before it is decoded; without them, only its stored bytes are checked (and it must have no
+ * windows). */
+typedef struct sov_chunk_keys {
+    int sealed;
+    const sov_key *file_keys;
+} sov_chunk_keys;
+
 /* Reads and decodes refs[0..n), each into its windows (or into scratch where it has none), from
  * dir/files[ref.file]. Chunks are taken in the order given (sort them by file and offset for sequential reads).
- * Fails with the first error met, naming the file and the chunk's offset. */
+ * Fails with the first error met, naming the file and the chunk's offset. keys: NULL for a plain checkpoint. */
 sov_status sov_chunk_reader_run(sov_chunk_reader *r, const char *dir, const char *const *files,
-                                const sov_chunk_ref *refs, size_t n);
+                                const sov_chunk_ref *refs, size_t n, const sov_chunk_keys *keys);
 
 #endif

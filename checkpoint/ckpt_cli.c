@@ -8,19 +8,94 @@
 #include <string.h>
 #include <sys/stat.h>
 
-/* What a failed open or verify means for the operator: a version this sovtrain does not read is not damage. */
+/* What a failed open or verify means for the operator: a version this sovtrain does not read is not damage, nor
+ * is a missing or wrong key (refused), nor a file or key command that cannot be used (an error). */
 static const char *verdict(sov_status st) {
-    return st == SOV_OK ? "ok" : st == SOV_ERR_UNSUPPORTED ? "UNSUPPORTED" : "DAMAGED";
+    switch (st) {
+    case SOV_OK: return "ok";
+    case SOV_ERR_UNSUPPORTED: return "UNSUPPORTED";
+    case SOV_ERR_INVALID: return "REFUSED";
+    case SOV_ERR_FORMAT: return "DAMAGED";
+    default: return "ERROR";
+    }
 }
 
 static void usage(FILE *out) {
-    fprintf(out, "usage: sovtrain ckpt ls DIR                  checkpoints under DIR: step, size, ratio, status\n"
-                 "       sovtrain ckpt verify PATH             check every checksum of DIR/step-N (exit 1 if damaged\n"
+    fprintf(out, "usage: sovtrain ckpt ls DIR [KEY] [SIGNED]   checkpoints under DIR: step, size, ratio, status\n"
+                 "       sovtrain ckpt verify PATH [KEY] [SIGNED]\n"
+                 "                                             check every checksum of DIR/step-N (exit 1 if damaged\n"
                  "                                             or of a format version it does not read)\n"
-                 "       sovtrain ckpt inspect PATH            summary of the manifest\n"
-                 "       sovtrain ckpt export PATH --format safetensors -o FILE\n"
+                 "       sovtrain ckpt inspect PATH [KEY]      summary of the manifest\n"
+                 "       sovtrain ckpt export PATH [KEY] [SIGNED] --format safetensors -o FILE\n"
                  "PATH is a checkpoint directory (DIR/step-N), DIR/latest (the one it names), or DIR itself, meaning\n"
-                 "its newest good checkpoint.\n");
+                 "its newest good checkpoint.\n"
+                 "KEY, for an encrypted checkpoint: --ckpt-key-file PATH or --ckpt-key-command CMD, as given to\n"
+                 "`sovtrain train`. Without it, verify checks the stored bytes only, and export cannot read.\n"
+                 "SIGNED: --public-key PEM: the checkpoint must be signed by this ECDSA public key (model.sig, the\n"
+                 "OpenSSF model signing format), every file as signed; otherwise it counts as damaged.\n");
+}
+
+/* A subcommand's arguments: one checkpoint location, and options. */
+typedef struct cli_args {
+    const char *where, *format, *out, *key_file, *key_command, *public_key;
+} cli_args;
+
+/* Parses argv[0..argc) of subcommand `cmd`; export alone takes --format and -o. Returns 0, or 2 after a message. */
+static int parse_args(const char *cmd, int argc, char **argv, cli_args *a) {
+    *a = (cli_args){0};
+    for (int i = 0; i < argc; i++) {
+        const char *flag = argv[i], **into = NULL;
+        if (!strcmp(flag, "--ckpt-key-file"))
+            into = &a->key_file;
+        else if (!strcmp(flag, "--ckpt-key-command"))
+            into = &a->key_command;
+        else if (!strcmp(flag, "--public-key"))
+            into = &a->public_key;
+        else if (!strcmp(cmd, "export") && !strcmp(flag, "--format"))
+            into = &a->format;
+        else if (!strcmp(cmd, "export") && !strcmp(flag, "-o"))
+            into = &a->out;
+        if (into && i + 1 < argc) {
+            *into = argv[++i];
+        } else if (into || flag[0] == '-' || a->where) {
+            fprintf(stderr, "sovtrain ckpt %s: %s \"%s\" (see sovtrain ckpt --help)\n", cmd,
+                    into ? "a value is missing after" : flag[0] == '-' ? "unknown option" : "one path only, not also",
+                    flag);
+            return 2;
+        } else {
+            a->where = flag;
+        }
+    }
+    if (!a->where) {
+        fprintf(stderr, "sovtrain ckpt %s: which checkpoint? (see sovtrain ckpt --help)\n", cmd);
+        return 2;
+    }
+    if (a->key_file && a->key_command) {
+        fprintf(stderr, "sovtrain ckpt %s: give --ckpt-key-file or --ckpt-key-command, not both\n", cmd);
+        return 2;
+    }
+    return 0;
+}
+
+/* The key the arguments name, or NULL. */
+static sov_status key_of(const cli_args *a, sov_ckpt_key **key) {
+    *key = NULL;
+    if (a->key_file)
+        return sov_ckpt_key_from_file(a->key_file, key);
+    if (a->key_command)
+        return sov_ckpt_key_from_command(a->key_command, key);
+    return SOV_OK;
+}
+
+/* Opens `path` with the arguments' key, after checking its signature when they give a public key. */
+static sov_status open_with(const cli_args *a, const char *path, sov_ckpt **c) {
+    if (a->public_key)
+        SOV_CHECK(sov_ckpt_verify_signature(path, a->public_key));
+    sov_ckpt_key *key;
+    SOV_CHECK(key_of(a, &key));
+    sov_status st = sov_ckpt_open_key(path, key, c);
+    sov_ckpt_key_free(key);
+    return st;
 }
 
 /* DIR/latest, the pointer file each commit replaces last ("step-N"): the checkpoint it names. */
@@ -74,7 +149,8 @@ static void sizes(const sov_ckpt *c, double *raw, double *stored) {
         *stored += (double)json_integer_value(json_object_get(f, "bytes"));
 }
 
-static int cmd_ls(const char *dir) {
+static int cmd_ls(const cli_args *a) {
+    const char *dir = a->where;
     long steps[4096];
     int n = sov_ckpt_list_steps(dir, steps, 4096);
     char latest[64] = "", *text = NULL, lpath[4200];
@@ -91,32 +167,37 @@ static int cmd_ls(const char *dir) {
         snprintf(name, sizeof name, "step-%ld", steps[i]);
         snprintf(path, sizeof path, "%s/%s", dir, name);
         sov_ckpt *c;
-        sov_status st = sov_ckpt_open(path, &c);
+        sov_status st = open_with(a, path, &c);
         double raw = 0, stored = 0;
+        char sealed[300] = "";
         if (st == SOV_OK) {
             sizes(c, &raw, &stored);
+            if (sov_ckpt_key_id(c))
+                snprintf(sealed, sizeof sealed, " (encrypted, key id %s%s)", sov_ckpt_key_id(c),
+                         a->key_file || a->key_command ? "" : ": stored bytes only");
             st = sov_ckpt_verify(c);
             sov_ckpt_close(c);
         }
         bad |= st != SOV_OK;
-        printf("%-14s %10ld %12.2f %12.2f %7.3f  %s%s%s\n", name, steps[i], raw / 1e6, stored / 1e6,
+        printf("%-14s %10ld %12.2f %12.2f %7.3f  %s%s%s%s\n", name, steps[i], raw / 1e6, stored / 1e6,
                stored > 0 ? raw / stored : 0.0, verdict(st), st == SOV_OK ? "" : ": ",
-               st == SOV_OK ? (strcmp(latest, name) == 0 ? " (latest)" : "") : sov_last_error());
+               st == SOV_OK ? (strcmp(latest, name) == 0 ? " (latest)" : "") : sov_last_error(),
+               st == SOV_OK ? sealed : "");
     }
     if (n == 0)
         printf("(no checkpoints under %s)\n", dir);
     return bad ? 1 : 0;
 }
 
-static int cmd_verify(const char *arg) {
+static int cmd_verify(const cli_args *a) {
     char path[4200];
     sov_ckpt *c = NULL;
-    sov_status st = resolve(arg, path, sizeof path);
+    sov_status st = resolve(a->where, path, sizeof path);
     if (st != SOV_OK) {
         fprintf(stderr, "sovtrain ckpt verify: %s\n", sov_last_error());
         return 1;
     }
-    st = sov_ckpt_open(path, &c);
+    st = open_with(a, path, &c);
     if (st == SOV_OK)
         st = sov_ckpt_verify(c);
     if (st != SOV_OK) {
@@ -124,7 +205,16 @@ static int cmd_verify(const char *arg) {
         sov_ckpt_close(c);
         return 1;
     }
-    printf("%s: ok (step %ld, every chunk checksum verified)\n", path, sov_ckpt_step(c));
+    if (!sov_ckpt_key_id(c))
+        printf("%s: ok (step %ld, every chunk checksum verified)\n", path, sov_ckpt_step(c));
+    else if (a->key_file || a->key_command)
+        printf("%s: ok (step %ld, encrypted with key id %s: the manifest's MAC and every chunk authenticated, "
+               "decrypted and its checksums verified)\n", path, sov_ckpt_step(c), sov_ckpt_key_id(c));
+    else
+        printf("%s: ok (step %ld, encrypted with key id %s: the stored bytes verified; give the key to check the "
+               "contents too)\n", path, sov_ckpt_step(c), sov_ckpt_key_id(c));
+    if (a->public_key)
+        printf("%s: signed by %s: the signature and every file's SHA-256 verified\n", path, a->public_key);
     sov_ckpt_close(c);
     return 0;
 }
@@ -132,21 +222,23 @@ static int cmd_verify(const char *arg) {
 /* The state's metadata: whole when it fits a few lines; else its beginning and where to read the rest (a Python
  * state's tree or DCP's metadata run to hundreds of kB). */
 #define META_SHOWN 400
-static void print_meta(const char *meta, const char *path) {
+static void print_meta(const char *meta, const char *path, int sealed) {
     size_t n = strlen(meta);
     if (n <= META_SHOWN)
         printf("meta        %s\n", meta);
+    else if (sealed) /* nowhere in the clear to point at */
+        printf("meta        %.*s... (%.1f kB in all)\n", META_SHOWN, meta, (double)n / 1e3);
     else
         printf("meta        %.*s... (%.1f kB in all: jq .meta %s/manifest.json)\n", META_SHOWN, meta, (double)n / 1e3,
                path);
 }
 
-static int cmd_inspect(const char *arg) {
+static int cmd_inspect(const cli_args *a) {
     char path[4200];
     sov_ckpt *c = NULL;
-    sov_status st = resolve(arg, path, sizeof path);
+    sov_status st = resolve(a->where, path, sizeof path);
     if (st == SOV_OK)
-        st = sov_ckpt_open(path, &c);
+        st = open_with(a, path, &c);
     if (st != SOV_OK) {
         fprintf(stderr, "sovtrain ckpt inspect: %s\n", sov_last_error());
         return 1;
@@ -175,28 +267,30 @@ static int cmd_inspect(const char *arg) {
             first = 0;
         }
     printf("; %d sharded)\n", sharded);
-    print_meta(sov_ckpt_meta_json(c), path);
+    const json_t *enc = json_object_get(m, "encryption");
+    if (enc)
+        printf("encryption  %s, key id %s (data key wrapped by %s)\n",
+               json_string_value(json_object_get(enc, "cipher")), sov_ckpt_key_id(c),
+               json_string_value(json_object_get(enc, "wrap")));
+    if (enc && !a->key_file && !a->key_command)
+        printf("meta        (encrypted: give the key to read it)\n");
+    else
+        print_meta(sov_ckpt_meta_json(c), path, enc != NULL);
     sov_ckpt_close(c);
     return 0;
 }
 
-static int cmd_export(int argc, char **argv) {
-    const char *format = NULL, *out = NULL, *arg = argv[0];
-    for (int i = 1; i + 1 < argc; i += 2) {
-        if (strcmp(argv[i], "--format") == 0)
-            format = argv[i + 1];
-        else if (strcmp(argv[i], "-o") == 0)
-            out = argv[i + 1];
-    }
+static int cmd_export(const cli_args *a) {
+    const char *format = a->format, *out = a->out;
     if (!format || strcmp(format, "safetensors") != 0 || !out) {
         fprintf(stderr, "sovtrain ckpt export: needs --format safetensors and -o FILE\n");
         return 2;
     }
     char path[4200];
     sov_ckpt *c = NULL;
-    sov_status st = resolve(arg, path, sizeof path);
+    sov_status st = resolve(a->where, path, sizeof path);
     if (st == SOV_OK)
-        st = sov_ckpt_open(path, &c);
+        st = open_with(a, path, &c);
     if (st == SOV_OK)
         st = sov_ckpt_export_safetensors(c, out);
     if (st != SOV_OK) {
@@ -220,14 +314,17 @@ int sov_ckpt_main(int argc, char **argv) {
             return 0;
         }
     const char *cmd = argv[1];
-    if (strcmp(cmd, "ls") == 0)
-        return cmd_ls(argv[2]);
-    if (strcmp(cmd, "verify") == 0)
-        return cmd_verify(argv[2]);
-    if (strcmp(cmd, "inspect") == 0)
-        return cmd_inspect(argv[2]);
-    if (strcmp(cmd, "export") == 0)
-        return cmd_export(argc - 2, argv + 2);
+    static const struct {
+        const char *name;
+        int (*run)(const cli_args *a);
+    } subcommands[] = {{"ls", cmd_ls}, {"verify", cmd_verify}, {"inspect", cmd_inspect}, {"export", cmd_export}};
+    for (size_t i = 0; i < sizeof subcommands / sizeof *subcommands; i++) {
+        if (strcmp(cmd, subcommands[i].name) != 0)
+            continue;
+        cli_args a;
+        int bad = parse_args(cmd, argc - 2, argv + 2, &a);
+        return bad ? bad : subcommands[i].run(&a);
+    }
     fprintf(stderr, "sovtrain ckpt: unknown subcommand \"%s\"\n", cmd);
     usage(stderr);
     return 2;

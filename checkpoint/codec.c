@@ -703,8 +703,9 @@ static uint64_t join_hashed(sov_codec *c, const uint8_t *const plane[], size_t c
     return sov_xxh3_stream_digest(c->raw_hash);
 }
 
-sov_status sov_chunk_decode(sov_codec *c, const void *chunk, size_t bytes, void *raw, size_t raw_cap,
-                            size_t *raw_bytes, const char *where) {
+/* authenticated: the payload's bytes were authenticated already (AES-GCM), which its checksum adds nothing to. */
+static sov_status decode(sov_codec *c, const void *chunk, size_t bytes, void *raw, size_t raw_cap, size_t *raw_bytes,
+                         const char *where, int authenticated) {
     if (bytes < SOV_CHUNK_HEADER_BYTES)
         return sov_fail(SOV_ERR_FORMAT, "%s: truncated chunk (%zu bytes, the header alone is %d)", where, bytes,
                         SOV_CHUNK_HEADER_BYTES);
@@ -717,7 +718,7 @@ sov_status sov_chunk_decode(sov_codec *c, const void *chunk, size_t bytes, void 
     if (h.raw_bytes > raw_cap || h.raw_bytes > c->max_raw)
         return sov_fail(SOV_ERR_FORMAT, "%s: chunk of %llu raw bytes exceeds the %zu expected", where,
                         (unsigned long long)h.raw_bytes, raw_cap < c->max_raw ? raw_cap : c->max_raw);
-    if (sov_xxh3(payload, h.stored_bytes) != h.xxh3_stored)
+    if (!authenticated && sov_xxh3(payload, h.stored_bytes) != h.xxh3_stored)
         return sov_fail(SOV_ERR_FORMAT, "%s: stored-bytes checksum mismatch (the chunk's data is damaged)", where);
     /* Planes stored raw are joined from where they lie in the payload; compressed ones are decompressed first (into
      * scratch, or straight into raw when there is no transform). */
@@ -751,4 +752,14 @@ sov_status sov_chunk_decode(sov_codec *c, const void *chunk, size_t bytes, void 
         return sov_fail(SOV_ERR_FORMAT, "%s: raw-bytes checksum mismatch after decoding", where);
     *raw_bytes = h.raw_bytes;
     return SOV_OK;
+}
+
+sov_status sov_chunk_decode(sov_codec *c, const void *chunk, size_t bytes, void *raw, size_t raw_cap,
+                            size_t *raw_bytes, const char *where) {
+    return decode(c, chunk, bytes, raw, raw_cap, raw_bytes, where, 0);
+}
+
+sov_status sov_chunk_decode_authenticated(sov_codec *c, const void *chunk, size_t bytes, void *raw, size_t raw_cap,
+                                          size_t *raw_bytes, const char *where) {
+    return decode(c, chunk, bytes, raw, raw_cap, raw_bytes, where, 1);
 }

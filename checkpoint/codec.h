@@ -62,6 +62,11 @@ sov_status sov_chunk_parse_header(const void *bytes, sov_chunk_header *h, const 
 sov_status sov_chunk_decode(sov_codec *c, const void *chunk, size_t bytes, void *raw, size_t raw_cap,
                             size_t *raw_bytes, const char *where);
 
+/* The same for a chunk whose bytes were authenticated (an encrypted checkpoint's, by AES-GCM): its stored-bytes
+ * checksum is not computed again; everything else is checked. */
+sov_status sov_chunk_decode_authenticated(sov_codec *c, const void *chunk, size_t bytes, void *raw, size_t raw_cap,
+                                          size_t *raw_bytes, const char *where);
+
 /* Order-0 entropy in bits per byte of n bytes (0..8). */
 double sov_entropy_bits(const uint8_t *p, size_t n);
 

@@ -2,6 +2,7 @@
 #include "catalog.h"
 #include "commit.h"
 #include "fsio.h"
+#include "signing.h"
 #include <sovtrain/ckpt.h>
 
 #include <dirent.h>
@@ -157,27 +158,85 @@ static sov_status check_assembled(const sov_commit *c, const json_t *m) {
     return st;
 }
 
+/* Signing: each marker's "sha256" of its data file, taken out of it (the manifest lists no digests) into files,
+ * which has room for every marker and the manifest. */
+static sov_status take_digests(const sov_commit *c, json_t *markers, sov_signed_file *files) {
+    size_t r;
+    json_t *f;
+    json_array_foreach(markers, r, f) {
+        const char *name = json_string_value(json_object_get(f, "file"));
+        uint8_t *digest = files[r].sha256;
+        const char *hex = json_string_value(json_object_get(f, "sha256"));
+        int ok = name && hex && strlen(hex) == 2 * SOV_SHA256_BYTES;
+        for (int i = 0; ok && i < SOV_SHA256_BYTES; i++) {
+            unsigned v;
+            ok = sscanf(hex + 2 * i, "%2x", &v) == 1;
+            digest[i] = (uint8_t)v;
+        }
+        if (!ok)
+            return sov_fail(SOV_ERR_INVALID, "rank 0: the checkpoint of step %ld: rank %zu's part has no SHA-256 to "
+                            "sign (every rank must set options.sign); the previous checkpoint stays latest", c->step, r);
+        snprintf(files[r].name, sizeof files[r].name, "%s", name);
+        json_object_del(f, "sha256");
+    }
+    return SOV_OK;
+}
+
+/* model.sig over the data files (their digests in `files`) and the manifest text, into the partial directory. */
+static sov_status write_signature(const sov_commit *c, sov_signed_file *files, size_t n, const char *manifest,
+                                  size_t manifest_n) {
+    snprintf(files[n].name, sizeof files[n].name, "manifest.json");
+    sov_sha256 *h = sov_sha256_new();
+    if (!h)
+        return sov_fail(SOV_ERR_NOMEM, "rank 0: out of memory signing the checkpoint");
+    sov_sha256_update(h, manifest, manifest_n);
+    sov_sha256_final(h, files[n].sha256);
+    sov_sha256_free(h);
+    const char *subject = strrchr(c->final, '/');
+    char *bundle = NULL;
+    SOV_CHECK(sov_sign_files(c->signer, subject ? subject + 1 : c->final, files, (int)n + 1, &bundle));
+    sov_status st = sov_write_file_atomic(c->partial, SOV_SIGNATURE_FILE, bundle, strlen(bundle));
+    free(bundle);
+    return st;
+}
+
 static sov_status write_manifest(const sov_commit *c, const json_t *manifest_base, json_t *files) {
     json_t *m = json_deep_copy(manifest_base);
-    sov_status st = merge_parts(c, m, files);
+    size_t nfiles = json_array_size(files);
+    sov_signed_file *signed_files = c->sign ? sov_calloc(nfiles + 1, sizeof *signed_files) : NULL;
+    sov_status st = c->sign && !signed_files ? SOV_ERR_NOMEM : SOV_OK;
+    if (st == SOV_OK && c->sign)
+        st = take_digests(c, files, signed_files);
+    if (st == SOV_OK)
+        st = merge_parts(c, m, files);
     if (st == SOV_OK)
         st = check_assembled(c, m);
     if (st != SOV_OK) {
         json_decref(m);
         json_decref(files);
+        free(signed_files);
         return st;
     }
     json_object_set_new(m, "files", files);
+    if (c->mac_key)
+        json_object_set_new(m, "manifest_mac", json_string(SOV_MANIFEST_MAC_ZERO));
     json_object_set_new(m, "manifest_xxh3", json_string("0000000000000000"));
     char *text = json_dumps(m, JSON_INDENT(1) | JSON_PRESERVE_ORDER);
     json_decref(m);
-    if (!text)
+    if (!text) {
+        free(signed_files);
         return sov_fail(SOV_ERR_NOMEM, "rank 0: cannot serialise the manifest");
+    }
     size_t n = strlen(text);
-    st = sov_manifest_seal(text, n);
+    st = c->mac_key ? sov_manifest_mac(text, n, c->mac_key) : SOV_OK;
+    if (st == SOV_OK)
+        st = sov_manifest_seal(text, n);
     if (st == SOV_OK)
         st = sov_write_file_atomic(c->partial, "manifest.json", text, n);
+    if (st == SOV_OK && c->sign)
+        st = write_signature(c, signed_files, nfiles, text, n);
     free(text);
+    free(signed_files);
     return st;
 }
 

@@ -6,7 +6,9 @@
 #ifndef SOV_CKPT_COMMIT_H
 #define SOV_CKPT_COMMIT_H
 
+#include "crypto.h"
 #include "sov_internal.h"
+#include <sovtrain/ckpt.h>
 
 #include <jansson.h>
 #include <stdint.h>
@@ -19,9 +21,13 @@ typedef struct sov_commit {
     int rank, world;
     uint64_t save_id;    /* the same on every rank for one save: a marker of another attempt is not this one's */
     double timeout_s;    /* how long rank 0 waits for the other ranks' markers */
+    const sov_key *mac_key; /* an encrypted checkpoint: the manifest carries its HMAC under this key */
+    int sign;                       /* every marker carries its data file's "sha256" ... */
+    const sov_ckpt_signer *signer;  /* ... and rank 0 signs them and the manifest into model.sig */
 } sov_commit;
 
-/* Rank r > 0: this rank's data file is durable; marker describes it (save_id, rank, file, bytes, chunks). */
+/* Rank r > 0: this rank's data file is durable; marker describes it (save_id, rank, file, bytes, chunks, and
+ * sha256 when signing). */
 sov_status sov_commit_report(const sov_commit *c, json_t *marker);
 /* Rank r > 0: this rank's part failed, and why, so that rank 0 stops waiting for it (best effort). */
 void sov_commit_report_failure(const sov_commit *c, const char *message);

@@ -1,6 +1,8 @@
 /* fsio.c: see fsio.h. */
 #include "fsio.h"
 
+#include <openssl/crypto.h>
+
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -140,24 +142,27 @@ sov_status sov_remove_dir(const char *path) {
     return rmdir(path) == 0 || errno == ENOENT ? SOV_OK : sov_fail(SOV_ERR_IO, "removing %s: %s", path, strerror(errno));
 }
 
-/* The 16 hex digits of the seal inside text, or NULL. The seal is the manifest's last key, so the last
- * occurrence counts (a key of the same name inside "meta" cannot take its place). */
-static char *seal_digits(const char *text, size_t n) {
-    const char *key = NULL;
-    for (const char *p = strstr(text, SOV_MANIFEST_SEAL_KEY); p; p = strstr(p + 1, SOV_MANIFEST_SEAL_KEY))
-        key = p;
-    if (!key)
+/* The `digits` hex digits of the field `key` (quoted) inside text, or NULL. The seal is the manifest's last key
+ * and the MAC the one before it, so the last occurrence counts (a key of the same name inside "meta" or a tensor's
+ * name cannot take its place). */
+static char *hex_field(const char *text, size_t n, const char *key, int digits) {
+    const char *found = NULL;
+    for (const char *p = strstr(text, key); p; p = strstr(p + 1, key))
+        found = p;
+    if (!found)
         return NULL;
-    const char *p = key + strlen(SOV_MANIFEST_SEAL_KEY);
+    const char *p = found + strlen(key);
     while (*p == ' ' || *p == ':')
         p++;
-    if (*p != '"' || (size_t)(p + 18 - text) > n || p[17] != '"')
+    if (*p != '"' || (size_t)(p + digits + 2 - text) > n || p[digits + 1] != '"')
         return NULL;
-    for (int i = 1; i <= 16; i++)
+    for (int i = 1; i <= digits; i++)
         if (!strchr("0123456789abcdef", p[i]) || !p[i])
             return NULL;
     return (char *)p + 1;
 }
+
+static char *seal_digits(const char *text, size_t n) { return hex_field(text, n, SOV_MANIFEST_SEAL_KEY, 16); }
 
 sov_status sov_manifest_seal(char *text, size_t n) {
     char *digits = seal_digits(text, n);
@@ -191,6 +196,49 @@ sov_status sov_manifest_check(const char *text, size_t n, const char *where) {
             st = sov_fail(SOV_ERR_FORMAT, "%s: manifest checksum mismatch (stored %s, computed %s): the manifest is "
                           "damaged", where, stored, hex);
     }
+    free(copy);
+    return st;
+}
+
+#define MAC_KEY "\"manifest_mac\""
+
+/* The HMAC of the text with the seal's and the MAC's digits zeroed, into hex (65 bytes). */
+static sov_status mac_hex(char *text, size_t n, const sov_key *key, char *hex) {
+    char *seal = seal_digits(text, n), *mac = hex_field(text, n, MAC_KEY, 64);
+    if (!seal || !mac)
+        return sov_fail(SOV_ERR_FORMAT, "no \"manifest_mac\" before the seal");
+    memset(seal, '0', 16);
+    memset(mac, '0', 64);
+    uint8_t digest[32];
+    SOV_CHECK(sov_hmac(key, text, n, digest));
+    sov_hex(digest, 32, hex);
+    return SOV_OK;
+}
+
+sov_status sov_manifest_mac(char *text, size_t n, const sov_key *key) {
+    char hex[65];
+    SOV_CHECK(mac_hex(text, n, key, hex));
+    memcpy(hex_field(text, n, MAC_KEY, 64), hex, 64);
+    return SOV_OK;
+}
+
+sov_status sov_manifest_mac_check(const char *text, size_t n, const sov_key *key, const char *where) {
+    char *copy = sov_malloc(n + 1);
+    if (!copy)
+        return SOV_ERR_NOMEM;
+    memcpy(copy, text, n);
+    copy[n] = '\0';
+    char *mac = hex_field(copy, n, MAC_KEY, 64), stored[65], hex[65];
+    sov_status st = mac ? SOV_OK : sov_fail(SOV_ERR_FORMAT, "%s: an encrypted checkpoint's manifest without its "
+                                            "\"manifest_mac\": damaged or tampered with", where);
+    if (st == SOV_OK) {
+        memcpy(stored, mac, 64);
+        stored[64] = '\0';
+        st = mac_hex(copy, n, key, hex);
+    }
+    if (st == SOV_OK && CRYPTO_memcmp(hex, stored, 64) != 0)
+        st = sov_fail(SOV_ERR_FORMAT, "%s: the manifest does not match its MAC (HMAC-SHA256 under this checkpoint's "
+                      "data key): it was tampered with, or the data key given is another checkpoint's", where);
     free(copy);
     return st;
 }

@@ -2,6 +2,7 @@
 #ifndef SOV_CKPT_FSIO_H
 #define SOV_CKPT_FSIO_H
 
+#include "crypto.h"
 #include "sov_internal.h"
 
 #include <stddef.h>
@@ -31,5 +32,12 @@ sov_status sov_remove_dir(const char *path);
 #define SOV_MANIFEST_SEAL_KEY "\"manifest_xxh3\""
 sov_status sov_manifest_seal(char *text, size_t n);
 sov_status sov_manifest_check(const char *text, size_t n, const char *where);
+/* An encrypted checkpoint's manifest also carries "manifest_mac": "<64 hex digits>" just before the seal: the
+ * HMAC-SHA256, under a key derived from the checkpoint's data key, of the whole text with the MAC's and the seal's
+ * digits written as zeros. Without the data key no one can change the manifest unnoticed. mac() fills it in
+ * (before the seal); mac_check() verifies it. */
+#define SOV_MANIFEST_MAC_ZERO "0000000000000000000000000000000000000000000000000000000000000000"
+sov_status sov_manifest_mac(char *text, size_t n, const sov_key *key);
+sov_status sov_manifest_mac_check(const char *text, size_t n, const sov_key *key, const char *where);
 
 #endif

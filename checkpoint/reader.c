@@ -4,7 +4,9 @@
 #include "catalog.h"
 #include "chunk_reader.h"
 #include "codec.h"
+#include "crypto.h"
 #include "fsio.h"
+#include "keys.h"
 #include <sovtrain/ckpt.h>
 
 #include <dirent.h>
@@ -35,6 +37,14 @@ struct sov_ckpt {
     sov_catalog cat;
     buffer_chunks *index;     /* per buffer of cat, made at the first read */
     sov_chunk_reader *chunks; /* made at the first read */
+    uint64_t chunk_min, chunk_max; /* the sizes a stored chunk may have */
+    /* encrypted (format 5): the manifest's encryption entry; with the key, the data key and each file's key */
+    const json_t *encryption;
+    uint64_t save_id;
+    int unlocked;
+    sov_key data_key;
+    sov_key *file_keys;
+    size_t nfile_keys;
 };
 
 static sov_status bad(const sov_ckpt *c, const char *what) {
@@ -61,11 +71,12 @@ static sov_status check_layout(const sov_ckpt *c, json_t *f) {
     json_array_foreach(chunks, i, ch) {
         json_t *fo = json_object_get(ch, "file_offset"), *by = json_object_get(ch, "bytes");
         if (!json_is_integer(fo) || !json_is_integer(by) || json_integer_value(fo) < 0 ||
-            json_integer_value(by) < SOV_CHUNK_HEADER_BYTES ||
-            (uint64_t)json_integer_value(by) > sov_chunk_bound(c->chunk_bytes)) {
+            (uint64_t)json_integer_value(by) < c->chunk_min || (uint64_t)json_integer_value(by) > c->chunk_max ||
+            (c->encryption && i > 0 && (uint64_t)json_integer_value(fo) <= span[i - 1][0])) {
             free(span);
-            return sov_fail(SOV_ERR_FORMAT, "%s/manifest.json: chunk %zu of %s has no valid place or size",
-                            c->path, i, json_string_value(json_object_get(f, "file")));
+            return sov_fail(SOV_ERR_FORMAT, "%s/manifest.json: chunk %zu of %s has no valid place or size%s",
+                            c->path, i, json_string_value(json_object_get(f, "file")),
+                            c->encryption ? " (an encrypted checkpoint lists its chunks in file order)" : "");
         }
         span[i][0] = (uint64_t)json_integer_value(fo);
         span[i][1] = (uint64_t)json_integer_value(by);
@@ -80,6 +91,25 @@ static sov_status check_layout(const sov_ckpt *c, json_t *f) {
                         "them (from byte 0, each at the first multiple of %llu bytes after the one before, the last "
                         "ending at the file's \"bytes\")", c->path, json_string_value(json_object_get(f, "file")),
                         (unsigned long long)c->align);
+    return SOV_OK;
+}
+
+/* Format 5 is format 4 encrypted: its "encryption" entry names how, and with which key. */
+static sov_status validate_encryption(sov_ckpt *c) {
+    json_t *e = json_object_get(c->manifest, "encryption"), *meta = json_object_get(e, "meta");
+    if (c->version < 5)
+        return e ? bad(c, "an \"encryption\" entry in a checkpoint of a format before 5") : SOV_OK;
+    const char *cipher = json_string_value(json_object_get(e, "cipher")), *kdf = json_string_value(json_object_get(e, "kdf"));
+    const char *id = json_string_value(json_object_get(e, "save_id"));
+    char *end = NULL;
+    if (id && strlen(id) == 16)
+        c->save_id = strtoull(id, &end, 16);
+    if (!json_is_object(e) || !cipher || strcmp(cipher, "aes-256-gcm") || !kdf || strcmp(kdf, "hkdf-sha256") ||
+        !end || *end || !json_is_string(json_object_get(e, "key_id")) || !json_is_string(json_object_get(e, "wrap")) ||
+        !json_is_string(json_object_get(e, "wrapped_key")) || !(json_is_string(meta) || json_is_null(meta)))
+        return bad(c, "format 5 needs an \"encryption\" entry with cipher aes-256-gcm, kdf hkdf-sha256, a 16-digit "
+                   "save_id, key_id, wrap, wrapped_key and meta");
+    c->encryption = e;
     return SOV_OK;
 }
 
@@ -105,6 +135,9 @@ static sov_status validate(sov_ckpt *c) {
     c->chunk_bytes = (size_t)json_integer_value(chunk);
     c->version = (int)json_integer_value(version);
     c->align = c->version >= 3 ? SOV_CKPT_CHUNK_ALIGN : 1;
+    SOV_CHECK(validate_encryption(c));
+    c->chunk_min = SOV_CHUNK_HEADER_BYTES + (c->encryption ? SOV_SEAL_OVERHEAD : 0);
+    c->chunk_max = sov_chunk_bound(c->chunk_bytes) + (c->encryption ? SOV_SEAL_OVERHEAD : 0);
     json_t *world = json_object_get(m, "world_size");
     c->world = json_is_integer(world) && json_integer_value(world) > 0 && json_integer_value(world) < (1 << 24)
                    ? (int)json_integer_value(world) : (int)json_array_size(json_object_get(m, "files"));
@@ -138,14 +171,44 @@ static sov_status validate_files(sov_ckpt *c) {
     return SOV_OK;
 }
 
+/* An encrypted checkpoint with its key: the data key unwrapped, the manifest's text (n bytes) authenticated, the
+ * metadata decrypted, and each data file's key derived. */
+static sov_status unlock(sov_ckpt *c, const sov_ckpt_key *key, const char *text, size_t n, const char *mpath) {
+    SOV_CHECK(sov_key_unwrap(key, c->encryption, &c->data_key, c->path));
+    sov_key k;
+    sov_status st = sov_derive_key(&c->data_key, c->save_id, "manifest", &k);
+    if (st == SOV_OK)
+        st = sov_manifest_mac_check(text, n, &k, mpath);
+    const char *meta = json_string_value(json_object_get(c->encryption, "meta"));
+    if (st == SOV_OK && meta && (st = sov_derive_key(&c->data_key, c->save_id, "meta", &k)) == SOV_OK)
+        st = sov_decrypt_text(&k, meta, &c->meta_text, mpath);
+    sov_wipe(&k, sizeof k);
+    json_t *files = json_object_get(c->manifest, "files");
+    size_t nfiles = json_array_size(files);
+    if (st == SOV_OK && !(c->file_keys = sov_calloc(nfiles + 1, sizeof *c->file_keys)))
+        st = SOV_ERR_NOMEM;
+    c->nfile_keys = c->file_keys ? nfiles : 0;
+    for (size_t i = 0; i < nfiles && st == SOV_OK; i++) {
+        char purpose[300];
+        snprintf(purpose, sizeof purpose, "file:%s", json_string_value(json_object_get(json_array_get(files, i), "file")));
+        st = sov_derive_key(&c->data_key, c->save_id, purpose, &c->file_keys[i]);
+    }
+    c->unlocked = st == SOV_OK;
+    return st;
+}
+
 /* The manifest's meta as text, for sov_ckpt_meta_json. */
 static sov_status keep_meta(sov_ckpt *c) {
+    if (c->meta_text)
+        return SOV_OK; /* decrypted */
     json_t *meta = json_object_get(c->manifest, "meta");
     c->meta_text = meta ? json_dumps(meta, JSON_COMPACT | JSON_ENCODE_ANY) : strdup("null");
     return c->meta_text ? SOV_OK : sov_fail(SOV_ERR_NOMEM, "%s: cannot keep the manifest's meta", c->path);
 }
 
-sov_status sov_ckpt_open(const char *path, sov_ckpt **out) {
+sov_status sov_ckpt_open(const char *path, sov_ckpt **out) { return sov_ckpt_open_key(path, NULL, out); }
+
+sov_status sov_ckpt_open_key(const char *path, const sov_ckpt_key *key, sov_ckpt **out) {
     sov_ckpt *c = sov_calloc(1, sizeof *c);
     if (!c)
         return SOV_ERR_NOMEM;
@@ -163,9 +226,11 @@ sov_status sov_ckpt_open(const char *path, sov_ckpt **out) {
         if (!c->manifest || !json_is_object(c->manifest))
             st = sov_fail(SOV_ERR_FORMAT, "%s: not valid JSON (line %d: %s)", mpath, err.line, err.text);
     }
-    free(text);
     if (st == SOV_OK)
         st = validate(c);
+    if (st == SOV_OK && c->encryption && key)
+        st = unlock(c, key, text, n, mpath);
+    free(text);
     if (st == SOV_OK)
         st = sov_catalog_from_manifest(c->manifest, c->version, mpath, &c->cat);
     if (st == SOV_OK)
@@ -195,7 +260,22 @@ void sov_ckpt_close(sov_ckpt *c) {
     sov_catalog_free(&c->cat);
     free(c->meta_text);
     json_decref(c->manifest);
+    if (c->file_keys)
+        sov_wipe(c->file_keys, c->nfile_keys * sizeof *c->file_keys);
+    free(c->file_keys);
+    sov_wipe(&c->data_key, sizeof c->data_key);
     free(c);
+}
+
+const char *sov_ckpt_key_id(const sov_ckpt *c) {
+    return c->encryption ? json_string_value(json_object_get(c->encryption, "key_id")) : NULL;
+}
+
+sov_status sov_ckpt_data_key(const sov_ckpt *c, uint8_t out[32]) {
+    if (!c->unlocked)
+        return sov_fail(SOV_ERR_INVALID, "%s: %s", c->path, c->encryption ? "opened without its key" : "not encrypted");
+    memcpy(out, c->data_key.bytes, SOV_KEY_BYTES);
+    return SOV_OK;
 }
 
 long sov_ckpt_step(const sov_ckpt *c) { return c->step; }
@@ -249,9 +329,9 @@ static sov_status chunk_ref_of(const sov_ckpt *c, size_t fi, size_t ci, const js
     size_t elem_bytes = b >= 0 ? sov_dtype_size(c->cat.buffers[b].dtype) : 4;
     if (b < 0 || !json_is_integer(eo) || !json_is_integer(el) || !json_is_integer(fo) || !json_is_integer(by) ||
         json_integer_value(eo) < 0 || json_integer_value(eo) > SOV_CKPT_MAX_ELEMS || json_integer_value(el) < 1 ||
-        json_integer_value(fo) < 0 || json_integer_value(by) < SOV_CHUNK_HEADER_BYTES ||
+        json_integer_value(fo) < 0 || (uint64_t)json_integer_value(by) < c->chunk_min ||
         (uint64_t)json_integer_value(el) > c->chunk_bytes / elem_bytes ||
-        (uint64_t)json_integer_value(by) > sov_chunk_bound(c->chunk_bytes))
+        (uint64_t)json_integer_value(by) > c->chunk_max)
         return sov_fail(SOV_ERR_FORMAT, "%s/manifest.json: chunk %zu of %s is malformed or oversized", c->path, ci,
                         json_string_value(json_object_get(f, "file")));
     uint64_t end = (uint64_t)json_integer_value(fo) + (uint64_t)json_integer_value(by),
@@ -259,7 +339,8 @@ static sov_status chunk_ref_of(const sov_ckpt *c, size_t fi, size_t ci, const js
     *ref = (sov_chunk_ref){.file = fi, .elem_offset = (size_t)json_integer_value(eo),
                            .elems = (size_t)json_integer_value(el), .elem_bytes = elem_bytes,
                            .file_offset = (uint64_t)json_integer_value(fo), .bytes = (uint64_t)json_integer_value(by),
-                           .pad = end < file_end ? (size_t)(next_start(c, end) - end) : 0};
+                           .pad = end < file_end ? (size_t)(next_start(c, end) - end) : 0, .index = ci,
+                           .last = ci + 1 == json_array_size(json_object_get(f, "chunks"))};
     return SOV_OK;
 }
 
@@ -476,7 +557,8 @@ static sov_status decode_chunks(sov_ckpt *c, const sov_chunk_ref *refs, size_t n
         return sov_fail(SOV_ERR_NOMEM, "reading %s: out of memory", c->path);
     for (size_t i = 0; i < nfiles; i++)
         names[i] = json_string_value(json_object_get(json_array_get(files, i), "file"));
-    sov_status st = sov_chunk_reader_run(c->chunks, c->path, names, refs, n);
+    sov_chunk_keys keys = {.sealed = c->encryption != NULL, .file_keys = c->unlocked ? c->file_keys : NULL};
+    sov_status st = sov_chunk_reader_run(c->chunks, c->path, names, refs, n, &keys);
     free(names);
     return st;
 }
@@ -487,6 +569,9 @@ static void plan_free(read_plan *p) {
 }
 
 sov_status sov_ckpt_read_many(sov_ckpt *c, const sov_ckpt_read_request *requests, int num_requests) {
+    if (c->encryption && !c->unlocked)
+        return sov_fail(SOV_ERR_INVALID, "%s is encrypted with key id %s: give its key to read it (--ckpt-key-file "
+                        "or --ckpt-key-command; sov_ckpt_open_key)", c->path, sov_ckpt_key_id(c));
     SOV_CHECK(build_index(c));
     read_plan p = {0};
     sov_status st = SOV_OK;
@@ -526,7 +611,7 @@ sov_status sov_ckpt_verify(sov_ckpt *c) {
         struct stat sb;
         json_t *bytes = json_object_get(f, "bytes");
         if (stat(path, &sb) != 0)
-            return sov_fail(SOV_ERR_IO, "%s: %s", path, strerror(errno));
+            return sov_fail(errno == ENOENT ? SOV_ERR_FORMAT : SOV_ERR_IO, "%s: %s", path, strerror(errno));
         if (!json_is_integer(bytes) || (json_int_t)sb.st_size != json_integer_value(bytes))
             return sov_fail(SOV_ERR_FORMAT, "%s: %lld bytes, the manifest says %lld", path, (long long)sb.st_size,
                             json_is_integer(bytes) ? (long long)json_integer_value(bytes) : -1LL);

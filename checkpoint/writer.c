@@ -2,8 +2,11 @@
 #include "codec.h"
 #include "commit.h"
 #include "copy.h"
+#include "crypto.h"
 #include "fsio.h"
+#include "keys.h"
 #include "plan.h"
+#include "signing.h"
 #include "snapshot.h"
 #include "stream.h"
 #include <sovtrain/ckpt.h>
@@ -55,6 +58,9 @@ struct sov_ckpt_writer {
     int meta_abandoned;   /* closing: the commit stops waiting */
     pthread_mutex_t meta_lock;
     pthread_cond_t meta_changed;
+    /* encryption (ckpt.h's options.key): the save in flight's data key, and the key of this rank's data file */
+    int sealed;
+    sov_key data_key, file_key;
 };
 
 static void step_paths(const sov_ckpt_writer *w, char *partial, char *final, size_t cap) {
@@ -83,7 +89,8 @@ typedef struct pipeline {
     int nslots;
     struct slot {
         int busy;       /* an encoder is filling it */
-        int ready;      /* encoded and not yet written */
+        int ready;      /* encoded and not yet written (or, when signing, not yet hashed) */
+        int written;    /* signing: written, waiting for the hasher */
         size_t job;     /* which chunk it holds */
         size_t bytes;
         sov_status status;
@@ -94,6 +101,7 @@ typedef struct pipeline {
     int abort;
     int while_copying; /* encoders that may run while the snapshot is still being copied */
     size_t share;      /* bytes of the whole share */
+    sov_sha256 *hash;  /* signing: the data file's SHA-256, which the hasher thread takes in file order */
 } pipeline;
 
 /* Where job's encoded chunk goes: its slot in the writer's output buffer. */
@@ -131,6 +139,18 @@ static void batch_policy(void) {
     (void)pthread_setschedparam(pthread_self(), SCHED_BATCH, &none);
 }
 
+/* Encodes chunk `job` from src into its slot and, for an encrypted checkpoint, seals it there: chunk `job` of the
+ * rank's data file, the last one or not. */
+static sov_status encode_job(const pipeline *p, sov_codec *codec, size_t job, const uint8_t *src, size_t *bytes) {
+    const chunk_job *cj = &p->jobs[job];
+    uint8_t *out = slot_buffer(p, job);
+    size_t room = p->w->sealed ? SOV_SEAL_HEADER_BYTES : 0;
+    SOV_CHECK(sov_chunk_encode(codec, src, cj->bytes, cj->elem_bytes, cj->transform, out + room, bytes));
+    if (p->w->sealed)
+        SOV_CHECK(sov_seal_chunk(&p->w->file_key, job, job + 1 == p->njobs, out, *bytes, bytes));
+    return SOV_OK;
+}
+
 static void *encoder_main(void *arg) {
     encoder_arg *ea = arg;
     batch_policy();
@@ -160,16 +180,14 @@ static void *encoder_main(void *arg) {
         const uint8_t *origin = sov_snapshot_claim(&p->w->snap, cj->at, cj->at + cj->bytes, &gather); /* in order */
         pthread_mutex_unlock(&p->lock);
         size_t bytes = 0;
-        uint8_t *out = slot_buffer(p, job);
         sov_status st = SOV_OK;
         if (origin) { /* the state itself, while the caller is inside save: it will not copy these bytes */
             if (gather) /* small tensors packed in one chunk: this encoder puts them together in staging */
                 sov_snapshot_gather(&p->w->snap, cj->at, cj->at + cj->bytes);
-            st = sov_chunk_encode(codec, origin, cj->bytes, cj->elem_bytes, cj->transform, out, &bytes);
+            st = encode_job(p, codec, job, origin, &bytes);
             sov_snapshot_release(&p->w->snap);
         } else if ((st = sov_snapshot_final(&p->w->snap, cj->at, cj->at + cj->bytes)) == SOV_OK) {
-            st = sov_chunk_encode(codec, p->w->staging + cj->at, cj->bytes, cj->elem_bytes, cj->transform, out,
-                                  &bytes);
+            st = encode_job(p, codec, job, p->w->staging + cj->at, &bytes);
         } else {
             st = snapshot_failure(p->w);
         }
@@ -196,7 +214,31 @@ static int encoders_while_copying(int threads) {
     return free_cores < 1 ? 1 : free_cores < threads ? free_cores : threads;
 }
 
-/* Writes the chunks in order as the encoders finish them, each from its slot, recording each in `chunks`. */
+/* Signing: hashes the data file's bytes in file order as the writer writes them (a chunk and the zeros after it,
+ * but the last one's), each from its slot, which it then frees for the encoders. A thread of its own, so that
+ * hashing one chunk overlaps with writing the next. */
+static void *hasher_main(void *arg) {
+    pipeline *p = arg;
+    for (size_t job = 0; job < p->njobs; job++) {
+        struct slot *sl = &p->slots[job % (size_t)p->nslots];
+        pthread_mutex_lock(&p->lock);
+        while (!p->abort && !(sl->written && sl->job == job))
+            pthread_cond_wait(&p->changed, &p->lock);
+        int stop = p->abort;
+        pthread_mutex_unlock(&p->lock);
+        if (stop)
+            break;
+        sov_sha256_update(p->hash, slot_buffer(p, job), job + 1 < p->njobs ? sov_stream_padded(sl->bytes) : sl->bytes);
+        pthread_mutex_lock(&p->lock);
+        sl->written = sl->ready = 0;
+        pthread_cond_broadcast(&p->changed);
+        pthread_mutex_unlock(&p->lock);
+    }
+    return NULL;
+}
+
+/* Writes the chunks in order as the encoders finish them, each from its slot, recording each in `chunks`. A slot is
+ * then free again, or, when signing, handed to the hasher (hasher_main). */
 static sov_status write_chunks(pipeline *p, sov_stream *out, json_t *chunks) {
     sov_status st = SOV_OK;
     for (size_t job = 0; job < p->njobs && st == SOV_OK; job++) {
@@ -219,7 +261,10 @@ static sov_status write_chunks(pipeline *p, sov_stream *out, json_t *chunks) {
                                                     (json_int_t)(cj->bytes / (size_t)cj->elem_bytes), "file_offset",
                                                     (json_int_t)offset, "bytes", (json_int_t)sl->bytes));
         pthread_mutex_lock(&p->lock);
-        sl->ready = 0;
+        if (st == SOV_OK && p->hash)
+            sl->written = 1;
+        else
+            sl->ready = 0;
         if (st != SOV_OK)
             p->abort = 1;
         pthread_cond_broadcast(&p->changed);
@@ -273,7 +318,14 @@ static sov_status write_share(sov_ckpt_writer *w, const char *partial, json_t **
         return sov_fail(st, "rank %d: %s", w->rank, sov_last_error());
     }
     pipeline p = {.w = w, .jobs = jobs, .njobs = njobs, .nslots = SLOTS(w->opt.threads),
-                  .while_copying = encoders_while_copying(w->opt.threads), .share = share};
+                  .while_copying = encoders_while_copying(w->opt.threads), .share = share,
+                  .hash = w->opt.sign ? sov_sha256_new() : NULL};
+    sov_sha256 *hash = p.hash;
+    if (w->opt.sign && !hash) {
+        free(jobs);
+        sov_stream_discard(&out);
+        return sov_fail(SOV_ERR_NOMEM, "rank %d: out of memory for the data file's hash", w->rank);
+    }
     pthread_mutex_init(&p.lock, NULL);
     pthread_cond_init(&p.changed, NULL);
     pthread_t tids[MAX_THREADS];
@@ -287,8 +339,21 @@ static sov_status write_share(sov_ckpt_writer *w, const char *partial, json_t **
             break;
     }
     json_t *chunks = json_array();
-    st = started ? write_chunks(&p, &out, chunks)
-                            : sov_fail(SOV_ERR_INTERNAL, "rank %d: cannot start checkpoint encoder threads", w->rank);
+    pthread_t hasher;
+    int hashing = started && p.hash && pthread_create(&hasher, NULL, hasher_main, &p) == 0;
+    if (p.hash && !hashing)
+        st = sov_fail(SOV_ERR_INTERNAL, "rank %d: cannot start the thread that hashes the data file", w->rank);
+    else
+        st = started ? write_chunks(&p, &out, chunks)
+                     : sov_fail(SOV_ERR_INTERNAL, "rank %d: cannot start checkpoint encoder threads", w->rank);
+    if (hashing && st != SOV_OK) {
+        pthread_mutex_lock(&p.lock);
+        p.abort = 1;
+        pthread_cond_broadcast(&p.changed);
+        pthread_mutex_unlock(&p.lock);
+    }
+    if (hashing)
+        pthread_join(hasher, NULL); /* every chunk hashed, unless the write failed */
     pthread_mutex_lock(&p.lock);
     p.abort = 1;
     pthread_cond_broadcast(&p.changed);
@@ -300,6 +365,13 @@ static sov_status write_share(sov_ckpt_writer *w, const char *partial, json_t **
     free(jobs);
     if (st == SOV_OK && (st = sov_stream_close(&out)) != SOV_OK)
         st = sov_fail(st, "rank %d: %s", w->rank, sov_last_error());
+    char sha[2 * SOV_SHA256_BYTES + 1] = "";
+    if (hash) {
+        uint8_t digest[SOV_SHA256_BYTES];
+        sov_sha256_final(hash, digest);
+        sov_hex(digest, sizeof digest, sha);
+        sov_sha256_free(hash);
+    }
     if (st != SOV_OK) {
         sov_stream_discard(&out); /* a full disk gets its space back */
         json_decref(chunks);
@@ -311,13 +383,16 @@ static sov_status write_share(sov_ckpt_writer *w, const char *partial, json_t **
     *marker = json_pack("{s:s, s:i, s:s, s:I, s:o, s:o, s:o, s:s}", "save_id", id, "rank", w->rank, "file", name,
                         "bytes", (json_int_t)out.end, "chunks", chunks, "buffers", sov_plan_buffers_json(&w->plan, 1),
                         "shards", sov_plan_shards_json(&w->plan), "replicated", digest);
+    if (sha[0])
+        json_object_set_new(*marker, "sha256", json_string(sha));
     return SOV_OK;
 }
 
 /* The commit protocol's view of the save in flight (commit.h). */
 static sov_commit commit_of(const sov_ckpt_writer *w, const char *partial, const char *final) {
     return (sov_commit){.dir = w->dir, .partial = partial, .final = final, .step = w->step, .rank = w->rank,
-                        .world = w->world, .save_id = w->save_id, .timeout_s = w->opt.commit_timeout_s};
+                        .world = w->world, .save_id = w->save_id, .timeout_s = w->opt.commit_timeout_s,
+                        .sign = w->opt.sign, .signer = w->opt.signer};
 }
 
 /* Test hook: with SOVTRAIN_TEST_CKPT_HOLD=FILE, a writer whose data file is durable writes its pid to
@@ -361,11 +436,49 @@ static sov_status await_meta(sov_ckpt_writer *w) {
     return SOV_OK;
 }
 
+/* Rank 0, an encrypted save: the data key wrapped by the operator's key (a key command runs here, off the
+ * training's path), the metadata sealed, and the key that authenticates the manifest. */
+static sov_status encrypt_manifest(sov_ckpt_writer *w, sov_key *mac_key) {
+    json_t *entry = NULL, *meta = json_object_get(w->manifest_base, "meta");
+    SOV_CHECK(sov_key_wrap(w->opt.key, &w->data_key, &entry));
+    char id[17], *text = NULL, *sealed_meta = NULL;
+    snprintf(id, sizeof id, "%016llx", (unsigned long long)w->save_id);
+    sov_key meta_key;
+    sov_status st = sov_derive_key(&w->data_key, w->save_id, "meta", &meta_key);
+    if (st == SOV_OK && !json_is_null(meta))
+        st = (text = json_dumps(meta, JSON_COMPACT | JSON_PRESERVE_ORDER)) ? sov_encrypt_text(&meta_key, text,
+                                                                                               &sealed_meta)
+                                                                          : SOV_ERR_NOMEM;
+    if (st == SOV_OK)
+        st = sov_derive_key(&w->data_key, w->save_id, "manifest", mac_key);
+    json_t *enc = json_pack("{s:s, s:s, s:s, s:O, s:O, s:O, s:o}", "cipher", "aes-256-gcm", "kdf", "hkdf-sha256",
+                            "save_id", id, "key_id", json_object_get(entry, "key_id"), "wrap",
+                            json_object_get(entry, "wrap"), "wrapped_key", json_object_get(entry, "wrapped_key"),
+                            "meta", sealed_meta ? json_string(sealed_meta) : json_null());
+    if (st == SOV_OK && !enc)
+        st = sov_fail(SOV_ERR_NOMEM, "rank 0: cannot build the manifest's encryption entry");
+    if (st == SOV_OK) {
+        json_object_set_new(w->manifest_base, "format_version", json_integer(SOV_CKPT_FORMAT_VERSION));
+        json_object_set_new(w->manifest_base, "meta", json_null());
+        json_object_set_new(w->manifest_base, "encryption", enc);
+    } else {
+        json_decref(enc);
+    }
+    if (text)
+        sov_wipe(text, strlen(text));
+    free(text);
+    free(sealed_meta);
+    sov_wipe(&meta_key, sizeof meta_key);
+    json_decref(entry);
+    return st;
+}
+
 static void *writer_main(void *arg) {
     sov_ckpt_writer *w = arg;
     char partial[4200], final[4200];
     step_paths(w, partial, final, sizeof partial);
     sov_commit c = commit_of(w, partial, final);
+    sov_key mac_key;
     json_t *marker = NULL;
     sov_status st = sov_mkdir_p(partial);
     if (st == SOV_OK)
@@ -378,8 +491,11 @@ static void *writer_main(void *arg) {
         sov_commit_report_failure(&c, sov_last_error());
     if (st == SOV_OK && w->rank == 0)
         st = await_meta(w);
+    if (st == SOV_OK && w->rank == 0 && w->sealed && (st = encrypt_manifest(w, &mac_key)) == SOV_OK)
+        c.mac_key = &mac_key;
     if (st == SOV_OK && w->rank == 0)
         st = sov_commit_publish(&c, w->manifest_base, marker);
+    sov_wipe(&mac_key, sizeof mac_key);
     json_decref(marker);
     w->save_seconds = sov_now() - w->started;
     if (st == SOV_OK && w->rank == 0)
@@ -398,6 +514,11 @@ sov_status sov_ckpt_writer_open(sov_ckpt_writer **out, const char *dir, int rank
                                 const sov_ckpt_options *options) {
     if (world < 1 || rank < 0 || rank >= world)
         return sov_fail(SOV_ERR_INVALID, "checkpoint writer: rank %d of a world of %d", rank, world);
+    if (options->sign && rank == 0 && !options->signer)
+        return sov_fail(SOV_ERR_INVALID, "checkpoint writer: signing needs rank 0's signer (options.signer)");
+    if (options->key && world > 1 && !options->share_key)
+        return sov_fail(SOV_ERR_INVALID, "checkpoint writer: encryption at %d ranks needs options.share_key (a "
+                        "broadcast from rank 0) to give every rank each save's data key", world);
     sov_ckpt_writer *w = sov_calloc(1, sizeof *w);
     if (!w)
         return SOV_ERR_NOMEM;
@@ -419,7 +540,7 @@ sov_status sov_ckpt_writer_open(sov_ckpt_writer **out, const char *dir, int rank
     sov_status st = sov_mkdir_p(dir);
     for (int i = 0; st == SOV_OK && i < w->opt.threads; i++)
         st = sov_codec_create(&w->codecs[i], w->opt.chunk_bytes);
-    w->slot_bytes = sov_stream_padded(sov_chunk_bound(w->opt.chunk_bytes));
+    w->slot_bytes = sov_stream_padded(sov_chunk_bound(w->opt.chunk_bytes) + SOV_SEAL_OVERHEAD);
     w->out_bytes = w->slot_bytes * (size_t)SLOTS(w->opt.threads);
     if (st == SOV_OK && !(w->out_memory = sov_io_alloc(w->out_bytes)))
         st = sov_fail(SOV_ERR_NOMEM, "rank %d: cannot allocate the checkpoint's output buffers (%zu MiB)", rank,
@@ -492,7 +613,7 @@ static sov_status manifest_base(const sov_ckpt_writer *w, const sov_ckpt_state *
         }
     }
     *out = json_pack("{s:s, s:i, s:s, s:I, s:i, s:I, s:I, s:o, s:o, s:o}", "format", "sovtrain-checkpoint",
-                     "format_version", SOV_CKPT_FORMAT_VERSION, "sovtrain_version", sov_version(), "step",
+                     "format_version", SOV_CKPT_FORMAT_VERSION_PLAIN, "sovtrain_version", sov_version(), "step",
                      (json_int_t)s->step, "world_size", w->world, "created", (json_int_t)time(NULL), "chunk_bytes",
                      (json_int_t)w->opt.chunk_bytes, "buffers", sov_plan_buffers_json(&w->plan, 0), "tensors",
                      sov_plan_replicated_json(&w->plan), "meta", meta);
@@ -574,6 +695,26 @@ static sov_status snapshot(sov_ckpt_writer *w, size_t share) {
     return sov_snapshot_copy_forward(&w->snap, copy_host, NULL, share, SNAPSHOT_BLOCK, start_writer, w);
 }
 
+/* An encrypted save's keys: rank 0 makes a fresh data key and shares it with every rank (a collective: each rank
+ * calls this in every save, even one that then fails), and each rank derives its data file's key. */
+static sov_status save_keys(sov_ckpt_writer *w, uint64_t save_id) {
+    w->sealed = w->opt.key != NULL;
+    if (!w->sealed)
+        return SOV_OK;
+    sov_status st = w->rank == 0 ? sov_random_bytes(w->data_key.bytes, SOV_KEY_BYTES) : SOV_OK;
+    uint8_t msg[1 + SOV_KEY_BYTES] = {st == SOV_OK}; /* a rank 0 without a key tells the others so */
+    memcpy(msg + 1, w->data_key.bytes, SOV_KEY_BYTES);
+    if (w->world > 1 && w->opt.share_key(w->opt.share_ctx, msg, sizeof msg) != SOV_OK)
+        st = sov_fail(SOV_ERR_COMM, "rank %d: sharing the checkpoint's data key failed: %s", w->rank, sov_last_error());
+    else if (st == SOV_OK && !msg[0])
+        st = sov_fail(SOV_ERR_INTERNAL, "rank %d: rank 0 could not make the checkpoint's data key", w->rank);
+    memcpy(w->data_key.bytes, msg + 1, SOV_KEY_BYTES);
+    sov_wipe(msg, sizeof msg);
+    char file[64];
+    snprintf(file, sizeof file, "file:rank-%d.bin", w->rank);
+    return st == SOV_OK ? sov_derive_key(&w->data_key, save_id, file, &w->file_key) : st;
+}
+
 sov_status sov_ckpt_save(sov_ckpt_writer *w, const sov_ckpt_state *s, uint64_t save_id, double *stall_s,
                          double *waited_s) {
     double t0 = sov_now();
@@ -582,8 +723,11 @@ sov_status sov_ckpt_save(sov_ckpt_writer *w, const sov_ckpt_state *s, uint64_t s
     if (waited_s)
         *waited_s = t1 - t0;
     w->status = SOV_OK; /* a failure is reported once, by the wait that found it */
+    sov_status keyed = save_keys(w, save_id);
     if (prev != SOV_OK)
         return prev;
+    if (keyed != SOV_OK)
+        return keyed;
     json_decref(w->manifest_base);
     w->manifest_base = NULL;
     sov_plan_free(&w->plan);
@@ -645,6 +789,8 @@ void sov_ckpt_writer_close(sov_ckpt_writer *w) {
     free_staging(w);
     sov_snapshot_destroy(&w->snap);
     json_decref(w->meta_given);
+    sov_wipe(&w->data_key, sizeof w->data_key);
+    sov_wipe(&w->file_key, sizeof w->file_key);
     pthread_mutex_destroy(&w->meta_lock);
     pthread_cond_destroy(&w->meta_changed);
     free(w);

@@ -13,7 +13,7 @@ install(TARGETS sovtrain_cli RUNTIME DESTINATION ${CMAKE_INSTALL_BINDIR})
 
 # pkg-config: `pkg-config --cflags --libs sovtrain` for the shared library; --static adds what libsovtrain.a needs.
 # The public headers need no other library's, so nothing goes in Requires.private (whose cflags pkg-config adds).
-set(SOV_PC_LIBS_PRIVATE " -lzstd -lxxhash -ljansson -lopenblas -libverbs -lz")
+set(SOV_PC_LIBS_PRIVATE " -lzstd -lxxhash -ljansson -lcrypto -lopenblas -libverbs -lz")
 foreach(lib ${MPI_C_LIBRARIES})
   string(APPEND SOV_PC_LIBS_PRIVATE " ${lib}")
 endforeach()

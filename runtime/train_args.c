@@ -95,6 +95,14 @@ void sov_train_usage(FILE *out) {
             "                        same, or start fresh when there is none; or a checkpoint directory\n"
             "                        (default $SOVTRAIN_RESUME, which `sovtrain launch` sets to auto on restarts)\n"
             "  --on-ckpt-error X     stop (default): a failed save ends the job; continue: it is reported, training goes on\n"
+            "  --ckpt-key-file PATH  encrypt checkpoints (AES-256-GCM) under a data key wrapped by this 32-byte key,\n"
+            "                        and read them with it; the file must be readable by its owner only\n"
+            "  --ckpt-key-command CMD\n"
+            "                        the same, with a command that wraps and unwraps the data keys (Vault transit, an\n"
+            "                        HSM, a KMS; docs/security.md)\n"
+            "  --ckpt-sign-key PEM   sign each checkpoint (model.sig, the OpenSSF model signing format) with this\n"
+            "                        ECDSA private key (P-256/384/521), read on rank 0 only\n"
+            "  --require-signed PEM  resume only from checkpoints that this public key signed, every file unchanged\n"
             "  --stop-exit-code N    exit status after a signal's clean stop (default 0; a Kubernetes indexed Job\n"
             "                        uses 143, so that its pods count as interrupted rather than done)\n"
             "  SIGTERM, SIGINT or SIGUSR1: every rank finishes its step, a checkpoint is written, the job exits 0\n"
@@ -138,6 +146,7 @@ enum {
     OPT_WARMUP, OPT_MINLR, OPT_WD, OPT_MOMENTUM, OPT_BETA1, OPT_BETA2, OPT_CLIP, OPT_COMM, OPT_THREADS,
     OPT_RUNDIR, OPT_EVAL, OPT_LOG, OPT_DUMP, OPT_COMM_TIMEOUT, OPT_BUCKET, OPT_CKPT_DIR, OPT_CKPT_EVERY, OPT_CKPT_EVERY_S, OPT_KEEP, OPT_CKPT_THREADS,
     OPT_RESUME, OPT_ON_CKPT_ERROR, OPT_INIT_FROM, OPT_DEVICE, OPT_PRECISION, OPT_STOP_EXIT,
+    OPT_KEY_FILE, OPT_KEY_COMMAND, OPT_SIGN_KEY, OPT_REQUIRE_SIGNED,
     OPT_SETTING /* + k: the k-th distinct name among the models' settings */
 };
 
@@ -160,7 +169,9 @@ static const struct option trainer_opts[] = {
     {"ckpt-threads", required_argument, 0, OPT_CKPT_THREADS}, {"resume", required_argument, 0, OPT_RESUME},
     {"on-ckpt-error", required_argument, 0, OPT_ON_CKPT_ERROR}, {"init-from", required_argument, 0, OPT_INIT_FROM},
     {"device", required_argument, 0, OPT_DEVICE}, {"precision", required_argument, 0, OPT_PRECISION},
-    {"stop-exit-code", required_argument, 0, OPT_STOP_EXIT}, {"help", no_argument, 0, 'h'},
+    {"stop-exit-code", required_argument, 0, OPT_STOP_EXIT}, {"ckpt-key-file", required_argument, 0, OPT_KEY_FILE},
+    {"ckpt-key-command", required_argument, 0, OPT_KEY_COMMAND}, {"ckpt-sign-key", required_argument, 0, OPT_SIGN_KEY},
+    {"require-signed", required_argument, 0, OPT_REQUIRE_SIGNED}, {"help", no_argument, 0, 'h'},
 };
 #define NUM_TRAINER_OPTS (int)(sizeof trainer_opts / sizeof *trainer_opts)
 
@@ -200,6 +211,10 @@ static sov_status apply(int opt, const char *v, sov_train_args *a) {
     case OPT_CKPT_DIR: a->ckpt_dir = v; return SOV_OK;
     case OPT_RESUME: a->resume = v; return SOV_OK;
     case OPT_INIT_FROM: a->init_from = v; return SOV_OK;
+    case OPT_KEY_FILE: a->key_file = v; return SOV_OK;
+    case OPT_KEY_COMMAND: a->key_command = v; return SOV_OK;
+    case OPT_SIGN_KEY: a->sign_key = v; return SOV_OK;
+    case OPT_REQUIRE_SIGNED: a->require_signed = v; return SOV_OK;
     case OPT_CKPT_EVERY: return sov_parse_long("--ckpt-every", v, 0, 1L << 40, &a->ckpt_every);
     case OPT_KEEP: SOV_CHECK(sov_parse_long("--keep", v, 1, 1000000, &n)); a->keep = (int)n; return SOV_OK;
     case OPT_CKPT_THREADS: SOV_CHECK(sov_parse_long("--ckpt-threads", v, 1, 16, &n)); a->ckpt_threads = (int)n; return SOV_OK;

@@ -38,6 +38,10 @@ typedef struct sov_train_args {
     int ckpt_threads;
     const char *resume;   /* NULL, "auto", "latest" or a path */
     const char *init_from; /* safetensors file seeding the parameters */
+    const char *key_file;    /* --ckpt-key-file: encrypt checkpoints with this key, and read them with it */
+    const char *key_command; /* --ckpt-key-command: the same through a key command */
+    const char *sign_key;       /* --ckpt-sign-key: rank 0 signs each checkpoint with this ECDSA private key */
+    const char *require_signed; /* --require-signed: resume only from checkpoints this public key signed */
     int stop_on_ckpt_error;
     int stop_exit_code;   /* the exit status after a signal's clean stop (0; an indexed Job wants non-zero) */
     sov_optim_config optim;

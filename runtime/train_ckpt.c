@@ -198,6 +198,10 @@ sov_status sov_trainer_ckpt_finish(trainer *t) {
 void sov_trainer_ckpt_close(trainer *t) {
     sov_ckpt_writer_close(t->ckpt);
     t->ckpt = NULL;
+    sov_ckpt_key_free(t->key);
+    t->key = NULL;
+    sov_ckpt_signer_free(t->signer);
+    t->signer = NULL;
 }
 
 /* ---- resuming ---- */
@@ -253,10 +257,62 @@ static sov_status read_state(trainer *t, sov_ckpt *c) {
     return st;
 }
 
+/* Opens checkpoint `path` with the job's key. A key file unwraps on every rank; a key command runs once, on rank 0,
+ * and the data key reaches the other ranks as a save's does (every rank calls this for the same path). */
+static sov_status open_checkpoint(trainer *t, const char *path, sov_ckpt **out) {
+    if (!t->key || !t->args.key_command)
+        return sov_ckpt_open_key(path, t->key, out);
+    enum { FAILED, PLAIN, ENCRYPTED };
+    uint8_t msg[1 + 32] = {FAILED};
+    sov_ckpt *c = NULL;
+    sov_status st = t->world.rank == 0 ? sov_ckpt_open_key(path, t->key, &c) : SOV_OK;
+    if (t->world.rank == 0 && st == SOV_OK)
+        msg[0] = !sov_ckpt_key_id(c) ? PLAIN : sov_ckpt_data_key(c, msg + 1) == SOV_OK ? ENCRYPTED : FAILED;
+    SOV_CHECK(sov_comm_broadcast(t->comm, msg, sizeof msg, SOV_U8, 0));
+    if (t->world.rank == 0) {
+        sov_ckpt_close(c); /* reopened below like everywhere else */
+        if (st != SOV_OK) {
+            explicit_bzero(msg, sizeof msg);
+            return st;
+        }
+    }
+    sov_ckpt_key *data_key = NULL;
+    if (msg[0] == FAILED)
+        st = sov_fail(SOV_ERR_INVALID, "rank %d: rank 0 could not unwrap the key of %s", t->world.rank, path);
+    else if (msg[0] == ENCRYPTED)
+        st = sov_ckpt_key_from_data_key(msg + 1, &data_key);
+    explicit_bzero(msg, sizeof msg);
+    if (st == SOV_OK)
+        st = sov_ckpt_open_key(path, data_key, out);
+    sov_ckpt_key_free(data_key);
+    return st;
+}
+
+/* --require-signed: rank 0 checks the signature and every file's digest (reading the checkpoint once for the
+ * job), and tells the other ranks (every rank calls this for the same path). */
+static sov_status check_signed(trainer *t, const char *path) {
+    if (!t->args.require_signed)
+        return SOV_OK;
+    sov_status st = t->world.rank == 0 ? sov_ckpt_verify_signature(path, t->args.require_signed) : SOV_OK;
+    uint8_t ok = st == SOV_OK;
+    SOV_CHECK(sov_comm_broadcast(t->comm, &ok, 1, SOV_U8, 0));
+    if (st == SOV_OK && !ok)
+        st = sov_fail(SOV_ERR_INVALID, "rank %d: %s is not signed by %s, or changed since (rank 0 says why)",
+                      t->world.rank, path, t->args.require_signed);
+    return st;
+}
+
 /* Loads checkpoint `path` into the model and optimizer, after checking it belongs to this job's shape. */
 static sov_status load(trainer *t, const char *path) {
     sov_ckpt *c;
-    SOV_CHECK(sov_ckpt_open(path, &c));
+    SOV_CHECK(check_signed(t, path));
+    SOV_CHECK(open_checkpoint(t, path, &c));
+    if (sov_ckpt_key_id(c) && !t->key) {
+        sov_status st = sov_fail(SOV_ERR_INVALID, "%s is encrypted with key id %s: give its key (--ckpt-key-file or "
+                                 "--ckpt-key-command)", path, sov_ckpt_key_id(c));
+        sov_ckpt_close(c);
+        return st;
+    }
     json_t *m = json_loads(sov_ckpt_meta_json(c), JSON_DECODE_ANY, NULL);
     const char *model = json_string_value(json_object_get(json_object_get(m, "config"), "model"));
     const char *kind = json_string_value(json_object_get(json_object_get(m, "optimizer"), "kind"));
@@ -303,16 +359,24 @@ static int candidates(const char *dir, char (*out)[4200], int cap) {
     return k;
 }
 
+/* The ranks try the candidates together, one at a time, until one loads on every rank: a key command's data key
+ * comes from rank 0 for each. */
 static sov_status resume(trainer *t) {
     const char *spec = t->args.resume, *dir = strcmp(spec, "latest") == 0 || strcmp(spec, "auto") == 0 ? t->ckpt_dir : spec;
     static char cands[257][4200];
     int n = candidates(dir, cands, 257);
+    double most = n;
+    SOV_CHECK(sov_comm_allreduce(t->comm, &most, &most, 1, SOV_F64, SOV_MAX));
     const char *loaded = NULL;
-    for (int i = 0; i < n && !loaded; i++) {
-        if (load(t, cands[i]) == SOV_OK)
+    for (int i = 0; i < (int)most && !loaded; i++) {
+        sov_status st = i < n ? load(t, cands[i])
+                              : sov_fail(SOV_ERR_IO, "rank %d sees fewer checkpoints under %s", t->world.rank, dir);
+        double failed = st != SOV_OK;
+        if (st != SOV_OK)
+            sov_log("resume: skipping %s: %s", i < n ? cands[i] : dir, sov_last_error());
+        SOV_CHECK(sov_comm_allreduce(t->comm, &failed, &failed, 1, SOV_F64, SOV_MAX));
+        if (failed == 0)
             loaded = cands[i];
-        else
-            sov_log("resume: skipping %s: %s", cands[i], sov_last_error());
     }
     /* Every rank searched the same files; make sure they all chose the same step. */
     double steps[2] = {loaded ? (double)t->start_step : -1.0, loaded ? -(double)t->start_step : 1.0};
@@ -332,8 +396,26 @@ static sov_status resume(trainer *t) {
     return SOV_OK;
 }
 
+/* The broadcast that gives every rank a save's data key (sov_ckpt_options.share_key). */
+static sov_status share_key(void *ctx, void *bytes, size_t n) {
+    trainer *t = ctx;
+    return sov_comm_broadcast(t->comm, bytes, n, SOV_U8, 0);
+}
+
+static sov_status open_key(trainer *t) {
+    const sov_train_args *a = &t->args;
+    if (a->key_file && a->key_command)
+        return sov_fail(SOV_ERR_INVALID, "give --ckpt-key-file or --ckpt-key-command, not both");
+    if (a->key_file)
+        return sov_ckpt_key_from_file(a->key_file, &t->key);
+    if (a->key_command)
+        return sov_ckpt_key_from_command(a->key_command, &t->key);
+    return SOV_OK;
+}
+
 sov_status sov_trainer_ckpt_init(trainer *t) {
     t->last_save_time = sov_now();
+    SOV_CHECK(open_key(t)); /* a bad key is refused even when nothing is saved */
     if (!enabled(t))
         return SOV_OK;
     if (t->args.ckpt_dir)
@@ -348,6 +430,15 @@ sov_status sov_trainer_ckpt_init(trainer *t) {
         o.free_host = pinned_free;
         o.memory_ctx = t->dev;
     }
+    if (t->key) {
+        o.key = t->key;
+        o.share_key = share_key;
+        o.share_ctx = t;
+    }
+    o.sign = t->args.sign_key != NULL;
+    if (o.sign && t->world.rank == 0) /* the private key is needed where the commit runs only */
+        SOV_CHECK(sov_ckpt_signer_from_pem(t->args.sign_key, &t->signer));
+    o.signer = t->signer;
     SOV_CHECK(sov_ckpt_writer_open(&t->ckpt, t->ckpt_dir, t->world.rank, t->world.size, &o));
     if (t->dev) { /* pinned staging now, not in the first save's stall */
         json_t *m = meta(t);

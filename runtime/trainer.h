@@ -39,6 +39,8 @@ typedef struct trainer {
     /* checkpoints */
     char ckpt_dir[4096];
     sov_ckpt_writer *ckpt;
+    sov_ckpt_key *key;     /* --ckpt-key-file or --ckpt-key-command: checkpoints are encrypted */
+    sov_ckpt_signer *signer; /* rank 0, --ckpt-sign-key: checkpoints are signed */
     long last_saved_step;  /* -1: none this run */
     double last_save_time;
 } trainer;

@@ -11,7 +11,7 @@ set -euo pipefail
 packages=(
   build-essential cmake pkg-config
   openmpi-bin libopenmpi-dev
-  libopenblas-dev libzstd-dev libxxhash-dev libjansson-dev libibverbs-dev
+  libopenblas-dev libzstd-dev libxxhash-dev libjansson-dev libibverbs-dev libssl-dev
   libcmocka-dev zlib1g-dev
   clang libclang-rt-14-dev
   dataset-fashion-mnist fortunes
@@ -21,14 +21,17 @@ packages=(
 )
 
 # Test-only Python tools from PyPI, in a virtual environment of their own (Debian's python3 refuses pip installs
-# into the system): kubernetes-validate checks examples/k8s/*.yaml against Kubernetes' schemas (tests/k8s_manifests.sh).
+# into the system): kubernetes-validate checks examples/k8s/*.yaml against Kubernetes' schemas
+# (tests/k8s_manifests.sh); model-signing, the OpenSSF's own signer and verifier, checks sovtrain's signatures
+# (tests/ckpt_sign.sh; it needs pyopenssl, which it does not declare).
 TOOLS=${SOVTRAIN_TOOLS:-$HOME/.local/share/sovtrain/tools}
 install_python_tools() {
-  [ -x "$TOOLS/bin/kubernetes-validate" ] && return 0
-  echo "setup: installing kubernetes-validate into $TOOLS" >&2
-  # not fatal: without it the manifest test skips, saying why
-  { python3 -m venv "$TOOLS" && "$TOOLS/bin/pip" install -q kubernetes-validate; } >&2 ||
-    echo "setup: warning: could not install kubernetes-validate (tests/k8s_manifests.sh will skip)" >&2
+  [ -x "$TOOLS/bin/kubernetes-validate" ] && [ -x "$TOOLS/bin/model_signing" ] && return 0
+  echo "setup: installing kubernetes-validate and model-signing into $TOOLS" >&2
+  # not fatal: without them the tests that use them skip, saying why
+  { [ -x "$TOOLS/bin/pip" ] || python3 -m venv "$TOOLS"; } >&2 &&
+    "$TOOLS/bin/pip" install -q kubernetes-validate model-signing==1.1.1 pyopenssl >&2 ||
+    echo "setup: warning: could not install kubernetes-validate or model-signing (their tests will skip)" >&2
 }
 
 # PyTorch from PyPI for the Python package's tests (tests/python_*.sh): torch==2.15.0 and numpy in a venv of their

@@ -1,4 +1,5 @@
-/* ckpt_corrupt STEP_DIR: every single-byte corruption of every file of a checkpoint is detected.
+/* ckpt_corrupt STEP_DIR [KEY_FILE]: every single-byte corruption of every file of a checkpoint is detected (an
+ * encrypted one opened with its key).
  * For each byte of each file (manifest.json, rank-*.bin): change it (xor 0x5a), open and verify the checkpoint,
  * which must fail, then restore the byte. Prints the count and exits 1 on any undetected corruption. */
 #include <sovtrain/ckpt.h>
@@ -10,9 +11,11 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+static sov_ckpt_key *key;
+
 static int detected(const char *dir) {
     sov_ckpt *c;
-    if (sov_ckpt_open(dir, &c) != SOV_OK)
+    if (sov_ckpt_open_key(dir, key, &c) != SOV_OK)
         return 1;
     sov_status st = sov_ckpt_verify(c);
     sov_ckpt_close(c);
@@ -20,8 +23,8 @@ static int detected(const char *dir) {
 }
 
 int main(int argc, char **argv) {
-    if (argc != 2) {
-        fprintf(stderr, "usage: ckpt_corrupt STEP_DIR\n");
+    if (argc < 2 || argc > 3 || (argc == 3 && sov_ckpt_key_from_file(argv[2], &key) != SOV_OK)) {
+        fprintf(stderr, "usage: ckpt_corrupt STEP_DIR [KEY_FILE] %s\n", sov_last_error());
         return 2;
     }
     if (detected(argv[1])) {

@@ -3,7 +3,7 @@
 # docs/checkpoint-format.md alone, decodes a real 2-rank checkpoint (codings 0 to 3) and its tensors, agrees
 # with `sovtrain ckpt export`, reads the format-3 checkpoint kept in tests/fixtures as its export had it, and
 # rejects a flipped padding byte, as `sovtrain ckpt verify` does; padded files declared as version 2 break that
-# version's layout, and version 5 is called unsupported.
+# version's layout, and version 6 is called unsupported.
 # usage: ckpt_doc_reader.sh SOVTRAIN
 . "$(dirname "$0")/lib.sh"
 need_data
@@ -115,8 +115,8 @@ rc=$?
 echo "ok: declared version 2: reader exit $rc: $out"
 
 # (f) a version this sovtrain does not read is called unsupported, not damaged
-declare_version 5 "$v2"
-vout=$("$SOV" ckpt verify "$v2" 2>&1) && fail "verify passed format_version 5"
-grep -q "UNSUPPORTED: .*reads versions 1 to 4" <<<"$vout" || fail "verify on format_version 5: $vout"
-echo "ok: declared version 5: $vout"
+declare_version 6 "$v2"
+vout=$("$SOV" ckpt verify "$v2" 2>&1) && fail "verify passed format_version 6"
+grep -q "UNSUPPORTED: .*reads versions 1 to 5" <<<"$vout" || fail "verify on format_version 6: $vout"
+echo "ok: declared version 6: $vout"
 finish

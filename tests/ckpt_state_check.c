@@ -1,7 +1,12 @@
 /* ckpt_state_check: a general checkpoint state through the public API, one rank of a real job.
  *
- *   ckpt_state_check save DIR [--small]   every rank saves its part of the state at step 1
- *   ckpt_state_check load DIR/step-1      every rank reads every tensor whole and a box of each, and checks them
+ *   ckpt_state_check save DIR [--small] [--key FILE]   every rank saves its part of the state at step 1
+ *   ckpt_state_check load DIR/step-1 [--key FILE]      every rank reads every tensor whole and a box of each, and
+ *                                                      checks them
+ * --key: encrypted with the key file; the ranks share each save's data key through a sov_comm broadcast.
+ * --noise: one replicated tensor of 1 MiB of random bytes instead, which no coding shrinks: every chunk of every
+ * rank's file has the same size (for tests that move chunks between files). Its first 16 bytes, in hex, are the
+ * meta's "marker", which a save prints (for tests that look for a copy of them in the files).
  *
  * The state is a pure function of the saving job's world size: over 1000 tensors of every dtype and of odd shapes
  * (scalars, empty dimensions, a few large enough for many chunks), a third of them sharded: split by rows over the
@@ -11,6 +16,7 @@
  * the first and last column, and checks them against the same function. Exits 0 when everything matches; 1
  * naming the first tensor that does not. */
 #include <sovtrain/ckpt.h>
+#include <sovtrain/comm.h>
 #include <sovtrain/sov.h>
 
 #include <stdio.h>
@@ -40,7 +46,15 @@ static uint8_t elem_byte(int i, const spec *s, int64_t flat, size_t k) {
     return s->dtype == SOV_BOOL ? (uint8_t)(v & 1) : (uint8_t)(v >> (8 * k));
 }
 
-static int small; /* --small */
+static int small;            /* --small */
+static int noise;            /* --noise */
+static sov_ckpt_key *key;    /* --key */
+static sov_comm *comm;       /* to share the data key of an encrypted save */
+
+static sov_status share_key(void *ctx, void *bytes, size_t n) {
+    (void)ctx;
+    return sov_comm_broadcast(comm, bytes, n, SOV_U8, 0);
+}
 
 static void make_spec(int i, spec *s) {
     static const sov_dtype dtypes[] = {SOV_F32, SOV_BF16, SOV_F16, SOV_F64, SOV_I64,
@@ -56,6 +70,8 @@ static void make_spec(int i, spec *s) {
     if (i % 41 == 5 && s->ndim > 0)
         s->shape[s->ndim - 1] = 0; /* empty */
     s->split = s->ndim == 0 || i % 3 ? -1 : s->ndim > 1 && i % 2 ? 1 : 0;
+    if (noise)
+        s->dtype = SOV_U8, s->ndim = 1, s->shape[0] = 1 << 20, s->split = -1;
     if (small) {
         s->ndim = s->ndim ? s->ndim : 1;
         s->split = i < 3 ? -1 : 0;
@@ -117,10 +133,16 @@ static int save(const char *dir, int count, const sov_world *w) {
         fill_box(i, s, s->split >= 0 ? off : zero, len, data);
         t[i].data = data;
     }
-    char meta[128];
-    snprintf(meta, sizeof meta, "{\"tensors\": %d, \"saved_by\": %d}", count, w->size);
+    char meta[256], marker[33] = "";
+    for (int k = 0; k < 16 && specs[0].dtype == SOV_U8 && volume(specs[0].ndim, specs[0].shape) >= 16; k++)
+        snprintf(marker + 2 * k, 3, "%02x", ((const uint8_t *)t[0].data)[k]);
+    snprintf(meta, sizeof meta, "{\"tensors\": %d, \"saved_by\": %d, \"marker\": \"%s\"}", count, w->size, marker);
     sov_ckpt_state state = {.step = 1, .num_tensors = count, .tensors = t, .meta_json = meta};
-    sov_ckpt_options o = {.keep = 1, .threads = 2, .chunk_bytes = CHUNK_BYTES, .commit_timeout_s = 60};
+    sov_ckpt_options o = {.keep = 1, .threads = 2, .chunk_bytes = CHUNK_BYTES, .commit_timeout_s = 60, .key = key,
+                          .share_key = key && w->size > 1 ? share_key : NULL};
+    sov_comm_config cc = {.backend = SOV_COMM_AUTO};
+    if (o.share_key && sov_comm_init(&comm, w, &cc) != SOV_OK)
+        return fail("comm", dir);
     sov_ckpt_writer *wr;
     char path[4200];
     int rc = 0;
@@ -130,8 +152,9 @@ static int save(const char *dir, int count, const sov_world *w) {
         sov_ckpt_wait(wr, path, sizeof path) != SOV_OK)
         rc = fail("save", dir);
     else if (w->rank == 0)
-        printf("saved %s: %d tensors from %d ranks\n", path, count, w->size);
+        printf("saved %s: %d tensors from %d ranks%s%s\n", path, count, w->size, marker[0] ? "; marker " : "", marker);
     sov_ckpt_writer_close(wr);
+    sov_comm_destroy(comm);
     for (int i = 0; i < count; i++)
         free((void *)t[i].data);
     free(t);
@@ -178,7 +201,7 @@ static int check_info(sov_ckpt *c, const expect *e, int saved_by) {
 
 static int load(const char *path, const sov_world *w) {
     sov_ckpt *c;
-    if (sov_ckpt_open(path, &c) != SOV_OK)
+    if (sov_ckpt_open_key(path, key, &c) != SOV_OK)
         return fail("open", path);
     int count = 0, saved_by = 0, rc = 0;
     const char *meta = sov_ckpt_meta_json(c), *a = strstr(meta, "\"tensors\":"), *b = strstr(meta, "\"saved_by\":");
@@ -223,15 +246,27 @@ static int load(const char *path, const sov_world *w) {
 int main(int argc, char **argv) {
     sov_world w;
     if (argc < 3 || sov_world_from_env(&w) != SOV_OK) {
-        fprintf(stderr, "usage: ckpt_state_check save DIR [--small] | load DIR/step-1 (%s)\n", sov_last_error());
+        fprintf(stderr, "usage: ckpt_state_check save DIR [--small] [--key FILE] | load DIR/step-1 [--key FILE] "
+                "(%s)\n", sov_last_error());
         return 2;
     }
-    small = argc > 3 && strcmp(argv[3], "--small") == 0;
-    int count = small ? 6 : 1100;
+    for (int i = 3; i < argc; i++) {
+        if (strcmp(argv[i], "--small") == 0)
+            small = 1;
+        else if (strcmp(argv[i], "--noise") == 0)
+            noise = 1;
+        else if (strcmp(argv[i], "--key") == 0 && i + 1 < argc && sov_ckpt_key_from_file(argv[++i], &key) == SOV_OK)
+            continue;
+        else
+            return fail("bad argument or key", argv[i]);
+    }
+    int count = noise ? 1 : small ? 6 : 1100, rc = 2;
     if (strcmp(argv[1], "save") == 0)
-        return save(argv[2], count, &w);
-    if (strcmp(argv[1], "load") == 0)
-        return load(argv[2], &w);
-    fprintf(stderr, "ckpt_state_check: unknown mode \"%s\"\n", argv[1]);
-    return 2;
+        rc = save(argv[2], count, &w);
+    else if (strcmp(argv[1], "load") == 0)
+        rc = load(argv[2], &w);
+    else
+        fprintf(stderr, "ckpt_state_check: unknown mode \"%s\"\n", argv[1]);
+    sov_ckpt_key_free(key);
+    return rc;
 }

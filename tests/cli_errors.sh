@@ -32,7 +32,7 @@ expect_error 2 '--hidden is a setting of the mlp model, not of gpt (--model gpt)
 expect_error 0 '--context N           gpt: tokens per sequence (default 128)' "$SOV" train --help
 expect_error 0 '--hidden W1,W2,...    mlp: hidden layer widths (default 1024,1024)' "$SOV" train --help
 for sub in ls verify inspect export; do # a subcommand's --help is the help, not a path or a usage error
-    expect_error 0 'sovtrain ckpt export PATH --format safetensors -o FILE' "$SOV" ckpt "$sub" --help
+    expect_error 0 'sovtrain ckpt export PATH [KEY] [SIGNED] --format safetensors -o FILE' "$SOV" ckpt "$sub" --help
 done
 
 # Data: build small IDX files, then break them one way at a time.

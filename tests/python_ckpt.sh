@@ -6,7 +6,9 @@
 #    saved from Python by 1, 2 and 3 ranks (gloo) loads bitwise in C at 1 and 2 ranks and verifies with
 #    `sovtrain ckpt`; saved by C at 1, 2 and 3 ranks it loads bitwise in Python at 1 and 2 ranks, and at 1 rank
 #    with numpy alone;
-#  - DTensors saved as the ranks' boxes, loaded at other world sizes and into other layouts.
+#  - DTensors saved as the ranks' boxes, loaded at other world sizes and into other layouts;
+#  - encrypted with a key file: saved by Python at 2 ranks, loaded by C at 1 and 3; saved by C at 2, loaded by
+#    Python at 2.
 # usage: python_ckpt.sh SOVTRAIN BUILD_DIR CKPT_STATE_CHECK
 . "$(dirname "$0")/lib.sh"
 CHECK=$(realpath "$3")
@@ -78,5 +80,22 @@ if SOVTRAIN_TEST_NO_TORCH=1 "$TORCH_PY" "$STATE" load "$tmp/c-2/step-1" >"$tmp/l
     echo "ok: saved by C, loaded by Python with numpy alone"
 else
     fail "saved by C, loaded by Python with numpy alone: $(cat "$tmp/load.log")"
+fi
+key=$tmp/key
+openssl rand -out "$key" 32 && chmod 600 "$key"
+if launch -np 2 -- "$TORCH_PY" "$STATE" save "$tmp/sealed-py" --key "$key" >"$tmp/save.log" 2>&1; then
+    for loading in 1 3; do
+        launch -np "$loading" -- "$CHECK" load "$tmp/sealed-py/step-1" --key "$key" >"$tmp/load.log" 2>&1 &&
+            echo "ok: encrypted, saved by Python at 2 ranks, loaded by C at $loading" ||
+            fail "encrypted, saved by Python, loaded by C at $loading: $(tail -5 "$tmp/load.log")"
+    done
+else
+    fail "encrypted save from Python: $(tail -20 "$tmp/save.log")"
+fi
+if launch -np 2 -- "$CHECK" save "$tmp/sealed-c" --key "$key" >"$tmp/save.log" 2>&1 &&
+    launch -np 2 -- "$TORCH_PY" "$STATE" load "$tmp/sealed-c/step-1" --key "$key" >"$tmp/load.log" 2>&1; then
+    echo "ok: encrypted, saved by C at 2 ranks, loaded by Python at 2"
+else
+    fail "encrypted, saved by C, loaded by Python: $(tail -20 "$tmp/save.log" "$tmp/load.log")"
 fi
 finish

@@ -255,10 +255,10 @@ static void check_fixture_reads(const char *path) {
     sov_ckpt_close(c);
 }
 
-/* sovtrain writes version 4 and still reads versions 1 to 3: a format-3 checkpoint written by the sovtrain of
- * then, and the same laid out as versions 1 and 2 wrote it (chunks back to back; 2 added plane coding 2). A
- * version-3 file read under an older version's rules is refused for its layout, and versions 0 and 5 are refused as
- * unsupported, not as damage, naming the versions it reads. */
+/* sovtrain writes versions 4 and 5 (encrypted) and still reads versions 1 to 3: a format-3 checkpoint written by
+ * the sovtrain of then, and the same laid out as versions 1 and 2 wrote it (chunks back to back; 2 added plane
+ * coding 2). A version-3 file read under an older version's rules is refused for its layout, and versions 0 and 6
+ * are refused as unsupported, not as damage, naming the versions it reads. */
 static void format_versions(void **state) {
     (void)state;
     char path[4200];
@@ -269,9 +269,9 @@ static void format_versions(void **state) {
     set_version(path, 2);
     assert_int_equal(sov_ckpt_open(path, &c), SOV_ERR_FORMAT);
     assert_non_null(strstr(sov_last_error(), "do not lie where the format puts them"));
-    set_version(path, 5);
+    set_version(path, 6);
     assert_int_equal(sov_ckpt_open(path, &c), SOV_ERR_UNSUPPORTED);
-    assert_non_null(strstr(sov_last_error(), "reads versions 1 to 4"));
+    assert_non_null(strstr(sov_last_error(), "reads versions 1 to 5"));
     set_version(path, 0);
     assert_int_equal(sov_ckpt_open(path, &c), SOV_ERR_UNSUPPORTED);
     for (int version = 1; version <= 2; version++) {

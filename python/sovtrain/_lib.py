@@ -38,7 +38,9 @@ class State(ctypes.Structure):  # sov_ckpt_state
 class Options(ctypes.Structure):  # sov_ckpt_options
     _fields_ = [("keep", ctypes.c_int), ("threads", ctypes.c_int), ("chunk_bytes", ctypes.c_size_t),
                 ("commit_timeout_s", ctypes.c_double), ("copy_to_host", ctypes.c_void_p),
-                ("alloc_host", ctypes.c_void_p), ("free_host", ctypes.c_void_p), ("memory_ctx", ctypes.c_void_p)]
+                ("alloc_host", ctypes.c_void_p), ("free_host", ctypes.c_void_p), ("memory_ctx", ctypes.c_void_p),
+                ("key", ctypes.c_void_p), ("share_key", ctypes.c_void_p), ("share_ctx", ctypes.c_void_p),
+                ("sign", ctypes.c_int), ("signer", ctypes.c_void_p)]
 
 
 class TensorInfo(ctypes.Structure):  # sov_ckpt_tensor_info
@@ -85,7 +87,19 @@ _PROTOTYPES = {
     "sov_ckpt_find": (_S, [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_size_t, _P, _P]),
     "sov_ckpt_list_steps": (ctypes.c_int, [ctypes.c_char_p, ctypes.POINTER(ctypes.c_long), ctypes.c_int]),
     "sov_ckpt_export_safetensors": (_S, [_P, ctypes.c_char_p]),
+    "sov_ckpt_key_from_file": (_S, [ctypes.c_char_p, ctypes.POINTER(_P)]),
+    "sov_ckpt_key_from_command": (_S, [ctypes.c_char_p, ctypes.POINTER(_P)]),
+    "sov_ckpt_key_free": (None, [_P]),
+    "sov_ckpt_key_describe": (ctypes.c_char_p, [_P]),
+    "sov_ckpt_open_key": (_S, [ctypes.c_char_p, _P, ctypes.POINTER(_P)]),
+    "sov_ckpt_key_id": (ctypes.c_char_p, [_P]),
+    "sov_ckpt_signer_from_pem": (_S, [ctypes.c_char_p, ctypes.POINTER(_P)]),
+    "sov_ckpt_signer_free": (None, [_P]),
+    "sov_ckpt_verify_signature": (_S, [ctypes.c_char_p, ctypes.c_char_p]),
 }
+
+# sov_ckpt_options.share_key: sov_status (*)(void *ctx, void *bytes, size_t n)
+SHARE_KEY = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t)
 
 SONAME = "libsovtrain.so.0"
 

@@ -8,7 +8,16 @@ A state is nested dicts, lists and tuples of torch tensors, numpy arrays and pla
 bytes, None), which are kept as JSON in the checkpoint's metadata (see _tree.py). Tensors are replicated: every
 rank gives the same values and each writes 1/N of their bytes. The checkpoints are the ones `sovtrain train`
 writes (docs/checkpoint-format.md): `sovtrain ckpt verify|ls|inspect|export` work on them, and the C API reads
-them."""
+them.
+
+Encryption at rest (docs/security.md): give key_file=PATH (a 32-byte key readable by its owner only) or
+key_command=CMD (a command that wraps and unwraps data keys: Vault transit, an HSM, a KMS) to save, load, verify
+and Checkpoint, as `sovtrain train --ckpt-key-file/--ckpt-key-command` take them. Each process that opens an
+encrypted checkpoint with a key command runs it once.
+
+Signatures in the OpenSSF model signing format: sign_key=PEM (an ECDSA private key, read on rank 0) makes save
+write model.sig; require_signed=PEM (the public key) makes load, verify and Checkpoint refuse a checkpoint that it
+did not sign, or whose files changed since."""
 
 import atexit
 import ctypes
@@ -22,11 +31,39 @@ from . import _lib, _ranks, _tensors, _tree
 from ._lib import SovError
 from ._tensors import Shard
 
-__all__ = ["save", "load", "latest", "verify", "Checkpoint", "SaveHandle", "Shard", "SovError"]
+__all__ = ["save", "load", "latest", "verify", "verify_signature", "Checkpoint", "SaveHandle", "Shard", "SovError",
+           "Key"]
 
 # The key under which the manifest's meta keeps a Python state's tree.
 META_KEY = "python"
 TREE_VERSION = 1
+
+
+class Key:
+    """The operator's key: a key file or a key command (sov_ckpt_key). Key.of(key_file, key_command) is the key
+    that those arguments name, or None."""
+
+    def __init__(self, key_file=None, key_command=None):
+        if (key_file is None) == (key_command is None):
+            raise ValueError("sovtrain: give key_file or key_command, one of them")
+        self._ptr = ctypes.c_void_p()
+        if key_file is not None:
+            _lib.check(_lib.lib.sov_ckpt_key_from_file(os.fsencode(key_file), ctypes.byref(self._ptr)), "sovtrain")
+        else:
+            _lib.check(_lib.lib.sov_ckpt_key_from_command(key_command.encode(), ctypes.byref(self._ptr)), "sovtrain")
+        self.spec = ("file", os.path.realpath(key_file)) if key_file is not None else ("command", key_command)
+
+    @staticmethod
+    def of(key_file=None, key_command=None):
+        return Key(key_file, key_command) if key_file is not None or key_command is not None else None
+
+    def __str__(self):
+        return _lib.lib.sov_ckpt_key_describe(self._ptr).decode(errors="replace")
+
+    def __del__(self):
+        if getattr(self, "_ptr", None):
+            _lib.lib.sov_ckpt_key_free(self._ptr)
+            self._ptr = None
 
 
 class SaveHandle:
@@ -63,12 +100,31 @@ class SaveHandle:
 class _Writer:
     """One sov_ckpt_writer per checkpoint directory and rank, kept between saves for its staging memory."""
 
-    def __init__(self, directory, rank, size, keep, threads):
+    def __init__(self, directory, rank, size, keep, threads, key=None, sign_key=None):
         options = _lib.Options(keep=keep, threads=threads)
+        self.signer = ctypes.c_void_p()
+        if sign_key is not None:  # the private key is needed where the commit runs: rank 0
+            options.sign = 1
+            if rank == 0:
+                _lib.check(_lib.lib.sov_ckpt_signer_from_pem(os.fsencode(sign_key), ctypes.byref(self.signer)),
+                           "sovtrain")
+                options.signer = self.signer
+        # An encrypted save's data key: rank 0 makes it with the save's id and each rank hands it to the C writer,
+        # which asks for it through share_key (so no collective runs inside the C call).
+        self.key, self.data_key = key, None
+        self._share = _lib.SHARE_KEY(self._give_data_key)
+        if key is not None:
+            options.key, options.share_key = key._ptr, ctypes.cast(self._share, ctypes.c_void_p)
         ptr = ctypes.c_void_p()
         _lib.check(_lib.lib.sov_ckpt_writer_open(ctypes.byref(ptr), directory.encode(), rank, size,
                                                  ctypes.byref(options)), f"sovtrain: checkpoints in {directory}")
         self.ptr, self.dir, self.current, self.unreported = ptr, directory, None, None
+
+    def _give_data_key(self, ctx, buf, n):
+        if self.data_key is None or n != 1 + len(self.data_key):
+            return _lib.ERR_INVALID
+        ctypes.memmove(buf, b"\x01" + self.data_key, n)
+        return _lib.OK
 
     def finish_current(self):
         """Waits for the save in flight; its failure, unless its handle's wait() has raised it already."""
@@ -85,6 +141,9 @@ class _Writer:
         if self.ptr:
             _lib.lib.sov_ckpt_writer_close(self.ptr)
             self.ptr = None
+        if self.signer:
+            _lib.lib.sov_ckpt_signer_free(self.signer)
+            self.signer = ctypes.c_void_p()
 
 
 _writers = {}
@@ -105,23 +164,23 @@ def _default_threads():
     return max(1, min(8, cores // _ranks.local_ranks()))
 
 
-def _writer(directory, rank, size, keep, threads):
+def _writer(directory, rank, size, keep, threads, key=None, sign_key=None):
     """The writer for saves to `directory` with these settings: one per process, kept (with its staging memory,
     whose first allocation costs a save more than its copy does) until the program ends or it is dropped."""
-    key = (os.path.realpath(directory), rank, size, keep, threads)
+    settings = (os.path.realpath(directory), rank, size, keep, threads, key.spec if key else None, sign_key)
     with _writers_lock:
-        w = _writers.get(key)
+        w = _writers.get(settings)
         if w is None:
-            w = _writers[key] = _Writer(directory, rank, size, keep, threads)
-            w.key = key
+            w = _writers[settings] = _Writer(directory, rank, size, keep, threads, key, sign_key)
+            w.settings = settings
         return w
 
 
 def _drop_writer(w):
     """Closes a writer (a save still waiting for its metadata fails) and forgets it."""
     with _writers_lock:
-        if _writers.get(getattr(w, "key", None)) is w:
-            del _writers[w.key]
+        if _writers.get(getattr(w, "settings", None)) is w:
+            del _writers[w.settings]
     w.close()
 
 
@@ -158,7 +217,8 @@ def _c_tensors(tensors):
     return array, len(given), keep_alive
 
 
-def save(state, dir, step, *, keep=3, threads=None, blocking=False, comm=None):
+def save(state, dir, step, *, keep=3, threads=None, blocking=False, comm=None, key_file=None, key_command=None,
+         sign_key=None):
     """Saves `state` as checkpoint `step` under `dir` (DIR/step-<step>), on every rank of the job together.
 
     Returns once this rank's share of the state is copied (the training stall); compression, checksums and writing
@@ -166,23 +226,27 @@ def save(state, dir, step, *, keep=3, threads=None, blocking=False, comm=None):
     durable; blocking=True waits before returning. Every rank must give the same state. `keep`: checkpoints kept
     once a new one is committed. `threads`: compression threads per rank (default: this host's cores shared by its
     ranks, at most 8). `comm`: the ranks' communicator when torch.distributed is not initialised (an mpi4py
-    communicator), or a torch ProcessGroup."""
+    communicator), or a torch ProcessGroup. key_file / key_command: encrypted; sign_key: signed (see the module's
+    help)."""
     if not isinstance(step, int) or step < 0:
         raise ValueError(f"sovtrain: save: step must be an int >= 0, not {step!r}")
     ranks = _ranks.ranks(comm)
     tree, tensors = _tree.flatten(state)
     meta = json.dumps({META_KEY: {"version": TREE_VERSION, "tree": tree}}, allow_nan=False)
-    writer = _writer(dir, ranks.rank, ranks.size, keep, threads or _default_threads())
+    writer = _writer(dir, ranks.rank, ranks.size, keep, threads or _default_threads(),
+                     Key.of(key_file, key_command), sign_key)
 
     previous = writer.finish_current()
-    mine = (str(previous) if previous else None, secrets.randbits(63) or 1 if ranks.rank == 0 else None)
+    data_key = secrets.token_hex(32) if ranks.rank == 0 and writer.key else None  # one allgather carries it
+    mine = (str(previous) if previous else None, secrets.randbits(63) or 1 if ranks.rank == 0 else None, data_key)
     everyone = ranks.allgather(mine)
-    failed = [(r, e) for r, (e, _) in enumerate(everyone) if e]
+    failed = [(r, e) for r, (e, _, _) in enumerate(everyone) if e]
     if failed:
         writer.unreported = None
         raise SovError(_lib.ERR_IO, "sovtrain: save of step %d not started: the previous save failed (%s)" % (
             step, "; ".join(f"rank {r}: {e}" for r, e in failed)))
 
+    writer.data_key = bytes.fromhex(everyone[0][2]) if writer.key else None
     handle = _start(writer, tensors, step, everyone[0][1], meta, dir)
     if blocking:
         handle.wait()
@@ -209,11 +273,17 @@ class Checkpoint:
     """One checkpoint, open for reading: its step, metadata and tensors, read whole or by box. Every chunk read is
     checked against its checksum."""
 
-    def __init__(self, path):
+    def __init__(self, path, key_file=None, key_command=None, key=None, require_signed=None):
         self._ptr = None
         path = _pointer_target(path) if os.path.isfile(path) else path
+        if require_signed is not None:
+            verify_signature(path, require_signed)
+        key = key or Key.of(key_file, key_command)
         ptr = ctypes.c_void_p()
-        _lib.check(_lib.lib.sov_ckpt_open(os.fsencode(path), ctypes.byref(ptr)), "sovtrain: open")
+        _lib.check(_lib.lib.sov_ckpt_open_key(os.fsencode(path), key._ptr if key else None, ctypes.byref(ptr)),
+                   "sovtrain: open")
+        sealed = _lib.lib.sov_ckpt_key_id(ptr)
+        self.key_id = sealed.decode() if sealed else None  # the key it was encrypted with, or None
         self._ptr, self.path = ptr, path
         self.step = _lib.lib.sov_ckpt_step(ptr)
         self.world_size = _lib.lib.sov_ckpt_world_size(ptr)
@@ -412,18 +482,19 @@ def _is_checkpoint(path):
     return os.path.isfile(os.path.join(path, "manifest.json"))
 
 
-def load(path_or_dir, into=None):
+def load(path_or_dir, into=None, *, key_file=None, key_command=None, require_signed=None):
     """The state of checkpoint `path_or_dir` (DIR/step-N, or DIR/latest: the one it names), or of the newest
     checkpoint under a checkpoint directory that loads whole (a damaged one is skipped, saying why on stderr). `into`: see Checkpoint.load."""
+    key = Key.of(key_file, key_command)
     if _is_checkpoint(path_or_dir) or os.path.isfile(path_or_dir):
-        with Checkpoint(path_or_dir) as c:
+        with Checkpoint(path_or_dir, key=key, require_signed=require_signed) as c:
             return c.load(into)
     candidates = _candidates(path_or_dir)
     if not candidates:
         raise SovError(_lib.ERR_IO, f"sovtrain: load: no checkpoint in {path_or_dir}")
     for path in candidates:
         try:
-            with Checkpoint(path) as c:
+            with Checkpoint(path, key=key, require_signed=require_signed) as c:
                 return c.load(into)
         except SovError as e:
             last = e
@@ -444,7 +515,15 @@ def latest(dir):
     return path.value.decode()
 
 
-def verify(path):
-    """Checks every chunk of checkpoint `path` against its checksums. Raises SovError naming the first damage."""
-    with Checkpoint(path) as c:
+def verify(path, *, key_file=None, key_command=None, require_signed=None):
+    """Checks every chunk of checkpoint `path` against its checksums (of an encrypted one without its key: the
+    stored bytes only), and with require_signed its signature. Raises SovError naming the first damage."""
+    with Checkpoint(path, key_file, key_command, require_signed=require_signed) as c:
         c.verify()
+
+
+def verify_signature(path, public_key):
+    """Checks checkpoint `path`'s model.sig with the ECDSA public key in PEM file `public_key`, and every file
+    against it; raises SovError naming the file that does not match (or saying it is not signed)."""
+    path = _pointer_target(path) if os.path.isfile(path) else path
+    _lib.check(_lib.lib.sov_ckpt_verify_signature(os.fsencode(path), os.fsencode(public_key)), "sovtrain")

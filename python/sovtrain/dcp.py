@@ -60,11 +60,13 @@ def _stored_name(fqn, offsets=None):
 class StorageWriter(_Writer):
     """Writes DCP checkpoints as sovtrain checkpoints: DIR/step-STEP, keeping the newest `keep`.
     dir and step may instead come from dcp.save's checkpoint_id (DIR/step-N). threads: compression threads per
-    rank (default: this host's cores shared by its ranks, at most 8)."""
+    rank (default: this host's cores shared by its ranks, at most 8). key_file / key_command: encrypted at rest
+    (docs/security.md); the coordinator makes each save's data key, which reaches the ranks in DCP's plan."""
 
-    def __init__(self, dir=None, step=None, *, keep=3, threads=None):
+    def __init__(self, dir=None, step=None, *, keep=3, threads=None, key_file=None, key_command=None):
         super().__init__()
         self.dir, self.step, self.keep, self.threads = dir, step, keep, threads
+        self.key = _ckpt.Key.of(key_file, key_command)
         self._writer, self._handle = None, None
         self.checkpoint_id = os.path.join(dir, f"step-{step}") if dir is not None and step is not None else None
 
@@ -100,14 +102,15 @@ class StorageWriter(_Writer):
                     if fqn in seen:
                         split.add(fqn)
                     seen.add(fqn)
-        shared = {"save_id": secrets.randbits(63) or 1, "split": sorted(split)}
+        shared = {"save_id": secrets.randbits(63) or 1, "split": sorted(split),
+                  "data_key": secrets.token_hex(32) if self.key else None}
         return [dataclasses.replace(plan, storage_data=shared) for plan in plans]
 
     def _open_writer(self):
         """The process's writer for this directory (sovtrain.checkpoint's, kept between saves). One whose last
         save still waits for DCP's metadata belongs to a save that DCP gave up on (its finish never came): it is
         closed, which fails that save, and a new one is opened."""
-        args = (self.dir, self.rank, self.world, self.keep, self.threads or _ckpt._default_threads())
+        args = (self.dir, self.rank, self.world, self.keep, self.threads or _ckpt._default_threads(), self.key)
         writer = _ckpt._writer(*args)
         if getattr(writer, "awaiting_meta", False):
             _ckpt._drop_writer(writer)
@@ -141,6 +144,7 @@ class StorageWriter(_Writer):
         previous = writer.finish_current()
         if previous:
             raise previous
+        writer.data_key = bytes.fromhex(plan.storage_data["data_key"]) if self.key else None
         self._handle = _ckpt._start(writer, tensors, self.step, plan.storage_data["save_id"], None, self.dir,
                                     meta_later=True)
         writer.awaiting_meta = self.is_coordinator
@@ -174,11 +178,13 @@ class StorageWriter(_Writer):
 
 class StorageReader(_Reader):
     """Reads a DCP checkpoint that StorageWriter wrote: `path` is DIR/step-N, or a checkpoint directory, whose
-    newest checkpoint that opens is read. Every chunk read is checked against its checksum."""
+    newest checkpoint that opens is read. Every chunk read is checked against its checksum. key_file /
+    key_command: the key of an encrypted checkpoint (each rank opens it, so a key command runs once per rank)."""
 
-    def __init__(self, path=None):
+    def __init__(self, path=None, *, key_file=None, key_command=None):
         super().__init__()
         self.path, self._ckpt = path, None
+        self.key = _ckpt.Key.of(key_file, key_command)
         self.checkpoint_id = path
 
     def reset(self, checkpoint_id=None):
@@ -193,7 +199,10 @@ class StorageReader(_Reader):
             candidates = _ckpt.resolve(self.path)
             if not candidates:
                 raise _lib.SovError(_lib.ERR_IO, f"sovtrain.dcp: no checkpoint in {self.path}")
-            self._ckpt = _ckpt.Checkpoint(candidates[0])
+            self._ckpt = _ckpt.Checkpoint(candidates[0], key=self.key)
+            if self._ckpt.key_id and self.key is None:
+                raise _lib.SovError(_lib.ERR_INVALID, f"sovtrain.dcp: {candidates[0]} is encrypted with key id "
+                                    f"{self._ckpt.key_id}: give StorageReader its key (key_file or key_command)")
             if not isinstance(self._ckpt.meta, dict) or META_KEY not in self._ckpt.meta:
                 raise _lib.SovError(_lib.ERR_FORMAT, f"sovtrain.dcp: {candidates[0]} holds no DCP metadata (it was "
                                     "not written through sovtrain.dcp.StorageWriter): load it with "

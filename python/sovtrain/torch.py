@@ -70,15 +70,17 @@ class Checkpointer:
     model, optimizer, scheduler: what is saved and restored (any object with state_dict/load_state_dict; the
     model as the loop holds it, DDP wrapper included). keep: checkpoints kept. stop_exit_code: the exit status
     after a signal's clean stop: 0, or non-zero for a Kubernetes indexed Job, where an index that exits 0 counts as
-    complete (sovtrain train's --stop-exit-code)."""
+    complete (sovtrain train's --stop-exit-code). key_file / key_command: checkpoints encrypted at rest (sovtrain
+    train's --ckpt-key-file / --ckpt-key-command; docs/security.md)."""
 
     def __init__(self, dir, model, optimizer=None, scheduler=None, *, every=None, every_seconds=None, keep=3,
-                 threads=None, stop_exit_code=0):
+                 threads=None, stop_exit_code=0, key_file=None, key_command=None):
         if every is None and every_seconds is None:
             raise ValueError("sovtrain: Checkpointer: give every=STEPS, every_seconds=S or both")
         self.dir, self.model, self.optimizer, self.scheduler = dir, model, optimizer, scheduler
         self.every, self.every_seconds, self.keep, self.threads = every, every_seconds, keep, threads
         self.stop_exit_code = stop_exit_code
+        self._key = {"key_file": key_file, "key_command": key_command}
         self.data = None
         self._ranks = _Ranks()
         self._stop_signal = None
@@ -112,7 +114,7 @@ class Checkpointer:
         if self._saved_step == step:
             return self._handle
         self._handle = _ckpt.save(self.state(step), self.dir, step, keep=self.keep, threads=self.threads,
-                                  comm=self._ranks.group if self._ranks.dist else None)
+                                  comm=self._ranks.group if self._ranks.dist else None, **self._key)
         self._saved_step = step
         self._last_save_time = time.monotonic()
         if blocking:
@@ -157,7 +159,7 @@ class Checkpointer:
             return 0
         source = self.dir if what in ("auto", "latest") else what
         try:
-            state = _ckpt.load(source)
+            state = _ckpt.load(source, **self._key)
         except _ckpt.SovError as e:
             if what == "auto" and "no checkpoint in" in str(e):
                 _log(self._ranks.rank, f"no checkpoint in {source}: starting fresh")

@@ -1,5 +1,5 @@
 #!/bin/sh
-# run.sh [SECONDS]: builds the libFuzzer targets fuzz_chunk and fuzz_manifest (clang, ASan + UBSan) in a temporary
+# run.sh [SECONDS]: builds the libFuzzer targets fuzz_chunk, fuzz_manifest and fuzz_keys (clang, ASan + UBSan) in a temporary
 # directory and runs each for SECONDS (default 20), starting from corpus/<target> and, when present, the known
 # reproducers in repro/<target>. Exits 0 when nothing was found, 1 on a crash, leak, UB or build failure (the
 # log and artifacts are kept and named), 77 (skip) when clang or its libFuzzer runtime is missing. CC=... picks
@@ -20,11 +20,11 @@ fi
 flags="-I$root/base -I$root/base/include -I$root/checkpoint -I$root/checkpoint/include -I$root/runtime/include -D_GNU_SOURCE -std=c11 -g -O1"
 flags="$flags -fsanitize=fuzzer,address,undefined"
 lib="$root/base/status.c $root/base/log.c $root/base/util.c $root/base/dtype.c $root/checkpoint/codec.c $root/checkpoint/bitpack.c $root/checkpoint/checksum.c $root/checkpoint/fsio.c $root/checkpoint/chunk_reader.c $root/checkpoint/reader.c"
-lib="$lib $root/checkpoint/safetensors.c $root/checkpoint/catalog.c"
+lib="$lib $root/checkpoint/safetensors.c $root/checkpoint/catalog.c $root/checkpoint/crypto.c $root/checkpoint/keys.c $root/checkpoint/signing.c"
 status=0
-for t in chunk manifest; do
+for t in chunk manifest keys; do
     # shellcheck disable=SC2086 # word splitting of flags and lib is intended
-    if ! "$cc" $flags $lib "$here/fuzz_$t.c" -o "$work/fuzz_$t" -lzstd -lxxhash -ljansson -lm; then
+    if ! "$cc" $flags $lib "$here/fuzz_$t.c" -o "$work/fuzz_$t" -lzstd -lxxhash -ljansson -lcrypto -lm; then
         echo "fuzz_$t: BUILD FAILED"; status=1; continue
     fi
     mkdir "$work/corpus-$t"

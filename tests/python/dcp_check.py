@@ -71,8 +71,13 @@ def check(loaded):
             sys.exit(f"dcp_check: tensor {n} differs")
 
 
+def key_file():
+    """--key FILE: the checkpoint is encrypted with that key file."""
+    return sys.argv[sys.argv.index("--key") + 1] if "--key" in sys.argv else None
+
+
 def load(path, st):
-    dcp.load(st, storage_reader=sovtrain.dcp.StorageReader(path))
+    dcp.load(st, storage_reader=sovtrain.dcp.StorageReader(path, key_file=key_file()))
     return st
 
 
@@ -98,7 +103,7 @@ def corrupt(path, count):
                     if k % 100 == 0:  # some through DCP's load itself
                         load(path, state(False))
                     else:
-                        sovtrain.checkpoint.verify(path)
+                        sovtrain.checkpoint.verify(path, key_file=key_file())
                 except (Exception, CheckpointException) as e:  # DCP's wraps the reader's (not an Exception)
                     if "sovtrain" in str(e):
                         detected += 1
@@ -117,7 +122,7 @@ def main():
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         dist.init_process_group("gloo")
     if mode == "save":
-        writer = sovtrain.dcp.StorageWriter(sys.argv[2], step=int(sys.argv[3]))
+        writer = sovtrain.dcp.StorageWriter(sys.argv[2], step=int(sys.argv[3]), key_file=key_file())
         if "--async" in sys.argv:
             dcp.async_save(state(True), storage_writer=writer).result()
         else:

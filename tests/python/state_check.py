@@ -101,6 +101,11 @@ def tensor_for(raw, dtype):
     return as_array(raw, dtype)
 
 
+def key_file():
+    """--key FILE: the checkpoint is encrypted with that key file."""
+    return sys.argv[sys.argv.index("--key") + 1] if "--key" in sys.argv else None
+
+
 def save(directory, count, small, rank, world):
     state = {"tensors": count, "saved_by": world}  # what the C check reads from the metadata first
     for i in range(count):
@@ -110,7 +115,7 @@ def save(directory, count, small, rank, world):
             state[name] = ckpt.Shard(tensor_for(element_bytes(i, dtype, shape, off, box), dtype), off, shape)
         else:
             state[name] = tensor_for(element_bytes(i, dtype, shape, [0] * len(shape), shape), dtype)
-    path = ckpt.save(state, directory, 1, keep=1, threads=2, blocking=True).wait()
+    path = ckpt.save(state, directory, 1, keep=1, threads=2, blocking=True, key_file=key_file()).wait()
     if rank == 0:
         print(f"saved {path}: {count} tensors from {world} ranks")
 
@@ -125,9 +130,9 @@ def raw_of(a):
 
 
 def load(path, rank, world):
-    c = ckpt.Checkpoint(path)
+    c = ckpt.Checkpoint(path, key_file=key_file())
     count = c.meta["python"]["tree"]["tensors"] if "python" in c.meta else c.meta["tensors"]
-    state = ckpt.load(path)  # everything whole, in one pass
+    state = ckpt.load(path, key_file=key_file())  # everything whole, in one pass
     for i in range(count):
         name, dtype, shape, split = make_spec(i, small=count < 100)
         got = raw_of(state[name])
@@ -149,7 +154,7 @@ def load(path, rank, world):
 
 def main():
     if len(sys.argv) < 3 or sys.argv[1] not in ("save", "load"):
-        sys.exit("usage: state_check.py save DIR [--small] | load DIR/step-1")
+        sys.exit("usage: state_check.py save DIR [--small] [--key FILE] | load DIR/step-1 [--key FILE]")
     rank, world = ranks()
     if sys.argv[1] == "save":
         small = "--small" in sys.argv[3:]

@@ -4,6 +4,7 @@ damage give clear errors. Runs with numpy alone, and with torch where it is inst
 import math
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import unittest
@@ -129,6 +130,47 @@ class BadInput(Base):
             ckpt.load(self.dir)
         with self.assertRaisesRegex(SovError, "manifest.json"):
             ckpt.Checkpoint(os.path.join(self.dir, "step-9"))
+
+    def test_encrypted_round_trip_and_key_errors(self):
+        key, other = os.path.join(self.dir, "key"), os.path.join(self.dir, "other")
+        for path in (key, other):
+            with open(path, "wb") as f:
+                f.write(os.urandom(32))
+            os.chmod(path, 0o600)
+        state = {"w": np.arange(4096, dtype=np.float32), "note": "kept in the encrypted metadata"}
+        ckpt.save(state, self.dir, 3, key_file=key, blocking=True)
+        back = ckpt.load(self.dir, key_file=key)
+        self.assertEqual(back["note"], state["note"])
+        np.testing.assert_array_equal(np.asarray(back["w"]), state["w"])
+        with ckpt.Checkpoint(os.path.join(self.dir, "step-3")) as c:
+            self.assertTrue(c.key_id.startswith("local:"))
+            self.assertIsNone(c.meta)  # sealed: nothing of it is readable without the key
+            c.verify()  # the stored bytes
+        with self.assertRaisesRegex(SovError, "encrypted with key id local:"):
+            ckpt.Checkpoint(os.path.join(self.dir, "step-3")).read("w")
+        with self.assertRaisesRegex(SovError, "wrong key"):
+            ckpt.load(os.path.join(self.dir, "step-3"), key_file=other)
+        os.chmod(other, 0o644)
+        with self.assertRaisesRegex(SovError, "accessible to group or others"):
+            ckpt.load(os.path.join(self.dir, "step-3"), key_file=other)
+
+    def test_signed_checkpoint_and_require_signed(self):
+        sk, pk = os.path.join(self.dir, "sign.pem"), os.path.join(self.dir, "sign.pub")
+        subprocess.run(["openssl", "ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", sk], check=True)
+        os.chmod(sk, 0o600)
+        subprocess.run(["openssl", "ec", "-in", sk, "-pubout", "-out", pk], check=True, capture_output=True)
+        ckpt.save({"w": np.ones(1000, dtype=np.float32)}, self.dir, 4, sign_key=sk, blocking=True)
+        path = os.path.join(self.dir, "step-4")
+        self.assertTrue(os.path.isfile(os.path.join(path, "model.sig")))
+        ckpt.verify_signature(path, pk)
+        self.assertEqual(ckpt.load(self.dir, require_signed=pk)["w"].shape[0], 1000)
+        with open(os.path.join(path, "rank-0.bin"), "r+b") as f:
+            f.seek(10)
+            byte = f.read(1)
+            f.seek(10)
+            f.write(bytes([byte[0] ^ 1]))
+        with self.assertRaisesRegex(SovError, "rank-0.bin: its SHA-256 does not match the signature"):
+            ckpt.load(path, require_signed=pk)
 
     def test_damage_is_detected_and_load_falls_back(self):
         rng = np.random.default_rng(2)

@@ -27,8 +27,10 @@ extern "C" {
 #endif
 
 /* written (docs/checkpoint-format.md): 2 added plane coding 2; 3 puts every chunk of a data file at a multiple
- * of 4096 bytes, zero-padded; 4 holds tensors of any dtype, replicated or sharded */
-#define SOV_CKPT_FORMAT_VERSION 4
+ * of 4096 bytes, zero-padded; 4 holds tensors of any dtype, replicated or sharded; 5 is 4 encrypted (only
+ * encrypted checkpoints are written as 5, so that older readers still read the others) */
+#define SOV_CKPT_FORMAT_VERSION 5
+#define SOV_CKPT_FORMAT_VERSION_PLAIN 4 /* what an unencrypted save writes */
 #define SOV_CKPT_FORMAT_VERSION_OLDEST 1 /* the oldest still read */
 #define SOV_CKPT_CHUNK_ALIGN 4096        /* from version 3 */
 #define SOV_CKPT_MAX_DIMS 8
@@ -57,6 +59,40 @@ typedef struct sov_ckpt_state {
  * a restore's buffers, its wait for the first chunk and its decode after the last read grow with the chunk. */
 #define SOV_CKPT_DEFAULT_CHUNK_BYTES ((size_t)2 << 20)
 
+/* ---- keys: encryption at rest (docs/security.md) ----
+ * Each save has a fresh random 32-byte data key; its chunks and metadata are sealed with AES-256-GCM under keys
+ * derived from it, and the operator's key wraps it for the manifest. Tensor names, dtypes and shapes stay readable;
+ * their values and the metadata do not. */
+typedef struct sov_ckpt_key sov_ckpt_key;
+
+/* The operator's key-encryption key from a file: 32 bytes, raw, as 64 hex digits or as base64, in a file that
+ * neither group nor others may access. Its id (named in the manifest and in errors) is derived from it. */
+SOV_API sov_status sov_ckpt_key_from_file(const char *path, sov_ckpt_key **out);
+/* A command (run by /bin/sh) that wraps and unwraps data keys, so that the key-encryption key stays in Vault, an
+ * HSM or a KMS: one JSON request on its stdin, one JSON reply on its stdout (docs/security.md). A save runs it
+ * once, on rank 0; opening a checkpoint runs it once. */
+SOV_API sov_status sov_ckpt_key_from_command(const char *command, sov_ckpt_key **out);
+/* A checkpoint's data key, unwrapped by another process (sov_ckpt_data_key): lets one process of a job run the key
+ * command and share the result with the others. Opens that checkpoint only; cannot encrypt. */
+SOV_API sov_status sov_ckpt_key_from_data_key(const uint8_t data_key[32], sov_ckpt_key **out);
+SOV_API void sov_ckpt_key_free(sov_ckpt_key *k);
+/* "key file PATH (key id ID)", "key command `CMD`": for messages. */
+SOV_API const char *sov_ckpt_key_describe(const sov_ckpt_key *k);
+
+/* ---- signatures: the OpenSSF model signing format (docs/security.md) ----
+ * A signed checkpoint's directory holds model.sig: a Sigstore bundle (v0.3) whose in-toto statement lists every
+ * file's SHA-256, signed with ECDSA. PyPI's `model_signing verify key` verifies it, and so does
+ * sov_ckpt_verify_signature. */
+typedef struct sov_ckpt_signer sov_ckpt_signer;
+
+/* An unencrypted ECDSA private key (P-256, P-384 or P-521) in PEM, in a file neither group nor others may access. */
+SOV_API sov_status sov_ckpt_signer_from_pem(const char *path, sov_ckpt_signer **out);
+SOV_API void sov_ckpt_signer_free(sov_ckpt_signer *s);
+/* Checks the signature of checkpoint `path` (DIR/step-N) with the ECDSA public key in PEM file `public_key`, and
+ * every file of the directory against the digests it signs. Fails naming the file that does not match, one that
+ * is not listed or missing, or saying that the checkpoint is not signed. */
+SOV_API sov_status sov_ckpt_verify_signature(const char *path, const char *public_key);
+
 typedef struct sov_ckpt_options {
     int keep;                /* checkpoints kept after a new one is durable (>= 1) */
     int threads;             /* compression threads per rank */
@@ -70,6 +106,16 @@ typedef struct sov_ckpt_options {
     void *(*alloc_host)(void *ctx, size_t bytes);
     void (*free_host)(void *ctx, void *ptr);
     void *memory_ctx;
+    /* Encryption: every rank gives the same key (NULL: not encrypted). Rank 0 makes each save's data key and wraps
+     * it (in the background); the ranks get it through share_key, which must broadcast `bytes` from rank 0 to every
+     * rank of the save and is called by each of them inside sov_ckpt_save (required when world_size > 1). */
+    const sov_ckpt_key *key;
+    sov_status (*share_key)(void *ctx, void *bytes, size_t n);
+    void *share_ctx;
+    /* Signing: every rank sets sign (each hashes its data file as it writes it: nothing is read back), and rank 0
+     * gives its signer; rank 0's commit then writes model.sig beside the manifest, before the checkpoint appears. */
+    int sign;
+    const sov_ckpt_signer *signer;
 } sov_ckpt_options;
 
 /* ---- writing ---- */
@@ -110,6 +156,15 @@ typedef struct sov_ckpt sov_ckpt;
 /* Opens the checkpoint directory `path` (DIR/step-N): reads and verifies the manifest. Checkpoints of every
  * format version from SOV_CKPT_FORMAT_VERSION_OLDEST on open; those before 4 show their buffers as tensors. */
 SOV_API sov_status sov_ckpt_open(const char *path, sov_ckpt **out);
+/* The same with the key of an encrypted checkpoint: its data key is unwrapped, and the manifest authenticated
+ * (HMAC), before it returns. Without the key an encrypted checkpoint still opens: its tensors' names and shapes
+ * can be listed and sov_ckpt_verify checks its stored bytes, but reading fails, naming the key id. */
+SOV_API sov_status sov_ckpt_open_key(const char *path, const sov_ckpt_key *key, sov_ckpt **out);
+/* The id of the key that encrypted the checkpoint, or NULL for a plain one. */
+SOV_API const char *sov_ckpt_key_id(const sov_ckpt *c);
+/* An encrypted checkpoint opened with its key: its data key, to share with other processes (see
+ * sov_ckpt_key_from_data_key). SOV_ERR_INVALID when it was opened without one or is not encrypted. */
+SOV_API sov_status sov_ckpt_data_key(const sov_ckpt *c, uint8_t out[32]);
 SOV_API void sov_ckpt_close(sov_ckpt *c);
 SOV_API long sov_ckpt_step(const sov_ckpt *c);
 SOV_API const char *sov_ckpt_path(const sov_ckpt *c);
@@ -152,7 +207,8 @@ SOV_API sov_status sov_ckpt_read(sov_ckpt *c, const char *name, sov_dtype dtype,
 /* One box of a tensor into dst. */
 SOV_API sov_status sov_ckpt_read_slice(sov_ckpt *c, const char *name, sov_dtype dtype, const int64_t *offset,
                                        const int64_t *shape, void *dst);
-/* Reads and checks every chunk of every file. Stops at the first damage, naming file and chunk. */
+/* Reads and checks every chunk of every file. Stops at the first damage, naming file and chunk. An encrypted
+ * checkpoint opened without its key: the stored bytes (every chunk's clear header and ciphertext checksum). */
 SOV_API sov_status sov_ckpt_verify(sov_ckpt *c);
 
 /* Reports why a candidate was skipped while searching (may be NULL). */

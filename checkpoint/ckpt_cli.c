@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 /* What a failed open or verify means for the operator: a version this sovtrain does not read is not damage, nor
  * is a missing or wrong key (refused), nor a file or key command that cannot be used (an error). */
@@ -27,6 +28,9 @@ static void usage(FILE *out) {
                  "                                             or of a format version it does not read)\n"
                  "       sovtrain ckpt inspect PATH [KEY]      summary of the manifest\n"
                  "       sovtrain ckpt export PATH [KEY] [SIGNED] --format safetensors -o FILE\n"
+                 "       sovtrain ckpt rekey PATH KEY (--new-key-file PATH | --new-key-command CMD)\n"
+                 "                                             rotate the key of an encrypted checkpoint, or of every\n"
+                 "                                             one under DIR: rewraps its data key, data untouched\n"
                  "PATH is a checkpoint directory (DIR/step-N), DIR/latest (the one it names), or DIR itself, meaning\n"
                  "its newest good checkpoint.\n"
                  "KEY, for an encrypted checkpoint: --ckpt-key-file PATH or --ckpt-key-command CMD, as given to\n"
@@ -37,7 +41,7 @@ static void usage(FILE *out) {
 
 /* A subcommand's arguments: one checkpoint location, and options. */
 typedef struct cli_args {
-    const char *where, *format, *out, *key_file, *key_command, *public_key;
+    const char *where, *format, *out, *key_file, *key_command, *public_key, *new_key_file, *new_key_command;
 } cli_args;
 
 /* Parses argv[0..argc) of subcommand `cmd`; export alone takes --format and -o. Returns 0, or 2 after a message. */
@@ -51,6 +55,10 @@ static int parse_args(const char *cmd, int argc, char **argv, cli_args *a) {
             into = &a->key_command;
         else if (!strcmp(flag, "--public-key"))
             into = &a->public_key;
+        else if (!strcmp(cmd, "rekey") && !strcmp(flag, "--new-key-file"))
+            into = &a->new_key_file;
+        else if (!strcmp(cmd, "rekey") && !strcmp(flag, "--new-key-command"))
+            into = &a->new_key_command;
         else if (!strcmp(cmd, "export") && !strcmp(flag, "--format"))
             into = &a->format;
         else if (!strcmp(cmd, "export") && !strcmp(flag, "-o"))
@@ -303,6 +311,53 @@ static int cmd_export(const cli_args *a) {
     return 0;
 }
 
+/* The checkpoints PATH names for a rotation: itself, or every one under a checkpoint directory. */
+static int rekey_targets(const char *where, char (*paths)[4200], int cap) {
+    char m[4300];
+    snprintf(m, sizeof m, "%s/manifest.json", where);
+    if (access(m, F_OK) == 0) {
+        snprintf(paths[0], 4200, "%s", where);
+        return 1;
+    }
+    long steps[4096];
+    int n = sov_ckpt_list_steps(where, steps, cap < 4096 ? cap : 4096);
+    for (int i = 0; i < n; i++)
+        snprintf(paths[i], 4200, "%s/step-%ld", where, steps[i]);
+    return n;
+}
+
+static int cmd_rekey(const cli_args *a) {
+    if (!a->key_file == !a->key_command || !a->new_key_file == !a->new_key_command) {
+        fprintf(stderr, "sovtrain ckpt rekey: give the old key (--ckpt-key-file or --ckpt-key-command) and the new "
+                        "one (--new-key-file or --new-key-command)\n");
+        return 2;
+    }
+    sov_ckpt_key *old_key = NULL, *new_key = NULL;
+    sov_status st = key_of(a, &old_key);
+    if (st == SOV_OK)
+        st = a->new_key_file ? sov_ckpt_key_from_file(a->new_key_file, &new_key)
+                             : sov_ckpt_key_from_command(a->new_key_command, &new_key);
+    static char paths[4096][4200];
+    int n = st == SOV_OK ? rekey_targets(a->where, paths, 4096) : 0, bad = st != SOV_OK;
+    if (st == SOV_OK && n == 0) {
+        fprintf(stderr, "sovtrain ckpt rekey: no checkpoint at %s\n", a->where);
+        bad = 1;
+    }
+    for (int i = 0; i < n; i++) {
+        if (sov_ckpt_rekey(paths[i], old_key, new_key) == SOV_OK) {
+            printf("%s: rekeyed (its data key is now wrapped by the %s)\n", paths[i], sov_ckpt_key_describe(new_key));
+        } else {
+            fprintf(stderr, "sovtrain ckpt rekey: %s\n", sov_last_error());
+            bad = 1;
+        }
+    }
+    if (st != SOV_OK)
+        fprintf(stderr, "sovtrain ckpt rekey: %s\n", sov_last_error());
+    sov_ckpt_key_free(old_key);
+    sov_ckpt_key_free(new_key);
+    return bad ? 1 : 0;
+}
+
 int sov_ckpt_main(int argc, char **argv) {
     if (argc < 3) {
         usage(argc == 2 && (!strcmp(argv[1], "-h") || !strcmp(argv[1], "--help")) ? stdout : stderr);
@@ -317,7 +372,8 @@ int sov_ckpt_main(int argc, char **argv) {
     static const struct {
         const char *name;
         int (*run)(const cli_args *a);
-    } subcommands[] = {{"ls", cmd_ls}, {"verify", cmd_verify}, {"inspect", cmd_inspect}, {"export", cmd_export}};
+    } subcommands[] = {{"ls", cmd_ls},         {"verify", cmd_verify}, {"inspect", cmd_inspect},
+                       {"export", cmd_export}, {"rekey", cmd_rekey}};
     for (size_t i = 0; i < sizeof subcommands / sizeof *subcommands; i++) {
         if (strcmp(cmd, subcommands[i].name) != 0)
             continue;

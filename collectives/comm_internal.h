@@ -97,6 +97,13 @@ sov_status sov_tcp_listen(const struct sockaddr_in *addr, int backlog, int *fd, 
 sov_status sov_tcp_connect(const struct sockaddr_in *addr, double deadline, const char *what, int *fd);
 void sov_tcp_tune(int fd);
 
+/* The job's secret (job_token.c): loaded once (a bad SOVTRAIN_JOB_TOKEN_FILE fails here, before any connection), and
+ * proven on each new connection by both sides, the accepting side's and the connecting side's: neither returns
+ * SOV_OK to a peer without it. Without a secret, both return SOV_OK at once (and the job says so once). */
+sov_status sov_job_secret_load(void);
+sov_status sov_auth_accept(int fd, double deadline, const char *what);
+sov_status sov_auth_connect(int fd, double deadline, const char *what);
+
 /* The shared-memory engine over the ranks of one host (comm_shm.c), used by the shm and hier backends.
  * `local` is an MPI communicator of exactly those ranks (passed as a pointer so this header needs no mpi.h);
  * MPI is used only to set up. Ranks and sizes in a group are local. */

@@ -14,6 +14,7 @@
 #include <errno.h>
 #include <netinet/in.h>
 #include <poll.h>
+#include <pthread.h>
 #include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -300,17 +301,37 @@ static void tcp_destroy(sov_comm *c) {
 
 static const sov_comm_ops tcp_ops = {.run = tcp_run, .abort = tcp_abort, .destroy = tcp_destroy};
 
-/* The ring's links: connect to the next rank's listener, accept the previous rank (who says which it is). */
-static sov_status link_ring(sov_comm *c, tcp_state *s, int lfd, const uint32_t *ports, struct sockaddr_in *addrs,
-                            double deadline) {
+/* The link to the next rank: connect to its listener, prove the job's secret both ways, say which rank this is.
+ * It runs on a thread of its own while this rank accepts the previous one: each side of a handshake waits for the
+ * other, so around a ring the two must not wait on each other. */
+typedef struct next_link {
+    int rank, next;
+    struct sockaddr_in to;
+    double deadline;
+    int fd;
+    sov_status status;
+    char error[1024];
+} next_link;
+
+static void *link_next(void *arg) {
+    next_link *l = arg;
     char what[160];
-    struct sockaddr_in to = addrs[s->next];
-    to.sin_port = htons((uint16_t)ports[s->next]);
-    snprintf(what, sizeof what, "rank %d: tcp: connecting to rank %d at %s:%u", c->rank, s->next,
-             inet_ntoa(to.sin_addr), ports[s->next]);
-    SOV_CHECK(sov_tcp_connect(&to, deadline, what, &s->next_fd));
-    uint32_t me = (uint32_t)c->rank, them = 0;
-    SOV_CHECK(sov_tcp_send(s->next_fd, &me, sizeof me, deadline, what));
+    snprintf(what, sizeof what, "rank %d: tcp: connecting to rank %d at %s:%u", l->rank, l->next,
+             inet_ntoa(l->to.sin_addr), ntohs(l->to.sin_port));
+    uint32_t me = (uint32_t)l->rank;
+    l->status = sov_tcp_connect(&l->to, l->deadline, what, &l->fd);
+    if (l->status == SOV_OK)
+        l->status = sov_auth_connect(l->fd, l->deadline, what);
+    if (l->status == SOV_OK)
+        l->status = sov_tcp_send(l->fd, &me, sizeof me, l->deadline, what);
+    if (l->status != SOV_OK)
+        snprintf(l->error, sizeof l->error, "%s", sov_last_error());
+    return NULL;
+}
+
+/* The link from the previous rank: the first connection that proves the job's secret and says it is that rank.
+ * Any other is refused, named in the log, and the wait goes on. */
+static sov_status accept_prev(sov_comm *c, tcp_state *s, int lfd, double deadline) {
     for (;;) {
         struct pollfd pfd = {.fd = lfd, .events = POLLIN};
         double left = deadline - sov_now();
@@ -321,17 +342,45 @@ static sov_status link_ring(sov_comm *c, tcp_state *s, int lfd, const uint32_t *
             return sov_fail(SOV_ERR_COMM, "rank %d: tcp: poll: %s", c->rank, strerror(errno));
         if (ready <= 0)
             continue;
-        int fd = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
+        struct sockaddr_in peer;
+        socklen_t len = sizeof peer;
+        int fd = accept4(lfd, (struct sockaddr *)&peer, &len, SOCK_CLOEXEC);
         if (fd < 0)
             continue;
-        snprintf(what, sizeof what, "rank %d: tcp: greeting from rank %d", c->rank, s->prev);
-        if (sov_tcp_recv(fd, &them, sizeof them, deadline, what) == SOV_OK && them == (uint32_t)s->prev) {
+        char what[160];
+        snprintf(what, sizeof what, "rank %d: tcp: a connection from %s:%u", c->rank, inet_ntoa(peer.sin_addr),
+                 ntohs(peer.sin_port));
+        double by = sov_now() + 5.0 < deadline ? sov_now() + 5.0 : deadline; /* a silent stray blocks no one long */
+        uint32_t them = UINT32_MAX;
+        sov_status st = sov_auth_accept(fd, by, what);
+        if (st == SOV_OK && (st = sov_tcp_recv(fd, &them, sizeof them, by, what)) == SOV_OK &&
+            them == (uint32_t)s->prev) {
             sov_tcp_tune(fd);
             s->prev_fd = fd;
             return SOV_OK;
         }
-        close(fd); /* not the previous rank: a stray connection */
+        if (st == SOV_OK)
+            sov_log_error("refused: %s: it says it is rank %u, not rank %d", what, them, s->prev);
+        else
+            sov_log_error("refused: %s", sov_last_error());
+        close(fd);
     }
+}
+
+/* The ring's links: to the next rank (on a thread) and from the previous one. */
+static sov_status link_ring(sov_comm *c, tcp_state *s, int lfd, const uint32_t *ports, struct sockaddr_in *addrs,
+                            double deadline) {
+    next_link l = {.rank = c->rank, .next = s->next, .to = addrs[s->next], .deadline = deadline, .fd = -1};
+    l.to.sin_port = htons((uint16_t)ports[s->next]);
+    pthread_t t;
+    if (pthread_create(&t, NULL, link_next, &l) != 0)
+        return sov_fail(SOV_ERR_COMM, "rank %d: tcp: cannot start a thread to connect to rank %d", c->rank, s->next);
+    sov_status st = accept_prev(c, s, lfd, deadline);
+    pthread_join(t, NULL);
+    s->next_fd = l.fd;
+    if (l.status != SOV_OK)
+        return sov_fail(l.status, "%s", l.error);
+    return st;
 }
 
 static sov_status tcp_setup(sov_comm *c, tcp_state *s, const sov_world *w) {

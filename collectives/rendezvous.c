@@ -1,8 +1,9 @@
 /* rendezvous.c: the ranks of a job started without mpirun (a Kubernetes indexed Job, torchrun-style variables)
  * meet at MASTER_ADDR:MASTER_PORT. Rank 0 listens there; every other rank connects, retrying until the timeout
- * (pods start in any order), and sends a hello: a magic word, the world size, its rank and its blob. Rank 0
- * checks each hello, then answers every rank with the table of all blobs in rank order and the address each
- * rank connected from, which is where the others can reach it. */
+ * (pods start in any order). Both sides prove that they hold the job's secret (job_token.c); then the rank sends a
+ * hello: a magic word, the world size, its rank and its blob. Rank 0 checks each hello, then answers every rank
+ * with the table of all blobs in rank order and the address each rank connected from, which is where the others
+ * can reach it. A connection that fails either check is refused, named in the log, and the rendezvous goes on. */
 #include "comm_internal.h"
 
 #include <arpa/inet.h>
@@ -203,6 +204,14 @@ static sov_status serve(const sov_world *w, int lfd, const void *mine, size_t by
         sov_tcp_tune(fd);
         hello h = {0};
         double hello_by = sov_now() + 5.0 < deadline ? sov_now() + 5.0 : deadline; /* a silent stray blocks no one long */
+        char who[96];
+        snprintf(who, sizeof who, "rank 0: rendezvous: a connection from %s:%u", inet_ntoa(peer.sin_addr),
+                 ntohs(peer.sin_port));
+        if (sov_auth_accept(fd, hello_by, who) != SOV_OK) {
+            sov_log_error("refused: %s", sov_last_error());
+            close(fd);
+            continue;
+        }
         if (sov_tcp_recv(fd, &h, sizeof h, hello_by, "rank 0: rendezvous: reading a hello") != SOV_OK ||
             h.magic != HELLO_MAGIC || h.world_size != (uint32_t)w->size || h.rank == 0 || h.rank >= (uint32_t)w->size ||
             h.blob_bytes != bytes || fds[h.rank]) {
@@ -238,7 +247,9 @@ static sov_status join(const sov_world *w, const char *host, uint16_t port, cons
     struct sockaddr_in master;
     SOV_CHECK(connect_host(host, port, deadline, what, &fd, &master));
     hello h = {.magic = HELLO_MAGIC, .world_size = (uint32_t)w->size, .rank = (uint32_t)w->rank, .blob_bytes = bytes};
-    sov_status st = sov_tcp_send(fd, &h, sizeof h, deadline, what);
+    sov_status st = sov_auth_connect(fd, deadline, what);
+    if (st == SOV_OK)
+        st = sov_tcp_send(fd, &h, sizeof h, deadline, what);
     if (st == SOV_OK)
         st = sov_tcp_send(fd, mine, bytes, deadline, what);
     if (st == SOV_OK)
@@ -257,6 +268,7 @@ sov_status sov_rendezvous(const sov_world *w, const void *mine, size_t bytes, vo
     const char *host = NULL;
     uint16_t port = 0;
     SOV_CHECK(master_env(&host, &port));
+    SOV_CHECK(sov_job_secret_load());
     double deadline = sov_now() + timeout_s;
     memset(addrs, 0, (size_t)w->size * sizeof *addrs);
     if (w->rank != 0)

@@ -19,6 +19,7 @@
 #include <string.h>
 #include <sys/wait.h>
 #include <time.h>
+#include <sys/random.h>
 #include <unistd.h>
 
 #define MAX_ARGS 512
@@ -476,6 +477,23 @@ static const char *set_job_id(void) {
     return getenv("SOVTRAIN_JOB_ID");
 }
 
+/* The job's secret (SOVTRAIN_JOB_TOKEN), which ranks started without mpirun prove to each other at the rendezvous
+ * and on the tcp ring (docs/security.md): one given to the launcher is passed on; otherwise a random one per job.
+ * The ranks get it by name through mpirun's -x, never on a command line. */
+static sov_status set_job_token(void) {
+    const char *file = getenv("SOVTRAIN_JOB_TOKEN_FILE"), *given = getenv("SOVTRAIN_JOB_TOKEN");
+    if ((file && *file) || (given && *given))
+        return SOV_OK;
+    unsigned char bytes[32];
+    char hex[65];
+    if (getrandom(bytes, sizeof bytes, 0) != (ssize_t)sizeof bytes)
+        return sov_fail(SOV_ERR_INTERNAL, "making the job's secret: getrandom: %s", strerror(errno));
+    for (size_t i = 0; i < sizeof bytes; i++)
+        snprintf(hex + 2 * i, 3, "%02x", bytes[i]);
+    setenv("SOVTRAIN_JOB_TOKEN", hex, 1);
+    return SOV_OK;
+}
+
 static void remove_shm_leftovers(const char *job_id) {
     char pattern[256];
     snprintf(pattern, sizeof pattern, "/dev/shm/sovtrain-%s-*", job_id);
@@ -661,6 +679,10 @@ int sov_launch_main(int argc, char **argv) {
         return 2;
     }
     const char *job_id = set_job_id();
+    if (set_job_token() != SOV_OK) {
+        fprintf(stderr, "sovtrain launch: %s\n", sov_last_error());
+        return 1;
+    }
     set_master(&o);
     char status_dir[] = "/tmp/sovtrain-launch-XXXXXX";
     if (!o.dry_run && mkdtemp(status_dir))

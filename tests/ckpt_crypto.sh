@@ -49,6 +49,23 @@ for how in file command; do
 done
 ck=$tmp/file-a/checkpoints/step-20
 
+# --- rotating the key rewraps the data key of every checkpoint under a directory; the data files stay as they were
+cp -r "$tmp/file-a/checkpoints" "$tmp/rot"
+new=$tmp/new-key
+openssl rand -out "$new" 32 && chmod 600 "$new"
+sha256sum "$tmp"/rot/step-*/rank-*.bin >"$tmp/before.sum"
+"$SOV" ckpt rekey "$tmp/rot" --ckpt-key-file "$key" --new-key-file "$new" >"$tmp/rekey.log" 2>&1 ||
+    fail "rekey: $(cat "$tmp/rekey.log")"
+[ "$(grep -c ": rekeyed" "$tmp/rekey.log")" = 2 ] || fail "rekey did not rotate both checkpoints: $(cat "$tmp/rekey.log")"
+sha256sum -c --quiet "$tmp/before.sum" || fail "rekey changed a data file"
+"$SOV" ckpt verify "$tmp/rot/step-40" --ckpt-key-file "$new" | grep -q "authenticated, decrypted" ||
+    fail "the rekeyed checkpoint does not verify with the new key"
+expect_error 1 "wrong key" "$SOV" ckpt verify "$tmp/rot/step-40" --ckpt-key-file "$key"
+launch -np 2 -- sovtrain train "${C[@]}" --ckpt-key-file "$new" --run-dir "$tmp/rot-run" --resume "$tmp/rot/step-20" \
+    --dump-params "$tmp/rot-p" >"$tmp/log" 2>&1 && cmp -s "$tmp/rot-p" "$tmp/file-pa" &&
+    echo "ok: rekeyed to a new key (data files untouched), the old key refused, a resume with the new one bit-exact" ||
+    fail "resume after rekey: $(tail -5 "$tmp/log")"
+
 # --- errors that name the key
 expect_error 1 "is encrypted with key id local:" "$SOV" train "${C[@]}" --run-dir "$tmp/nokey" --resume "$ck"
 expect_error 1 "not with the key file $other" "$SOV" train "${C[@]}" --run-dir "$tmp/wrong" --resume "$ck" \

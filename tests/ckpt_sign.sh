@@ -40,6 +40,9 @@ for ck in "$tmp/a/checkpoints/step-20" "$tmp/a/checkpoints/step-40" "$tmp/e/chec
     fi
 done
 
+expect_error 1 "is signed: rotating its key would break the signature" "$SOV" ckpt rekey "$tmp/e/checkpoints/step-40" \
+    --ckpt-key-file "$key" --new-key-file "$key"
+
 # any one byte of any file changed: the independent tool rejects it, and sovtrain names the file
 ck=$tmp/a/checkpoints/step-40
 for f in manifest.json rank-0.bin rank-1.bin model.sig; do

@@ -211,6 +211,11 @@ SOV_API sov_status sov_ckpt_read_slice(sov_ckpt *c, const char *name, sov_dtype 
  * checkpoint opened without its key: the stored bytes (every chunk's clear header and ciphertext checksum). */
 SOV_API sov_status sov_ckpt_verify(sov_ckpt *c);
 
+/* Rotates the operator's key of encrypted checkpoint `path` (DIR/step-N): its data key, unwrapped with old_key, is
+ * wrapped with new_key and the manifest rewritten atomically, after every chunk verified; the data files are left
+ * as they are. A signed checkpoint is refused (its signature covers the manifest). */
+SOV_API sov_status sov_ckpt_rekey(const char *path, const sov_ckpt_key *old_key, const sov_ckpt_key *new_key);
+
 /* Reports why a candidate was skipped while searching (may be NULL). */
 typedef void (*sov_ckpt_note_fn)(void *ctx, const char *message);
 /* The newest checkpoint under `dir` that opens and verifies: DIR/latest first, then every DIR/step-N from the

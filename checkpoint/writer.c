@@ -303,88 +303,100 @@ static chunk_job *plan_chunks(const sov_ckpt_writer *w, size_t *n, size_t *bytes
     return jobs;
 }
 
+/* The pipeline's threads: the encoders and, when signing, the hasher. */
+typedef struct pipeline_threads {
+    pthread_t encoders[MAX_THREADS], hasher;
+    int started, hashing;
+} pipeline_threads;
+
+static sov_status start_threads(pipeline *p, pipeline_threads *t, encoder_arg *args) {
+    for (int i = 0; i < p->w->opt.threads; i++) {
+        args[i] = (encoder_arg){.p = p, .thread = i};
+        if (pthread_create(&t->encoders[i], NULL, encoder_main, &args[i]) != 0)
+            break;
+        t->started++;
+    }
+    if (!t->started)
+        return sov_fail(SOV_ERR_INTERNAL, "rank %d: cannot start checkpoint encoder threads", p->w->rank);
+    t->hashing = p->hash && pthread_create(&t->hasher, NULL, hasher_main, p) == 0;
+    if (p->hash && !t->hashing)
+        return sov_fail(SOV_ERR_INTERNAL, "rank %d: cannot start the thread that hashes the data file", p->w->rank);
+    return SOV_OK;
+}
+
+/* Waits for the hasher (which has every chunk unless the writing stopped early), then stops the encoders. */
+static void stop_threads(pipeline *p, pipeline_threads *t, sov_status st) {
+    if (t->hashing && st != SOV_OK) {
+        pthread_mutex_lock(&p->lock);
+        p->abort = 1;
+        pthread_cond_broadcast(&p->changed);
+        pthread_mutex_unlock(&p->lock);
+    }
+    if (t->hashing)
+        pthread_join(t->hasher, NULL);
+    pthread_mutex_lock(&p->lock);
+    p->abort = 1;
+    pthread_cond_broadcast(&p->changed);
+    pthread_mutex_unlock(&p->lock);
+    for (int i = 0; i < t->started; i++)
+        pthread_join(t->encoders[i], NULL);
+}
+
+/* The marker that describes this rank's durable data file to rank 0 (commit.h); sha: its SHA-256 in hex, or "". */
+static json_t *marker_of(const sov_ckpt_writer *w, const char *file, uint64_t bytes, json_t *chunks, const char *sha) {
+    char id[17], digest[17];
+    snprintf(id, sizeof id, "%016llx", (unsigned long long)w->save_id);
+    snprintf(digest, sizeof digest, "%016llx", (unsigned long long)w->plan.replicated_digest);
+    json_t *m = json_pack("{s:s, s:i, s:s, s:I, s:o, s:o, s:o, s:s}", "save_id", id, "rank", w->rank, "file", file,
+                          "bytes", (json_int_t)bytes, "chunks", chunks, "buffers", sov_plan_buffers_json(&w->plan, 1),
+                          "shards", sov_plan_shards_json(&w->plan), "replicated", digest);
+    if (m && sha[0])
+        json_object_set_new(m, "sha256", json_string(sha));
+    return m;
+}
+
 static sov_status write_share(sov_ckpt_writer *w, const char *partial, json_t **marker) {
-    char name[64], path[4300];
+    char name[64], path[4300], sha[2 * SOV_SHA256_BYTES + 1] = "";
     snprintf(name, sizeof name, "rank-%d.bin", w->rank);
     snprintf(path, sizeof path, "%s/%s", partial, name);
     size_t njobs = 0, share = 0;
     chunk_job *jobs = plan_chunks(w, &njobs, &share);
-    if (!jobs)
-        return SOV_ERR_NOMEM;
-    sov_stream out;
-    sov_status st = sov_stream_open(&out, path);
-    if (st != SOV_OK) {
-        free(jobs);
-        return sov_fail(st, "rank %d: %s", w->rank, sov_last_error());
-    }
     pipeline p = {.w = w, .jobs = jobs, .njobs = njobs, .nslots = SLOTS(w->opt.threads),
                   .while_copying = encoders_while_copying(w->opt.threads), .share = share,
                   .hash = w->opt.sign ? sov_sha256_new() : NULL};
-    sov_sha256 *hash = p.hash;
-    if (w->opt.sign && !hash) {
+    sov_stream out;
+    sov_status st = !jobs || (w->opt.sign && !p.hash) ? SOV_ERR_NOMEM : sov_stream_open(&out, path);
+    if (st != SOV_OK) {
         free(jobs);
-        sov_stream_discard(&out);
-        return sov_fail(SOV_ERR_NOMEM, "rank %d: out of memory for the data file's hash", w->rank);
+        sov_sha256_free(p.hash);
+        return sov_fail(st, "rank %d: %s", w->rank, st == SOV_ERR_NOMEM ? "out of memory" : sov_last_error());
     }
     pthread_mutex_init(&p.lock, NULL);
     pthread_cond_init(&p.changed, NULL);
-    pthread_t tids[MAX_THREADS];
+    pipeline_threads threads = {0};
     encoder_arg args[MAX_THREADS];
-    int started = 0;
-    for (int i = 0; i < w->opt.threads; i++) {
-        args[i] = (encoder_arg){.p = &p, .thread = i};
-        if (pthread_create(&tids[i], NULL, encoder_main, &args[i]) == 0)
-            started++;
-        else
-            break;
-    }
     json_t *chunks = json_array();
-    pthread_t hasher;
-    int hashing = started && p.hash && pthread_create(&hasher, NULL, hasher_main, &p) == 0;
-    if (p.hash && !hashing)
-        st = sov_fail(SOV_ERR_INTERNAL, "rank %d: cannot start the thread that hashes the data file", w->rank);
-    else
-        st = started ? write_chunks(&p, &out, chunks)
-                     : sov_fail(SOV_ERR_INTERNAL, "rank %d: cannot start checkpoint encoder threads", w->rank);
-    if (hashing && st != SOV_OK) {
-        pthread_mutex_lock(&p.lock);
-        p.abort = 1;
-        pthread_cond_broadcast(&p.changed);
-        pthread_mutex_unlock(&p.lock);
-    }
-    if (hashing)
-        pthread_join(hasher, NULL); /* every chunk hashed, unless the write failed */
-    pthread_mutex_lock(&p.lock);
-    p.abort = 1;
-    pthread_cond_broadcast(&p.changed);
-    pthread_mutex_unlock(&p.lock);
-    for (int i = 0; i < started; i++)
-        pthread_join(tids[i], NULL);
+    st = start_threads(&p, &threads, args);
+    if (st == SOV_OK)
+        st = write_chunks(&p, &out, chunks);
+    stop_threads(&p, &threads, st);
     pthread_mutex_destroy(&p.lock);
     pthread_cond_destroy(&p.changed);
     free(jobs);
     if (st == SOV_OK && (st = sov_stream_close(&out)) != SOV_OK)
         st = sov_fail(st, "rank %d: %s", w->rank, sov_last_error());
-    char sha[2 * SOV_SHA256_BYTES + 1] = "";
-    if (hash) {
+    if (p.hash) {
         uint8_t digest[SOV_SHA256_BYTES];
-        sov_sha256_final(hash, digest);
+        sov_sha256_final(p.hash, digest);
         sov_hex(digest, sizeof digest, sha);
-        sov_sha256_free(hash);
+        sov_sha256_free(p.hash);
     }
     if (st != SOV_OK) {
         sov_stream_discard(&out); /* a full disk gets its space back */
         json_decref(chunks);
         return st;
     }
-    char id[17], digest[17];
-    snprintf(id, sizeof id, "%016llx", (unsigned long long)w->save_id);
-    snprintf(digest, sizeof digest, "%016llx", (unsigned long long)w->plan.replicated_digest);
-    *marker = json_pack("{s:s, s:i, s:s, s:I, s:o, s:o, s:o, s:s}", "save_id", id, "rank", w->rank, "file", name,
-                        "bytes", (json_int_t)out.end, "chunks", chunks, "buffers", sov_plan_buffers_json(&w->plan, 1),
-                        "shards", sov_plan_shards_json(&w->plan), "replicated", digest);
-    if (sha[0])
-        json_object_set_new(*marker, "sha256", json_string(sha));
+    *marker = marker_of(w, name, out.end, chunks, sha);
     return SOV_OK;
 }
 

@@ -18,6 +18,7 @@ packages=(
   python3
   slurmctld slurmd slurm-client munge
   python3-torch python3-numpy python3-venv python3-zstandard python3-xxhash
+  python3-swift curl
 )
 
 # Test-only Python tools from PyPI, in a virtual environment of their own (Debian's python3 refuses pip installs

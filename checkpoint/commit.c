@@ -165,15 +165,8 @@ static sov_status take_digests(const sov_commit *c, json_t *markers, sov_signed_
     json_t *f;
     json_array_foreach(markers, r, f) {
         const char *name = json_string_value(json_object_get(f, "file"));
-        uint8_t *digest = files[r].sha256;
         const char *hex = json_string_value(json_object_get(f, "sha256"));
-        int ok = name && hex && strlen(hex) == 2 * SOV_SHA256_BYTES;
-        for (int i = 0; ok && i < SOV_SHA256_BYTES; i++) {
-            unsigned v;
-            ok = sscanf(hex + 2 * i, "%2x", &v) == 1;
-            digest[i] = (uint8_t)v;
-        }
-        if (!ok)
+        if (!name || !sov_unhex(hex, files[r].sha256, SOV_SHA256_BYTES))
             return sov_fail(SOV_ERR_INVALID, "rank 0: the checkpoint of step %ld: rank %zu's part has no SHA-256 to "
                             "sign (every rank must set options.sign); the previous checkpoint stays latest", c->step, r);
         snprintf(files[r].name, sizeof files[r].name, "%s", name);
@@ -218,21 +211,10 @@ static sov_status write_manifest(const sov_commit *c, const json_t *manifest_bas
         return st;
     }
     json_object_set_new(m, "files", files);
-    if (c->mac_key)
-        json_object_set_new(m, "manifest_mac", json_string(SOV_MANIFEST_MAC_ZERO));
-    json_object_set_new(m, "manifest_xxh3", json_string("0000000000000000"));
-    char *text = json_dumps(m, JSON_INDENT(1) | JSON_PRESERVE_ORDER);
+    char *text = NULL;
+    size_t n = 0;
+    st = sov_manifest_store(c->partial, m, c->mac_key, &text, &n);
     json_decref(m);
-    if (!text) {
-        free(signed_files);
-        return sov_fail(SOV_ERR_NOMEM, "rank 0: cannot serialise the manifest");
-    }
-    size_t n = strlen(text);
-    st = c->mac_key ? sov_manifest_mac(text, n, c->mac_key) : SOV_OK;
-    if (st == SOV_OK)
-        st = sov_manifest_seal(text, n);
-    if (st == SOV_OK)
-        st = sov_write_file_atomic(c->partial, "manifest.json", text, n);
     if (st == SOV_OK && c->sign)
         st = write_signature(c, signed_files, nfiles, text, n);
     free(text);

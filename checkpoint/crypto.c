@@ -287,3 +287,17 @@ void sov_hex(const uint8_t *bytes, size_t n, char *out) {
     }
     out[2 * n] = '\0';
 }
+
+static int lower_hex_digit(char c) { return c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1; }
+
+int sov_unhex(const char *hex, uint8_t *out, size_t n) {
+    if (!hex || strlen(hex) != 2 * n)
+        return 0;
+    for (size_t i = 0; i < n; i++) {
+        int hi = lower_hex_digit(hex[2 * i]), lo = lower_hex_digit(hex[2 * i + 1]);
+        if (hi < 0 || lo < 0)
+            return 0;
+        out[i] = (uint8_t)(hi << 4 | lo);
+    }
+    return 1;
+}

@@ -66,5 +66,7 @@ int sov_base64_decode(const char *text, uint8_t *out, size_t cap, size_t *n);
 
 /* Lowercase hex of n bytes into out (2n + 1 bytes). */
 void sov_hex(const uint8_t *bytes, size_t n, char *out);
+/* The n bytes that exactly 2n lowercase hex digits stand for (sov_hex's form); 0 for anything else. */
+int sov_unhex(const char *hex, uint8_t *out, size_t n);
 
 #endif

@@ -242,3 +242,25 @@ sov_status sov_manifest_mac_check(const char *text, size_t n, const sov_key *key
     free(copy);
     return st;
 }
+
+sov_status sov_manifest_store(const char *dir, json_t *m, const sov_key *mac_key, char **text_out, size_t *n_out) {
+    if (mac_key)
+        json_object_set_new(m, "manifest_mac", json_string(SOV_MANIFEST_MAC_ZERO));
+    json_object_set_new(m, "manifest_xxh3", json_string("0000000000000000"));
+    char *text = json_dumps(m, JSON_INDENT(1) | JSON_PRESERVE_ORDER);
+    if (!text)
+        return sov_fail(SOV_ERR_NOMEM, "%s: cannot serialise the manifest", dir);
+    size_t n = strlen(text);
+    sov_status st = mac_key ? sov_manifest_mac(text, n, mac_key) : SOV_OK;
+    if (st == SOV_OK)
+        st = sov_manifest_seal(text, n);
+    if (st == SOV_OK)
+        st = sov_write_file_atomic(dir, "manifest.json", text, n);
+    if (st == SOV_OK && text_out) {
+        *text_out = text;
+        *n_out = n;
+    } else {
+        free(text);
+    }
+    return st;
+}

@@ -5,6 +5,7 @@
 #include "crypto.h"
 #include "sov_internal.h"
 
+#include <jansson.h>
 #include <stddef.h>
 #include <sys/types.h>
 
@@ -39,5 +40,8 @@ sov_status sov_manifest_check(const char *text, size_t n, const char *where);
 #define SOV_MANIFEST_MAC_ZERO "0000000000000000000000000000000000000000000000000000000000000000"
 sov_status sov_manifest_mac(char *text, size_t n, const sov_key *key);
 sov_status sov_manifest_mac_check(const char *text, size_t n, const sov_key *key, const char *where);
+/* Stores manifest m as dir/manifest.json the way every writer does: its "manifest_mac" (with mac_key) and seal set
+ * last, as indented text, MACed, sealed and written atomically. The text in *text (free it) when text is given. */
+sov_status sov_manifest_store(const char *dir, json_t *m, const sov_key *mac_key, char **text, size_t *n);
 
 #endif

@@ -24,23 +24,12 @@ static sov_status rewrite_manifest(const sov_ckpt *c, const sov_ckpt_key *new_ke
         st = sov_key_wrap(new_key, &dk, &entry);
     if (st == SOV_OK) {
         json_object_update_existing(enc, entry); /* key_id, wrap, wrapped_key, in their places */
-        json_object_set_new(m, "manifest_mac", json_string(SOV_MANIFEST_MAC_ZERO));
-        json_object_set_new(m, "manifest_xxh3", json_string("0000000000000000"));
         st = sov_derive_key(&dk, save_id, "manifest", &mac_key);
     }
-    char *text = st == SOV_OK ? json_dumps(m, JSON_INDENT(1) | JSON_PRESERVE_ORDER) : NULL;
-    if (st == SOV_OK && !text)
-        st = sov_fail(SOV_ERR_NOMEM, "%s: cannot serialise the manifest", sov_ckpt_path(c));
-    size_t n = text ? strlen(text) : 0;
     if (st == SOV_OK)
-        st = sov_manifest_mac(text, n, &mac_key);
-    if (st == SOV_OK)
-        st = sov_manifest_seal(text, n);
-    if (st == SOV_OK)
-        st = sov_write_file_atomic(sov_ckpt_path(c), "manifest.json", text, n);
+        st = sov_manifest_store(sov_ckpt_path(c), m, &mac_key, NULL, NULL);
     sov_wipe(&dk, sizeof dk);
     sov_wipe(&mac_key, sizeof mac_key);
-    free(text);
     json_decref(entry);
     json_decref(m);
     return st;

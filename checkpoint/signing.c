@@ -266,19 +266,6 @@ void sov_bundle_free(sov_bundle *b) {
     *b = (sov_bundle){0};
 }
 
-static int hex_digest(const char *hex, uint8_t out[SOV_SHA256_BYTES]) {
-    if (!hex || strlen(hex) != 2 * SOV_SHA256_BYTES)
-        return 0;
-    for (int i = 0; i < SOV_SHA256_BYTES; i++) {
-        unsigned v;
-        if (sscanf(hex + 2 * i, "%2x", &v) != 1 || !strchr("0123456789abcdef", hex[2 * i]) ||
-            !strchr("0123456789abcdef", hex[2 * i + 1]))
-            return 0;
-        out[i] = (uint8_t)v;
-    }
-    return 1;
-}
-
 /* The statement's resources into s->files: names of 1..255 bytes without '/', sha256 digests. */
 static sov_status statement_files(json_t *resources, sov_statement *s, const char *where) {
     size_t n = json_array_size(resources), i;
@@ -290,7 +277,7 @@ static sov_status statement_files(json_t *resources, sov_statement *s, const cha
         const char *alg = json_string_value(json_object_get(r, "algorithm"));
         sov_signed_file *f = &s->files[s->nfiles];
         if (!name || !*name || strlen(name) >= sizeof f->name || !alg || strcmp(alg, "sha256") != 0 ||
-            !hex_digest(json_string_value(json_object_get(r, "digest")), f->sha256))
+            !sov_unhex(json_string_value(json_object_get(r, "digest")), f->sha256, SOV_SHA256_BYTES))
             return sov_fail(SOV_ERR_FORMAT, "%s: resource %zu is not {name, algorithm: sha256, digest}", where, i);
         snprintf(f->name, sizeof f->name, "%s", name);
         s->nfiles++;
